@@ -1,0 +1,217 @@
+"""All configuration, read once from the environment and `.env`.
+
+One frozen `Settings` object is passed around instead of reading `os.environ`
+in many places, so a bad value fails at start with one clear line and tests can
+build their own settings without touching the process environment.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, TypeVar
+
+from dotenv import load_dotenv
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message is one line naming it."""
+
+
+def _parse_bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _parse_int(name: str, raw: str, minimum: int = 0) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _parse_float(name: str, raw: str, minimum: float = 0.0) -> float:
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if value <= minimum:
+        raise ConfigError(f"{name} must be greater than {minimum:g}, got {raw!r}")
+    return value
+
+
+def _parse_ids(name: str, raw: str) -> frozenset[int]:
+    ids = set()
+    for part in re.split(r"[,\s]+", raw.strip()):
+        if not part:
+            continue
+        if not part.isdigit():
+            raise ConfigError(f"{name} must be a comma-separated list of numeric ids, got {part!r}")
+        ids.add(int(part))
+    return frozenset(ids)
+
+
+def _parse_think(name: str, raw: str) -> bool | str | None:
+    value = raw.strip().lower()
+    if value in {"", "auto", "default"}:
+        return None
+    if value in {"low", "medium", "high"}:
+        return value
+    return _parse_bool(name, raw)
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
+
+
+def _parse_size(name: str, raw: str) -> int:
+    """Bytes from '512m', '2g', '1048576'; Docker and humans both write sizes so."""
+    match = _SIZE.match(raw)
+    if not match:
+        raise ConfigError(f"{name} must be a size like 512m or 2g, got {raw!r}")
+    number, unit = float(match.group(1)), match.group(2).lower()
+    value = int(number * 1024 ** " kmgt".index(unit or " "))
+    if value <= 0:
+        raise ConfigError(f"{name} must be greater than zero, got {raw!r}")
+    return value
+
+
+def _check_url(name: str, raw: str, schemes: tuple[str, ...]) -> str:
+    value = raw.strip()
+    if not re.match(rf"^({'|'.join(schemes)})://\S+$", value):
+        raise ConfigError(f"{name} must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every knob of the engine and the bot; defaults suit one small server."""
+
+    # Ollama
+    ollama_host: str = "http://localhost:11434"
+    ollama_model: str = "qwen3:8b"
+    ollama_think: bool | str | None = None
+    ollama_num_ctx: int = 0  # 0: the model's own default
+    ollama_keep_alive: str = ""
+    # History
+    database_url: str = "sqlite:///data/chat.db"
+    history_window: int = 40
+    max_tool_rounds: int = 8
+    # Sandbox containers
+    vm_image: str = "python:3.11-slim"
+    vm_network: bool = True
+    vm_memory: int = 512 * 1024 ** 2
+    vm_cpus: float = 1.0
+    vm_pids: int = 256
+    vm_idle_timeout: int = 3600
+    vm_name_prefix: str = "llmbot"
+    vm_data_host_dir: str = ""  # UPLOAD_DIR as the Docker host sees it, when the bot itself runs in a container
+    command_timeout: int = 60
+    command_timeout_max: int = 600
+    output_limit: int = 16000
+    # Uploads
+    upload_dir: str = "data/uploads"
+    upload_max_file_bytes: int = 25 * 1024 ** 2
+    upload_max_session_bytes: int = 200 * 1024 ** 2
+    # Discord
+    discord_token: str = field(default="", repr=False)
+    admin_user_ids: frozenset[int] = frozenset()
+    allowed_user_ids: frozenset[int] = frozenset()
+    blocked_user_ids: frozenset[int] = frozenset()
+    allowed_role_ids: frozenset[int] = frozenset()
+    blocked_role_ids: frozenset[int] = frozenset()
+    allowed_channel_ids: frozenset[int] = frozenset()
+    blocked_channel_ids: frozenset[int] = frozenset()
+    auto_reply_channel_ids: frozenset[int] = frozenset()
+    allow_dms: bool = True
+    show_thinking: bool = False
+    edits_per_5s: int = 4
+    shard_count: int = 0
+    log_level: str = "INFO"
+
+    def replace(self, **changes: object) -> "Settings":
+        """A copy with some fields changed (tests and the admin model switch use it)."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def sqlite_path(self) -> str | None:
+        """The file behind a sqlite DATABASE_URL, or None for other databases."""
+        if self.database_url.startswith("sqlite:///"):
+            return self.database_url[len("sqlite:///"):]
+        return None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, dotenv: bool = True) -> "Settings":
+        """Settings from `env` (default: os.environ after loading `.env`)."""
+        if env is None:
+            if dotenv:
+                load_dotenv(override=False)
+            env = os.environ
+        values: dict[str, object] = {}
+
+        def take(key: str, attr: str, parse: Callable[[str, str], T]) -> None:
+            raw = env.get(key)
+            if raw is not None and raw.strip() != "":
+                values[attr] = parse(key, raw)
+
+        text = lambda _n, raw: raw.strip()  # noqa: E731
+        take("OLLAMA_HOST", "ollama_host", lambda n, r: _check_url(n, r if "://" in r else "http://" + r.strip(), ("http", "https")))
+        take("OLLAMA_MODEL", "ollama_model", text)
+        take("OLLAMA_THINK", "ollama_think", _parse_think)
+        take("OLLAMA_NUM_CTX", "ollama_num_ctx", _parse_int)
+        take("OLLAMA_KEEP_ALIVE", "ollama_keep_alive", text)
+        take("DATABASE_URL", "database_url", lambda n, r: _check_url(n, r, ("sqlite", "postgresql", "postgres", "mysql")))
+        take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
+        take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))
+        take("VM_IMAGE", "vm_image", text)
+        take("VM_NETWORK", "vm_network", _parse_bool)
+        take("VM_MEMORY", "vm_memory", _parse_size)
+        take("VM_CPUS", "vm_cpus", _parse_float)
+        take("VM_PIDS", "vm_pids", lambda n, r: _parse_int(n, r, 16))
+        take("VM_IDLE_TIMEOUT", "vm_idle_timeout", lambda n, r: _parse_int(n, r, 10))
+        take("VM_NAME_PREFIX", "vm_name_prefix", lambda n, r: _check_name(n, r))
+        take("VM_DATA_HOST_DIR", "vm_data_host_dir", text)
+        take("COMMAND_TIMEOUT", "command_timeout", lambda n, r: _parse_int(n, r, 1))
+        take("COMMAND_TIMEOUT_MAX", "command_timeout_max", lambda n, r: _parse_int(n, r, 1))
+        take("OUTPUT_LIMIT", "output_limit", lambda n, r: _parse_int(n, r, 200))
+        take("UPLOAD_DIR", "upload_dir", text)
+        take("UPLOAD_MAX_FILE_SIZE", "upload_max_file_bytes", _parse_size)
+        take("UPLOAD_MAX_SESSION_SIZE", "upload_max_session_bytes", _parse_size)
+        take("DISCORD_TOKEN", "discord_token", text)
+        for key in ("ADMIN_USER_IDS", "ALLOWED_USER_IDS", "BLOCKED_USER_IDS", "ALLOWED_ROLE_IDS",
+                    "BLOCKED_ROLE_IDS", "ALLOWED_CHANNEL_IDS", "BLOCKED_CHANNEL_IDS", "AUTO_REPLY_CHANNEL_IDS"):
+            take(key, key.lower(), _parse_ids)
+        take("ALLOW_DMS", "allow_dms", _parse_bool)
+        take("SHOW_THINKING", "show_thinking", _parse_bool)
+        take("DISCORD_EDITS_PER_5S", "edits_per_5s", lambda n, r: _parse_int(n, r, 1))
+        take("SHARD_COUNT", "shard_count", _parse_int)
+        take("LOG_LEVEL", "log_level", _parse_log_level)
+        settings = cls(**values)  # type: ignore[arg-type]
+        if settings.command_timeout > settings.command_timeout_max:
+            raise ConfigError(
+                f"COMMAND_TIMEOUT ({settings.command_timeout}) must not exceed COMMAND_TIMEOUT_MAX ({settings.command_timeout_max})"
+            )
+        return settings
+
+
+def _check_name(name: str, raw: str) -> str:
+    value = raw.strip()
+    if not re.fullmatch(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,30}", value):
+        raise ConfigError(f"{name} must be letters, digits, '.', '_' or '-', got {raw!r}")
+    return value
+
+
+def _parse_log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ConfigError(f"{name} must be DEBUG, INFO, WARNING, ERROR or CRITICAL, got {raw!r}")
+    return value

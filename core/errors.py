@@ -1,0 +1,22 @@
+"""Failures the engine reports to its caller, each with one line a person can act on."""
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base of every failure a ChatSession reports; `str(e)` is safe to show a user."""
+
+
+class OllamaUnavailable(EngineError):
+    """Ollama could not be reached, or the connection dropped mid-reply."""
+
+
+class ModelError(EngineError):
+    """Ollama answered with an error (model missing, bad request, server failure)."""
+
+
+class SandboxUnavailable(EngineError):
+    """The Docker engine could not be reached or refused to run the session's container."""
+
+
+class UploadError(EngineError):
+    """An upload was refused (too large, unreadable, bad name)."""

@@ -1,0 +1,67 @@
+"""What a turn reports while it runs, for callers that show more than the text (the bot)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of the reply's text."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ThinkingDelta:
+    """A piece of a reasoning model's thinking (never stored, hidden by default)."""
+
+    text: str
+
+
+@dataclass(frozen=True)
+class ToolStarted:
+    """The model asked for a tool; `command` is set for execute_terminal."""
+
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def command(self) -> str:
+        return str(self.arguments.get("command", ""))
+
+
+@dataclass(frozen=True)
+class ToolFinished:
+    """A tool came back; `exit_code` is None when it did not run or was killed."""
+
+    name: str
+    output: str
+    exit_code: int | None = None
+    timed_out: bool = False
+    error: bool = False
+
+
+@dataclass(frozen=True)
+class Ignored:
+    """The message was dropped because a reply is still streaming in this session."""
+
+
+@dataclass(frozen=True)
+class Replacing:
+    """This message cancelled a reply that was waiting on a tool, and takes its place."""
+
+
+@dataclass(frozen=True)
+class Replaced:
+    """This reply was cancelled by a newer message while it waited on a tool."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """The reply is complete; `text` is the final answer as stored."""
+
+    text: str
+
+
+Event = TextDelta | ThinkingDelta | ToolStarted | ToolFinished | Ignored | Replacing | Replaced | Done

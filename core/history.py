@@ -1,0 +1,193 @@
+"""Conversation history in SQL (SQLite by default, PostgreSQL through DATABASE_URL).
+
+Everything here is synchronous peewee; the engine calls it through
+`asyncio.to_thread` so a slow disk never stalls the event loop.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from peewee import (
+    AutoField,
+    BooleanField,
+    CharField,
+    DatabaseProxy,
+    DateTimeField,
+    JOIN,
+    ForeignKeyField,
+    Model,
+    TextField,
+    fn,
+)
+from playhouse.db_url import connect
+
+database = DatabaseProxy()
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class _Base(Model):
+    class Meta:
+        database = database
+
+
+class User(_Base):
+    id = AutoField()
+    key = CharField(max_length=191, unique=True)
+    created_at = DateTimeField(default=_now)
+
+    class Meta:
+        table_name = "users"
+
+
+class Session(_Base):
+    id = AutoField()
+    user = ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
+    key = CharField(max_length=191)
+    created_at = DateTimeField(default=_now)
+    last_active = DateTimeField(default=_now)
+
+    class Meta:
+        table_name = "sessions"
+        indexes = ((("user", "key"), True),)
+
+
+class Message(_Base):
+    id = AutoField()
+    session = ForeignKeyField(Session, backref="messages", on_delete="CASCADE")
+    role = CharField(max_length=16)
+    content = TextField(default="")
+    tool_calls = TextField(null=True)  # JSON list in Ollama's shape
+    tool_name = CharField(max_length=64, null=True)
+    # False for an assistant reply cut short by a failure: kept for the record, never sent to the model.
+    complete = BooleanField(default=True)
+    created_at = DateTimeField(default=_now)
+
+    class Meta:
+        table_name = "messages"
+        # The window query: WHERE session_id = ? ORDER BY id DESC LIMIT n.
+        indexes = ((("session", "id"), False),)
+
+
+MODELS = (User, Session, Message)
+
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """One conversation as the admin commands list it."""
+
+    id: int
+    user: str
+    session: str
+    message_count: int
+    last_active: datetime
+
+
+class History:
+    """The store behind every ChatSession in the process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite:///"):
+            path = url[len("sqlite:///"):]
+            if path and path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            db = connect(url, pragmas={"journal_mode": "wal", "synchronous": "normal",
+                                        "foreign_keys": 1, "busy_timeout": 5000})
+        else:
+            db = connect(url)
+        database.initialize(db)
+        self.db = db
+        with db.connection_context():
+            db.create_tables(MODELS, safe=True)
+
+    def close(self) -> None:
+        if not self.db.is_closed():
+            self.db.close()
+
+    def check_writable(self) -> None:
+        """Raise if the database cannot take a write (used by the preflight)."""
+        with self.db.atomic() as txn:
+            User.get_or_create(key="__preflight__")
+            txn.rollback()
+
+    # -- sessions ---------------------------------------------------------
+    def open_session(self, user: str, session: str) -> int:
+        """The id of the (user, session) pair, created on first use."""
+        with self.db.atomic():
+            user_row, _ = User.get_or_create(key=user)
+            row, _ = Session.get_or_create(user=user_row, key=session)
+        return row.id
+
+    def find_session(self, user: str, session: str) -> int | None:
+        row = (Session.select(Session.id).join(User)
+               .where((User.key == user) & (Session.key == session)).first())
+        return row.id if row else None
+
+    def list_sessions(self, user: str | None = None) -> list[SessionInfo]:
+        """Sessions with message counts, most recently active first."""
+        count = fn.COUNT(Message.id)
+        query = (Session.select(Session.id, Session.key, Session.last_active, User.key.alias("user_key"),
+                                count.alias("n"))
+                 .join(User).switch(Session).join(Message, JOIN.LEFT_OUTER)
+                 .group_by(Session.id, Session.key, Session.last_active, User.id, User.key)
+                 .order_by(Session.last_active.desc()))
+        if user is not None:
+            query = query.where(User.key == user)
+        return [SessionInfo(row["id"], row["user_key"], row["key"], row["n"], row["last_active"])
+                for row in query.dicts()]
+
+    def clear(self, session_id: int) -> int:
+        """Delete a session's messages; the number deleted."""
+        return Message.delete().where(Message.session == session_id).execute()
+
+    # -- messages ---------------------------------------------------------
+    def add_message(self, session_id: int, role: str, content: str = "", *,
+                    tool_calls: list[dict[str, Any]] | None = None, tool_name: str | None = None,
+                    complete: bool = True) -> int:
+        now = _now()
+        with self.db.atomic():
+            row = Message.create(session=session_id, role=role, content=content,
+                                 tool_calls=json.dumps(tool_calls) if tool_calls else None,
+                                 tool_name=tool_name, complete=complete, created_at=now)
+            Session.update(last_active=now).where(Session.id == session_id).execute()
+        return row.id
+
+    def add_messages(self, session_id: int, rows: list[dict[str, Any]]) -> None:
+        """Several rows in one transaction (a cancelled turn's closing tool results)."""
+        with self.db.atomic():
+            for row in rows:
+                self.add_message(session_id, **row)
+
+    def window(self, session_id: int, limit: int) -> list[dict[str, Any]]:
+        """The last `limit` complete messages, in Ollama's shape, oldest first.
+
+        The window never opens on a tool result whose call fell outside it, and
+        prefers to open on a user message, so every request is well formed.
+        """
+        rows = list(Message.select(Message.role, Message.content, Message.tool_calls, Message.tool_name)
+                    .where((Message.session == session_id) & (Message.complete == True))  # noqa: E712
+                    .order_by(Message.id.desc()).limit(limit).tuples())
+        rows.reverse()
+        start = next((i for i, r in enumerate(rows) if r[0] == "user"), None)
+        if start is None:
+            start = next((i for i, r in enumerate(rows) if r[0] != "tool"), len(rows))
+        out = []
+        for role, content, tool_calls, tool_name in rows[start:]:
+            message: dict[str, Any] = {"role": role, "content": content or ""}
+            if tool_calls:
+                message["tool_calls"] = json.loads(tool_calls)
+            if tool_name:
+                message["tool_name"] = tool_name
+            out.append(message)
+        return out
+
+    def messages(self, session_id: int) -> list[Message]:
+        """Every stored row of a session, oldest first (for tests and export)."""
+        return list(Message.select().where(Message.session == session_id).order_by(Message.id))

@@ -1,0 +1,105 @@
+"""The process-wide parts every ChatSession shares: history, sandboxes, registry, Ollama client."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import ollama
+
+from .config import Settings
+from .containers import ContainerManager
+from .errors import EngineError
+from .history import History
+from .registry import Key, SessionRegistry
+from .terminal import Terminal
+from .tool_loop import TurnRunner
+from .uploads import UploadStore
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    """Built once per process (or per test) from one Settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.model = settings.ollama_model  # the admin command may switch it at run time
+        self.history = History(settings.database_url)
+        self.containers = ContainerManager(settings)
+        self.terminal = Terminal(self.containers)
+        self.registry = SessionRegistry()
+        self.uploads = UploadStore(settings.upload_max_file_bytes, settings.upload_max_session_bytes)
+        self.turns = TurnRunner(self)
+        self._ollama: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None
+        self._reaper: asyncio.Task[Any] | None = None
+        self._warming: dict[Key, asyncio.Task[Any]] = {}
+
+    def ollama(self) -> ollama.AsyncClient:
+        """One client (one connection pool) per event loop."""
+        loop = asyncio.get_running_loop()
+        if self._ollama is None or self._ollama[0] is not loop:
+            self._ollama = (loop, ollama.AsyncClient(host=self.settings.ollama_host))
+        return self._ollama[1]
+
+    def start_background(self) -> None:
+        """Start the idle reaper on this loop once (it adopts leftovers first)."""
+        if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not asyncio.get_running_loop():
+            self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+
+    async def _reap_forever(self) -> None:
+        interval = max(1.0, min(60.0, self.settings.vm_idle_timeout / 4))
+        try:
+            adopted, removed = await self.containers.adopt()
+            if adopted or removed:
+                log.info("sandboxes at start-up: %d adopted, %d removed", len(adopted), len(removed))
+        except EngineError as exc:
+            log.warning("could not look for leftover sandboxes: %s", exc)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.containers.reap()
+            except EngineError as exc:
+                log.warning("idle sandbox check failed: %s", exc)
+
+    def prewarm(self, user: str, session: str) -> None:
+        """Start the session's container in the background so the first command waits less."""
+        key = (user, session)
+        task = self._warming.get(key)
+        if task is not None and not task.done():
+            return
+        task = asyncio.create_task(self._warm(user, session), name=f"sandbox-warm-{user}-{session}")
+        self._warming[key] = task
+        task.add_done_callback(lambda t: self._warming.pop(key, None) if self._warming.get(key) is t else None)
+
+    async def _warm(self, user: str, session: str) -> None:
+        try:
+            await self.containers.ensure(user, session)
+        except EngineError as exc:
+            log.info("sandbox for %s/%s not started yet: %s", user, session, exc)
+        except Exception:  # noqa: BLE001 - the first command will retry and report
+            log.exception("sandbox warm-up failed for %s/%s", user, session)
+
+    async def close(self) -> None:
+        for task in [self._reaper, *self._warming.values()]:
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        self.history.close()
+
+
+_runtime: Runtime | None = None
+
+
+def get_runtime(settings: Settings | None = None) -> Runtime:
+    """The shared runtime; built from the environment on first use, or from `settings`."""
+    global _runtime
+    if _runtime is None or (settings is not None and settings != _runtime.settings):
+        _runtime = Runtime(settings or Settings.from_env())
+    return _runtime
+
+
+def set_runtime(runtime: Runtime | None) -> None:
+    """Install (or with None, forget) the shared runtime; tests use this between cases."""
+    global _runtime
+    _runtime = runtime

@@ -1,0 +1,122 @@
+"""ChatSession: the engine's public face, one conversation of one user."""
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any, AsyncIterable, AsyncIterator, Iterable
+
+from .config import Settings
+from .errors import EngineError
+from .events import Event, Ignored, Replacing, TextDelta
+from .registry import Phase
+from .runtime import Runtime, get_runtime
+from .tool_loop import _End
+
+
+class ChatSession:
+    """`async with ChatSession(user=..., session=...) as chat:` then chat_stream / upload_document.
+
+    The container and the history outlive the object: a new ChatSession for
+    the same pair resumes both.
+    """
+
+    def __init__(self, user: str | int, session: str | int, *, settings: Settings | None = None,
+                 runtime: Runtime | None = None) -> None:
+        self.user = str(user)
+        self.session = str(session)
+        self._settings = settings
+        self._runtime = runtime
+        self.session_id: int | None = None
+
+    async def __aenter__(self) -> "ChatSession":
+        self._runtime = self._runtime or get_runtime(self._settings)
+        self.session_id = await asyncio.to_thread(self._runtime.history.open_session, self.user, self.session)
+        self._runtime.start_background()
+        self._runtime.prewarm(self.user, self.session)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        return None
+
+    @property
+    def runtime(self) -> Runtime:
+        if self._runtime is None or self.session_id is None:
+            raise RuntimeError("use ChatSession inside `async with`")
+        return self._runtime
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.user, self.session)
+
+    @property
+    def phase(self) -> Phase | None:
+        """STREAMING, TOOL, or None when no reply is running."""
+        return self.runtime.registry.phase(self.key)
+
+    @property
+    def upload_folder(self) -> Path:
+        return self.runtime.containers.upload_dir(self.user, self.session)
+
+    # -- uploads ----------------------------------------------------------
+    def upload_document(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
+        """Copy a local file into the session's /data; returns its path inside the container."""
+        target = self.runtime.uploads.copy(self.upload_folder, path, overwrite=overwrite)
+        return f"/data/{target.name}"
+
+    async def save_upload(self, name: str, data: bytes | Iterable[bytes] | AsyncIterable[bytes], *,
+                          size: int | None = None, overwrite: bool = False) -> str:
+        """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
+        target = await self.runtime.uploads.write(self.upload_folder, name, data, size_hint=size, overwrite=overwrite)
+        return f"/data/{target.name}"
+
+    # -- chat -------------------------------------------------------------
+    async def events(self, text: str) -> AsyncIterator[Event]:
+        """Everything a turn does, as events; raises EngineError with a message fit for a user."""
+        if not text or not text.strip():
+            raise EngineError("The message is empty.")
+        rt = self.runtime
+        generation = rt.registry.begin(self.key)
+        if generation is None:
+            yield Ignored()
+            return
+        task = asyncio.create_task(rt.turns.run(generation, self.session_id, self.user, self.session, text),
+                                   name=f"turn-{self.user}-{self.session}")
+        rt.registry.attach(generation, task)
+        if generation.previous is not None:
+            yield Replacing()
+        try:
+            while True:
+                item = await generation.queue.get()
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    return
+                yield item
+        finally:
+            if not task.done():  # the caller stopped listening: stop the turn too
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+
+    async def chat_stream(self, text: str) -> AsyncIterator[str]:
+        """The reply's text as it streams; nothing at all when the message was ignored."""
+        async for event in self.events(text):
+            if isinstance(event, TextDelta):
+                yield event.text
+
+    # -- management -------------------------------------------------------
+    async def history(self) -> list[dict[str, Any]]:
+        """Every stored message of this conversation, oldest first."""
+        rows = await asyncio.to_thread(self.runtime.history.messages, self.session_id)
+        return [{"role": r.role, "content": r.content, "tool_calls": r.tool_calls, "tool_name": r.tool_name,
+                 "complete": r.complete, "created_at": r.created_at} for r in rows]
+
+    async def reset(self, *, keep_container: bool = False) -> int:
+        """Stop any running reply, clear the history, and (unless kept) recreate the container."""
+        rt = self.runtime
+        await rt.registry.cancel(self.key)
+        removed = await asyncio.to_thread(rt.history.clear, self.session_id)
+        if not keep_container:
+            await rt.containers.remove(self.user, self.session)
+            rt.prewarm(self.user, self.session)
+        return removed

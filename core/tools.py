@@ -1,0 +1,71 @@
+"""The tools the model may call: their schema and the checks on what it sends."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from .config import Settings
+
+EXECUTE_TERMINAL = "execute_terminal"
+
+
+def tool_schemas(settings: Settings) -> list[dict[str, Any]]:
+    return [{
+        "type": "function",
+        "function": {
+            "name": EXECUTE_TERMINAL,
+            "description": (
+                "Run a shell command (sh -c) in this conversation's persistent Linux container and return "
+                "its exit code, stdout and stderr. The working directory and exported variables carry over "
+                "between calls. Uploaded files are in /data."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "command": {"type": "string", "description": "The shell command to run."},
+                    "timeout": {
+                        "type": "integer",
+                        "description": f"Seconds before the command is killed (default {settings.command_timeout}, "
+                                       f"at most {settings.command_timeout_max}).",
+                    },
+                },
+                "required": ["command"],
+            },
+        },
+    }]
+
+
+@dataclass(frozen=True)
+class TerminalCall:
+    command: str
+    timeout: int | None
+
+
+class ToolArgumentError(ValueError):
+    """The model's call cannot run; the message goes back to the model as the tool result."""
+
+
+def parse_call(name: str, arguments: Any) -> TerminalCall:
+    """Check one tool call; raise ToolArgumentError with a message the model can act on."""
+    if name != EXECUTE_TERMINAL:
+        raise ToolArgumentError(f"error: unknown tool {name!r}. The only tool is {EXECUTE_TERMINAL}(command, timeout?).")
+    if isinstance(arguments, str):  # some models send the arguments as a JSON string
+        try:
+            arguments = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError:
+            raise ToolArgumentError("error: the arguments are not valid JSON; send {\"command\": \"...\"}.") from None
+    if not isinstance(arguments, dict):
+        raise ToolArgumentError("error: the arguments must be an object like {\"command\": \"ls -la\"}.")
+    command = arguments.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise ToolArgumentError("error: 'command' is required and must be a non-empty string, e.g. {\"command\": \"ls -la\"}.")
+    timeout = arguments.get("timeout")
+    if timeout is not None:
+        try:
+            timeout = int(timeout)
+        except (TypeError, ValueError):
+            raise ToolArgumentError("error: 'timeout' must be a whole number of seconds.") from None
+        if timeout <= 0:
+            raise ToolArgumentError("error: 'timeout' must be a positive number of seconds.")
+    return TerminalCall(command=command, timeout=timeout)

@@ -1,0 +1,138 @@
+"""Uploaded files: safe names, per-session folders, size caps, no half-written files."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import unicodedata
+import uuid
+from pathlib import Path
+from typing import AsyncIterable, Iterable
+
+import aiofiles
+import aiofiles.os
+
+from .errors import UploadError
+
+MAX_NAME = 120
+
+
+def safe_filename(name: str) -> str:
+    """A plain file name from whatever a user or a client sent: no folders, no tricks."""
+    name = unicodedata.normalize("NFC", str(name)).replace("\\", "/").split("/")[-1]
+    name = "".join(ch for ch in name if ch.isprintable() and ch not in '<>:"|?*')
+    name = re.sub(r"\s+", " ", name).strip().lstrip(".").strip()
+    if not name:
+        return "upload"
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    if len(name) > MAX_NAME:
+        ext = ext[:16]
+        stem = (stem or "upload")[: MAX_NAME - len(ext) - 1]
+        name = f"{stem}.{ext}" if ext else stem
+    return name
+
+
+def _free_path(folder: Path, name: str, overwrite: bool) -> Path:
+    target = folder / name
+    if overwrite or not target.exists():
+        return target
+    stem, dot, ext = name.rpartition(".")
+    if not dot or not stem:
+        stem, ext = name, ""
+    for n in range(1, 10_000):
+        candidate = folder / (f"{stem}-{n}.{ext}" if ext else f"{stem}-{n}")
+        if not candidate.exists():
+            return candidate
+    raise UploadError(f"Too many files named {name!r} in this session.")
+
+
+def folder_size(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+class UploadStore:
+    """Puts files into a session's folder (mounted at /data in its container)."""
+
+    def __init__(self, max_file_bytes: int, max_session_bytes: int) -> None:
+        self.max_file = max_file_bytes
+        self.max_session = max_session_bytes
+
+    def _check(self, folder: Path, size: int, name: str) -> None:
+        if size > self.max_file:
+            raise UploadError(f"{name} is {_mb(size)}, over the {_mb(self.max_file)} limit per file.")
+        used = folder_size(folder) if folder.exists() else 0
+        if used + size > self.max_session:
+            raise UploadError(
+                f"{name} ({_mb(size)}) would take this conversation over its {_mb(self.max_session)} of uploads "
+                f"({_mb(used)} used).")
+
+    def copy(self, folder: Path, source: str | os.PathLike[str], *, name: str | None = None,
+             overwrite: bool = False) -> Path:
+        """Copy a local file in; the final name may gain a -N suffix to avoid clobbering."""
+        src = Path(source)
+        if not src.is_file():
+            raise UploadError(f"{src.name or src} is not a readable file.")
+        clean = safe_filename(name or src.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._check(folder, src.stat().st_size, clean)
+        target = _free_path(folder, clean, overwrite)
+        part = folder / f".{uuid.uuid4().hex}.part"
+        try:
+            shutil.copyfile(src, part)
+            os.replace(part, target)
+        except OSError as exc:
+            part.unlink(missing_ok=True)
+            raise UploadError(f"{clean} could not be saved: {exc.strerror or exc}.") from exc
+        return target
+
+    async def write(self, folder: Path, name: str, chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes, *,
+                    size_hint: int | None = None, overwrite: bool = False) -> Path:
+        """Stream bytes in with aiofiles; a file over the cap or cut short leaves nothing behind."""
+        clean = safe_filename(name)
+        await aiofiles.os.makedirs(folder, exist_ok=True)
+        if size_hint is not None:
+            self._check(folder, size_hint, clean)
+        part = folder / f".{uuid.uuid4().hex}.part"
+        written = 0
+        try:
+            async with aiofiles.open(part, "wb") as fh:
+                async for chunk in _aiter(chunks):
+                    written += len(chunk)
+                    if written > self.max_file:
+                        raise UploadError(f"{clean} is over the {_mb(self.max_file)} limit per file.")
+                    await fh.write(chunk)
+            self._check(folder, written, clean) if size_hint is None else None
+            target = _free_path(folder, clean, overwrite)
+            await aiofiles.os.replace(part, target)
+            return target
+        except UploadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure mid-write: tell the user, keep nothing
+            raise UploadError(f"{clean} could not be saved: {exc}.") from exc
+        finally:
+            if part.exists():
+                part.unlink(missing_ok=True)
+
+
+async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # type: ignore[no-untyped-def]
+    if isinstance(chunks, (bytes, bytearray, memoryview)):
+        yield bytes(chunks)
+    elif hasattr(chunks, "__aiter__"):
+        async for chunk in chunks:  # type: ignore[union-attr]
+            yield chunk
+    else:
+        for chunk in chunks:  # type: ignore[union-attr]
+            yield chunk
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
