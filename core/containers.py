@@ -100,15 +100,20 @@ class ContainerManager:
                     # from_env honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.settings.command_timeout_max + 60)
                 except _docker_errors() as exc:
-                    log.warning("docker unreachable: %s", exc)
+                    log.debug("docker unreachable: %s", exc)
                     raise SandboxUnavailable(UNREACHABLE) from exc
             return self._client
+
+    def forget_client(self) -> None:
+        """Drop the client after a connection failure so the next call reconnects."""
+        with self._client_lock:
+            self._client = None
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
         except (SandboxUnavailable, *_docker_errors()):
-            self._client = None
+            self.forget_client()
             return False
 
     # -- lifecycle (synchronous; call through the async wrappers) ---------
@@ -140,7 +145,8 @@ class ContainerManager:
             except SandboxUnavailable:
                 raise
             except _docker_errors() as exc:
-                self._client = None if not isinstance(exc, docker.errors.APIError) else self._client
+                if not isinstance(exc, docker.errors.APIError):
+                    self.forget_client()
                 raise SandboxUnavailable(f"The sandbox could not be started: {_explain(exc)}") from exc
             self._last_used[name] = time.monotonic()
             return container

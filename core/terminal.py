@@ -140,7 +140,7 @@ class Terminal:
                         raise SandboxUnavailable(f"The command could not run: {_explain(exc)}") from exc
                     log.warning("sandbox %s is gone (%s); recreating", name, _explain(exc))
                 except _docker_errors() as exc:
-                    self.containers._client = None
+                    self.containers.forget_client()
                     raise SandboxUnavailable(f"The command could not run: {_explain(exc)}") from exc
             raise AssertionError("unreachable")
         finally:
@@ -164,12 +164,10 @@ class Terminal:
             cancelled = True
             await asyncio.shield(self._stop(container, run, reader))
             raise
-        exit_code = None
-        if not run.closed.is_set() or reader.done():
-            try:
-                exit_code = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("ExitCode")
-            except _docker_errors():
-                exit_code = None
+        try:
+            exit_code = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("ExitCode")
+        except _docker_errors():
+            exit_code = None
         return CommandResult(command, exit_code, out.text(), err.text(), time.monotonic() - started,
                              timed_out=timed_out, cancelled=cancelled, timeout=limit)
 

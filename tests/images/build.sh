@@ -14,6 +14,9 @@ cp "$busybox" "$root/bin/busybox"
 for applet in $("$root/bin/busybox" --list); do
   [ "$applet" = busybox ] || ln -s busybox "$root/bin/$applet"
 done
+# Debian's busybox-static has no nohup applet; the system prompt teaches `nohup CMD > log 2>&1 &`.
+[ -e "$root/bin/nohup" ] || printf '#!/bin/sh\ntrap "" HUP\nexec "$@"\n' > "$root/usr/bin/nohup"
+chmod +x "$root/usr/bin/nohup" 2>/dev/null || true
 echo 'root:x:0:0:root:/root:/bin/sh' > "$root/etc/passwd"
 echo 'root:x:0:' > "$root/etc/group"
 chmod 1777 "$root/tmp"

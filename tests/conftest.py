@@ -1,0 +1,83 @@
+"""Shared fixtures: a scripted fake Ollama on 127.0.0.1, the real Docker engine, a fresh runtime."""
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import docker
+import pytest
+import pytest_asyncio
+
+from core import Runtime, Settings, set_runtime
+from tests.fake_ollama import FakeOllama
+
+TEST_IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
+IN_CI = bool(os.environ.get("CI"))
+
+
+def require(condition_error: str | None) -> None:
+    """Fail in CI, skip elsewhere: CI must never pass by skipping what it is meant to test."""
+    if condition_error:
+        if IN_CI:
+            pytest.fail(condition_error)
+        pytest.skip(condition_error)
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> docker.DockerClient:
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.images.get(TEST_IMAGE)
+    except Exception as exc:  # noqa: BLE001
+        require(f"needs the Docker engine and image {TEST_IMAGE} (bash tests/images/build.sh): {exc}")
+    return client
+
+
+@pytest.fixture
+def fake_ollama() -> Iterator[FakeOllama]:
+    with FakeOllama() as fake:
+        yield fake
+
+
+def make_settings(tmp_path: Path, ollama_url: str, **overrides: object) -> Settings:
+    base = Settings(
+        ollama_host=ollama_url,
+        ollama_model="qwen3:8b",
+        database_url=f"sqlite:///{tmp_path}/chat.db",
+        upload_dir=str(tmp_path / "uploads"),
+        vm_image=TEST_IMAGE,
+        vm_name_prefix=f"llmt{uuid.uuid4().hex[:8]}",
+        vm_memory=256 * 1024 ** 2,
+        vm_cpus=1.0,
+        command_timeout=10,
+        command_timeout_max=30,
+        vm_idle_timeout=3600,
+    )
+    return base.replace(**overrides)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_ollama: FakeOllama) -> Settings:
+    return make_settings(tmp_path, fake_ollama.url)
+
+
+def remove_containers(client: docker.DockerClient, prefix: str) -> None:
+    for container in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}):
+        container.remove(force=True)
+
+
+@pytest_asyncio.fixture
+async def runtime(settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Runtime]:
+    """A runtime over the fake Ollama and the real Docker engine; its containers go at the end."""
+    rt = Runtime(settings)
+    set_runtime(rt)
+    try:
+        yield rt
+    finally:
+        await rt.close()
+        set_runtime(None)
+        await asyncio.to_thread(remove_containers, docker_client, settings.vm_name_prefix)

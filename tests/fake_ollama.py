@@ -1,0 +1,248 @@
+"""A scripted Ollama server on 127.0.0.1 that speaks the real /api/chat NDJSON protocol.
+
+It runs aiohttp in its own thread and event loop, like a separate server, so the
+real `ollama` client (sync or async) is exercised end to end from any test.
+
+    with FakeOllama() as fake:
+        fake.script(tool_calls(("execute_terminal", {"command": "ls"})), text("Done."))
+        ... point OLLAMA_HOST at fake.url ...
+        assert fake.requests[1]["messages"][-1]["role"] == "tool"
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Union
+
+from aiohttp import web
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Response:
+    """One scripted answer: the pieces to stream and how the stream ends."""
+
+    content: str = ""
+    thinking: str | None = None
+    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    chunk_size: int = 4
+    delay: float = 0.0
+    status: int = 200
+    error: str | None = None  # with status != 200: an HTTP error; with 200: an error line in the stream
+    ending: str = "done"  # "done", "error", "cut", "hang"
+
+
+Script = Union[Response, Callable[[dict[str, Any]], Response]]
+
+
+def text(content: str, chunk_size: int = 4, thinking: str | None = None, delay: float = 0.0) -> Response:
+    return Response(content=content, thinking=thinking, chunk_size=chunk_size, delay=delay)
+
+
+def tool_calls(*calls: tuple[str, dict[str, Any]], content: str = "", delay: float = 0.0) -> Response:
+    return Response(content=content, calls=list(calls), delay=delay)
+
+
+def error(status: int, message: str) -> Response:
+    return Response(status=status, error=message)
+
+
+def stream_error(after_text: str, message: str) -> Response:
+    return Response(content=after_text, error=message, ending="error")
+
+
+def cut(after_text: str) -> Response:
+    return Response(content=after_text, ending="cut")
+
+
+def hang(after_text: str = "") -> Response:
+    return Response(content=after_text, ending="hang")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def _pieces(value: str, size: int) -> list[str]:
+    return [value[i:i + size] for i in range(0, len(value), max(size, 1))]
+
+
+class FakeOllama:
+    """The server. `script()` queues answers; `requests` records what clients sent."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models: list[str] = ["qwen3:8b"]
+        self.capabilities: dict[str, list[str]] = {}
+        self.strict_models = False
+        self._requests: list[dict[str, Any]] = []
+        self._queue: list[Script] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._release: asyncio.Event | None = None
+
+    # -- scripting ----------------------------------------------------------
+    def script(self, *responses: Script) -> None:
+        with self._lock:
+            self._queue.extend(responses)
+
+    @property
+    def requests(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def pending(self) -> int:
+        with self._lock:
+            return len(self._queue)
+
+    def release(self) -> None:
+        """Let every hanging stream finish."""
+        if self._loop is not None and self._release is not None:
+            self._loop.call_soon_threadsafe(self._release.set)
+
+    # -- lifecycle -----------------------------------------------------------
+    def start(self) -> "FakeOllama":
+        ready = threading.Event()
+
+        def serve() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            asyncio.set_event_loop(loop)
+            self._release = asyncio.Event()
+            app = web.Application()
+            app.router.add_post("/api/chat", self._chat)
+            app.router.add_get("/api/tags", self._tags)
+            app.router.add_post("/api/show", self._show)
+            app.router.add_get("/api/version", self._version)
+            app.router.add_get("/", self._root)
+            self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+            loop.run_until_complete(self._runner.setup())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self._runner.cleanup())
+            loop.close()
+
+        self._thread = threading.Thread(target=serve, name=f"fake-ollama-{self.port}", daemon=True)
+        self._thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("fake ollama did not start")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        self.release()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop = self._thread = None
+
+    def __enter__(self) -> "FakeOllama":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- endpoints ------------------------------------------------------------
+    async def _root(self, _request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running")
+
+    async def _version(self, _request: web.Request) -> web.Response:
+        return web.json_response({"version": "0.12.3"})
+
+    async def _tags(self, _request: web.Request) -> web.Response:
+        return web.json_response({"models": [self._model_entry(name) for name in self.models]})
+
+    async def _show(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        name = body.get("model") or body.get("name")
+        if name not in self.models:
+            return web.json_response({"error": f"model '{name}' not found"}, status=404)
+        return web.json_response({
+            "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
+            "details": self._model_entry(name)["details"],
+            "model_info": {}, "capabilities": self.capabilities.get(name, ["completion", "tools"]),
+            "modified_at": _now(),
+        })
+
+    @staticmethod
+    def _model_entry(name: str) -> dict[str, Any]:
+        return {"name": name, "model": name, "size": 5_200_000_000, "digest": "0" * 64, "modified_at": _now(),
+                "details": {"parent_model": "", "format": "gguf", "family": "qwen3", "families": ["qwen3"],
+                            "parameter_size": "8.2B", "quantization_level": "Q4_K_M"}}
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        with self._lock:
+            self._requests.append(body)
+            script = self._queue.pop(0) if self._queue else None
+        model = body.get("model", "")
+        if self.strict_models and model not in self.models:
+            return web.json_response({"error": f'model "{model}" not found, try pulling it first'}, status=404)
+        if script is None:
+            return web.json_response({"error": "fake ollama: no scripted response"}, status=500)
+        answer = script(body) if callable(script) else script
+        if answer.status != 200:
+            return web.json_response({"error": answer.error}, status=answer.status)
+        if body.get("stream", True) is False:
+            return web.json_response(self._final(model, answer, whole=True))
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+
+        async def send(obj: dict[str, Any]) -> None:
+            await response.write((json.dumps(obj) + "\n").encode())
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+
+        for piece in _pieces(answer.thinking or "", answer.chunk_size):
+            await send(self._chunk(model, {"role": "assistant", "content": "", "thinking": piece}))
+        for piece in _pieces(answer.content, answer.chunk_size):
+            await send(self._chunk(model, {"role": "assistant", "content": piece}))
+        if answer.calls:
+            await send(self._chunk(model, {"role": "assistant", "content": "", "tool_calls": self._calls(answer)}))
+        if answer.ending == "error":
+            await response.write((json.dumps({"error": answer.error}) + "\n").encode())
+        elif answer.ending == "cut":
+            if request.transport is not None:
+                request.transport.abort()
+            return response
+        elif answer.ending == "hang":
+            assert self._release is not None
+            await self._release.wait()
+            await response.write((json.dumps(self._final(model, answer)) + "\n").encode())
+        else:
+            await response.write((json.dumps(self._final(model, answer)) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    @staticmethod
+    def _calls(answer: Response) -> list[dict[str, Any]]:
+        return [{"function": {"name": name, "arguments": arguments}} for name, arguments in answer.calls]
+
+    @staticmethod
+    def _chunk(model: str, message: dict[str, Any]) -> dict[str, Any]:
+        return {"model": model, "created_at": _now(), "message": message, "done": False}
+
+    def _final(self, model: str, answer: Response, whole: bool = False) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": answer.content if whole else ""}
+        if whole and answer.thinking:
+            message["thinking"] = answer.thinking
+        if whole and answer.calls:
+            message["tool_calls"] = self._calls(answer)
+        return {"model": model, "created_at": _now(), "message": message, "done": True, "done_reason": "stop",
+                "total_duration": 1_000_000, "load_duration": 100_000, "prompt_eval_count": 10,
+                "prompt_eval_duration": 200_000, "eval_count": max(len(answer.content) // 4, 1),
+                "eval_duration": 500_000}

@@ -1,0 +1,128 @@
+"""Failures: a clear message, the user's message kept, nothing half-written stored as complete, next turn fine."""
+from __future__ import annotations
+
+import asyncio
+import socket
+from pathlib import Path
+
+import docker
+import pytest
+
+from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUnavailable
+from core.containers import ContainerManager
+from core.terminal import Terminal
+from tests.conftest import make_settings, remove_containers
+from tests.fake_ollama import FakeOllama, cut, error, stream_error, text, tool_calls
+
+pytestmark = pytest.mark.asyncio
+
+
+def stored(rt: Runtime, chat: ChatSession) -> list[tuple[str, str, bool]]:
+    return [(m.role, m.content, m.complete) for m in rt.history.messages(chat.session_id)]
+
+
+async def reply(chat: ChatSession, message: str) -> str:
+    return "".join([p async for p in chat.chat_stream(message)])
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def test_ollama_unreachable(tmp_path: Path, docker_client: docker.DockerClient,
+                                  fake_ollama: FakeOllama) -> None:
+    dead = make_settings(tmp_path, f"http://127.0.0.1:{closed_port()}")
+    rt = Runtime(dead)
+    try:
+        async with ChatSession(user="alice", session="s", runtime=rt) as chat:
+            with pytest.raises(OllamaUnavailable) as info:
+                await reply(chat, "hello?")
+            assert "not reachable" in str(info.value) and "\n" not in str(info.value)
+            assert stored(rt, chat) == [("user", "hello?", True)]
+            # Ollama comes back (here: the host is pointed at a live server) and the next turn works.
+            rt.settings = rt.settings.replace(ollama_host=fake_ollama.url)
+            rt._ollama = None
+            fake_ollama.script(text("I'm back."))
+            assert await reply(chat, "and now?") == "I'm back."
+        sent = [m["content"] for m in fake_ollama.requests[0]["messages"][1:]]
+        assert sent == ["hello?", "and now?"]
+    finally:
+        await rt.close()
+        remove_containers(docker_client, dead.vm_name_prefix)
+
+
+async def test_connection_dropped_mid_stream(runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(cut("The answer is forty"), text("The answer is 42."))
+    async with ChatSession(user="alice", session="cut") as chat:
+        parts: list[str] = []
+        with pytest.raises(OllamaUnavailable, match="dropped"):
+            async for part in chat.chat_stream("what is the answer?"):
+                parts.append(part)
+        assert "".join(parts) == "The answer is forty"
+        assert stored(runtime, chat) == [("user", "what is the answer?", True),
+                                         ("assistant", "The answer is forty", False)]
+        assert await reply(chat, "try again") == "The answer is 42."
+    retry = [m["content"] for m in fake_ollama.requests[1]["messages"][1:]]
+    assert retry == ["what is the answer?", "try again"]  # the cut reply is never sent back
+
+
+async def test_error_inside_the_stream(runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(stream_error("Partial", "model runner crashed"), text("fine now"))
+    async with ChatSession(user="alice", session="err") as chat:
+        with pytest.raises(ModelError, match="model runner crashed"):
+            await reply(chat, "hi")
+        assert stored(runtime, chat)[0] == ("user", "hi", True)
+        assert all(not complete for role, _, complete in stored(runtime, chat) if role == "assistant")
+        assert await reply(chat, "again") == "fine now"
+
+
+async def test_model_not_pulled(runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(error(404, 'model "qwen3:8b" not found, try pulling it first'))
+    async with ChatSession(user="alice", session="404") as chat:
+        with pytest.raises(ModelError) as info:
+            await reply(chat, "hi")
+    assert "ollama pull qwen3:8b" in str(info.value)
+    assert stored(runtime, chat) == [("user", "hi", True)]
+
+
+async def test_docker_unreachable_during_a_tool_call(runtime: Runtime, fake_ollama: FakeOllama,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
+    runtime.containers = ContainerManager(runtime.settings)
+    runtime.terminal = Terminal(runtime.containers)
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "ls"})), text("Plain answer."))
+    async with ChatSession(user="alice", session="nodocker") as chat:
+        with pytest.raises(SandboxUnavailable) as info:
+            await reply(chat, "list files")
+        assert "Docker is not reachable" in str(info.value)
+        rows = stored(runtime, chat)
+        assert [r[0] for r in rows] == ["user", "assistant", "tool"]
+        assert "Docker is not reachable" in rows[2][1]
+        assert await reply(chat, "just talk then") == "Plain answer."
+    roles = [m["role"] for m in fake_ollama.requests[1]["messages"]]
+    assert roles == ["system", "user", "assistant", "tool", "user"]
+
+
+async def test_a_dead_container_is_replaced_during_a_turn(runtime: Runtime, fake_ollama: FakeOllama,
+                                                          docker_client: docker.DockerClient) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "echo first"})), text("ok"),
+                       tool_calls(("execute_terminal", {"command": "echo second"})), text("still ok"))
+    async with ChatSession(user="alice", session="dead") as chat:
+        assert await reply(chat, "one") == "ok"
+        docker_client.containers.get(runtime.containers.name("alice", "dead")).kill()
+        assert await reply(chat, "two") == "still ok"
+    assert "second" in fake_ollama.requests[3]["messages"][-1]["content"]
+
+
+async def test_unexpected_errors_never_leak_a_traceback(runtime: Runtime, fake_ollama: FakeOllama,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_a, **_k):
+        raise RuntimeError("internal detail that must not reach users")
+    monkeypatch.setattr(runtime.history, "window", broken)
+    from core import EngineError
+    async with ChatSession(user="alice", session="boom") as chat:
+        with pytest.raises(EngineError) as info:
+            await reply(chat, "hi")
+    assert "internal detail" not in str(info.value) and "log" in str(info.value)

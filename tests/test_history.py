@@ -1,0 +1,106 @@
+"""History: per-pair storage, resumption, the bounded window, indexes — on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from core.history import History, Message, Session, User
+from tests.conftest import require
+
+POSTGRES = os.environ.get("TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[History]:
+    if request.param == "sqlite":
+        h = History(f"sqlite:///{tmp_path}/chat.db")
+    else:
+        require(None if POSTGRES else "needs TEST_POSTGRES_URL (set by .ci/run) for the PostgreSQL run")
+        h = History(POSTGRES)
+    yield h
+    if request.param == "postgresql":
+        with h.db.atomic():
+            Message.delete().execute()
+            Session.delete().execute()
+            User.delete().execute()
+    h.close()
+
+
+def test_pairs_are_isolated_and_resumable(history: History) -> None:
+    a = history.open_session("alice", "general")
+    b = history.open_session("bob", "general")
+    c = history.open_session("alice", "other")
+    assert len({a, b, c}) == 3
+    history.add_message(a, "user", "alice here")
+    history.add_message(b, "user", "bob here")
+    assert history.open_session("alice", "general") == a  # resumes, does not duplicate
+    assert [m["content"] for m in history.window(a, 10)] == ["alice here"]
+    assert [m["content"] for m in history.window(b, 10)] == ["bob here"]
+    assert history.window(c, 10) == []
+
+
+def test_window_is_bounded_and_keeps_the_newest(history: History) -> None:
+    s = history.open_session("u", str(uuid.uuid4()))
+    for i in range(30):
+        history.add_message(s, "user" if i % 2 == 0 else "assistant", f"m{i}")
+    window = history.window(s, 10)
+    assert len(window) <= 10
+    assert window[-1]["content"] == "m29"
+    assert window[0]["role"] == "user"
+
+
+def test_window_never_opens_on_an_orphan_tool_result(history: History) -> None:
+    s = history.open_session("u", "tools")
+    history.add_message(s, "user", "list files")
+    calls = [{"function": {"name": "execute_terminal", "arguments": {"command": "ls"}}}]
+    history.add_message(s, "assistant", "", tool_calls=calls)
+    history.add_message(s, "tool", "exit code: 0", tool_name="execute_terminal")
+    history.add_message(s, "assistant", "done")
+    for limit in range(2, 5):
+        window = history.window(s, limit)
+        assert window, limit
+        assert window[0]["role"] != "tool", (limit, window)
+    full = history.window(s, 10)
+    assert full[1]["tool_calls"] == calls and full[2]["tool_name"] == "execute_terminal"
+
+
+def test_incomplete_rows_are_kept_but_never_sent(history: History) -> None:
+    s = history.open_session("u", "partial")
+    history.add_message(s, "user", "hello")
+    history.add_message(s, "assistant", "half a rep", complete=False)
+    assert [m["content"] for m in history.window(s, 10)] == ["hello"]
+    assert [m.content for m in history.messages(s)] == ["hello", "half a rep"]
+
+
+def test_list_and_clear(history: History) -> None:
+    s = history.open_session("lister", "one")
+    history.open_session("lister", "two")
+    history.add_message(s, "user", "x")
+    infos = {i.session: i for i in history.list_sessions("lister")}
+    assert infos["one"].message_count == 1 and infos["two"].message_count == 0
+    assert history.clear(s) == 1
+    assert history.window(s, 10) == []
+
+
+def test_sqlite_uses_wal_and_the_window_index(tmp_path: Path) -> None:
+    h = History(f"sqlite:///{tmp_path}/chat.db")
+    assert h.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s = h.open_session("u", "s")
+    plan = " ".join(str(row) for row in h.db.execute_sql(
+        "EXPLAIN QUERY PLAN SELECT role FROM messages WHERE session_id = ? AND complete = 1 ORDER BY id DESC LIMIT 5",
+        (s,)).fetchall())
+    assert "USING INDEX" in plan and "session_id_id" in plan, plan
+    h.close()
+
+
+def test_schema_is_created_automatically(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/nested/dir/chat.db"
+    History(url).close()
+    assert (tmp_path / "nested/dir/chat.db").exists()
+    h = History(url)  # a second start over existing tables is fine
+    assert h.open_session("a", "b") > 0
+    h.close()

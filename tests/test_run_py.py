@@ -1,0 +1,70 @@
+"""run.py, the local smoke test, as a user runs it: a real process, real Docker, fake Ollama."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import docker
+import pytest
+
+from core.history import History
+from tests.conftest import TEST_IMAGE, remove_containers
+from tests.fake_ollama import FakeOllama, text, tool_calls
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_py(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if k not in {"OLLAMA_HOST", "DATABASE_URL", "VM_IMAGE"}}
+    base.update({"DATABASE_URL": f"sqlite:///{tmp_path}/chat.db", "UPLOAD_DIR": str(tmp_path / "uploads"),
+                 "VM_IMAGE": TEST_IMAGE}, **env)
+    return subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, env=base,
+                          capture_output=True, text=True, timeout=120)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_py_streams_a_command_result_and_stores_the_conversation(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    prefix = f"llmt{uuid.uuid4().hex[:8]}"
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "uname -s"})),
+                       lambda request: text(f"It printed {request['messages'][-1]['content'].split()[-1]}."))
+    try:
+        done = run_py(tmp_path, OLLAMA_HOST=fake_ollama.url, VM_NAME_PREFIX=prefix)
+    finally:
+        remove_containers(docker_client, prefix)
+    assert done.returncode == 0, done.stderr
+    assert "[running: uname -s]" in done.stdout and "It printed Linux." in done.stdout
+    history = History(f"sqlite:///{tmp_path}/chat.db")
+    sid = history.find_session("smoke-test", "run.py")
+    assert sid is not None
+    assert [m.role for m in history.messages(sid)] == ["user", "assistant", "tool", "assistant"]
+    history.close()
+
+
+def test_run_py_without_ollama_says_what_to_start(tmp_path: Path) -> None:
+    done = run_py(tmp_path, OLLAMA_HOST=f"http://127.0.0.1:{closed_port()}")
+    assert done.returncode != 0
+    assert done.stderr.strip().count("\n") == 0 and "ollama serve" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+
+
+def test_run_py_without_the_model_says_what_to_pull(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    fake_ollama.models = ["llama3.1:8b"]
+    done = run_py(tmp_path, OLLAMA_HOST=fake_ollama.url)
+    assert done.returncode != 0 and "ollama pull qwen3:8b" in done.stderr
+    assert done.stderr.strip().count("\n") == 0
+
+
+def test_run_py_without_docker_says_what_to_start(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    done = run_py(tmp_path, OLLAMA_HOST=fake_ollama.url, DOCKER_HOST=f"tcp://127.0.0.1:{closed_port()}")
+    assert done.returncode != 0 and "Docker is not reachable" in done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
