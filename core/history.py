@@ -111,12 +111,6 @@ class History:
         if not self.db.is_closed():
             self.db.close()
 
-    def check_writable(self) -> None:
-        """Raise if the database cannot take a write (used by the preflight)."""
-        with self.db.atomic() as txn:
-            User.get_or_create(key="__preflight__")
-            txn.rollback()
-
     # -- sessions ---------------------------------------------------------
     def open_session(self, user: str, session: str) -> int:
         """The id of the (user, session) pair, created on first use."""

@@ -1,0 +1,148 @@
+"""Preflight: can this machine run the bot? One line per dependency, saying what to do.
+
+Run at bot start and on its own (`python -m bot.discord_bot --check`). Nothing
+here prints or logs the token; a failing check's line is safe to show anyone.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import docker
+import docker.errors
+import httpx
+import ollama
+from playhouse.db_url import connect
+
+from .config import Settings
+from .containers import ContainerManager, _docker_errors, _explain
+
+TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
+PORTAL = "https://discord.com/developers/applications"
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    message: str
+    fatal: bool = True  # the bot cannot start without it
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name:8s} {self.message}"
+
+
+def check_token(settings: Settings) -> Check:
+    token = settings.discord_token
+    if not token:
+        return Check("token", False, f"DISCORD_TOKEN is not set: create a bot at {PORTAL}, copy its token "
+                                     "from the Bot page and put DISCORD_TOKEN=... in .env")
+    if not TOKEN_SHAPE.match(token) or not _id_part_is_numeric(token):
+        return Check("token", False, "DISCORD_TOKEN does not look like a bot token (three dot-separated parts): "
+                                     f"reset and copy it again from the Bot page at {PORTAL}")
+    return Check("token", True, "DISCORD_TOKEN is present and well-formed")
+
+
+def _id_part_is_numeric(token: str) -> bool:
+    """A bot token's first part is the bot's user id in base64."""
+    first = token.split(".", 1)[0]
+    try:
+        return base64.urlsafe_b64decode(first + "=" * (-len(first) % 4)).decode().isdigit()
+    except (ValueError, UnicodeDecodeError):
+        return False
+
+
+def _same_model(wanted: str, have: str) -> bool:
+    with_tag = wanted if ":" in wanted else f"{wanted}:latest"
+    return have in (wanted, with_tag)
+
+
+async def check_ollama(settings: Settings, model: str | None = None) -> Check:
+    model = model or settings.ollama_model
+    client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
+    try:
+        listed = await client.list()
+    except (ConnectionError, httpx.HTTPError, OSError):
+        return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
+                                      "or set OLLAMA_HOST", fatal=False)
+    except ollama.ResponseError as exc:
+        return Check("ollama", False, f"Ollama at {settings.ollama_host} answered with an error: {exc.error}",
+                     fatal=False)
+    names = [m.model for m in listed.models if m.model]
+    if not any(_same_model(model, name) for name in names):
+        return Check("ollama", False, f"the model {model!r} is not pulled: run `ollama pull {model}` "
+                                      "(or set OLLAMA_MODEL to one of: " + (", ".join(names) or "none") + ")",
+                     fatal=False)
+    try:
+        shown = await client.show(model)
+    except (ollama.ResponseError, ConnectionError, httpx.HTTPError, OSError) as exc:
+        return Check("ollama", False, f"could not inspect {model!r}: {exc}", fatal=False)
+    capabilities = getattr(shown, "capabilities", None)
+    if capabilities is not None and "tools" not in capabilities:
+        return Check("ollama", False, f"the model {model!r} cannot call tools: choose a tool-capable model "
+                                      "(e.g. qwen3:8b or llama3.1:8b) in OLLAMA_MODEL", fatal=False)
+    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if capabilities else ""))
+
+
+def check_docker(settings: Settings) -> Check:
+    manager = ContainerManager(settings)
+    if not manager.ping():
+        return Check("docker", False, "Docker is not reachable: start the Docker engine (dockerd), check that this "
+                                      "user may use /var/run/docker.sock, or set DOCKER_HOST", fatal=False)
+    client = manager.client
+    try:
+        client.images.get(settings.vm_image)
+        return Check("docker", True, f"engine reachable, image {settings.vm_image} present")
+    except docker.errors.ImageNotFound:
+        pass
+    except _docker_errors() as exc:
+        return Check("docker", False, f"could not look up {settings.vm_image}: {_explain(exc)}", fatal=False)
+    try:
+        client.images.get_registry_data(settings.vm_image)
+        return Check("docker", True, f"engine reachable, image {settings.vm_image} will be pulled on first use")
+    except _docker_errors():
+        return Check("docker", False, f"the image {settings.vm_image} is not on this engine and cannot be pulled: "
+                                      f"run `docker pull {settings.vm_image}`, build it, or set VM_IMAGE", fatal=False)
+
+
+def check_database(settings: Settings) -> Check:
+    """Open the database and write inside a transaction that is rolled back."""
+    url = settings.database_url
+    shown = re.sub(r"//([^:/@]+):[^@]*@", r"//\1:***@", url)  # never show a password
+    try:
+        if settings.sqlite_path:
+            from pathlib import Path
+            Path(settings.sqlite_path).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+        db = connect(url)
+        try:
+            with db.atomic() as txn:
+                db.execute_sql("CREATE TABLE IF NOT EXISTS llmbot_preflight (x INTEGER)")
+                db.execute_sql("INSERT INTO llmbot_preflight (x) VALUES (1)")
+                txn.rollback()
+        finally:
+            db.close()
+    except Exception as exc:  # noqa: BLE001 - any failure here is the answer
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return Check("database", False, f"cannot write to {shown}: {reason[:200]} (fix DATABASE_URL or the "
+                                        "folder's permissions)")
+    return Check("database", True, f"{shown} is writable")
+
+
+async def run_checks(settings: Settings, *, token: bool = True) -> list[Check]:
+    """Every check, the blocking ones off the event loop."""
+    results = [check_token(settings)] if token else []
+    results.append(await check_ollama(settings))
+    results.append(await asyncio.to_thread(check_docker, settings))
+    results.append(await asyncio.to_thread(check_database, settings))
+    return results
+
+
+def print_checks(checks: list[Check], out: TextIO = sys.stdout) -> int:
+    """Print one line per check; the exit code is 0 only when all pass."""
+    for check in checks:
+        print(check.line(), file=out)
+    return 0 if all(c.ok for c in checks) else 1
