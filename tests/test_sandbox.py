@@ -204,3 +204,21 @@ async def test_docker_unreachable_is_one_clear_error(runtime: Runtime, monkeypat
     with pytest.raises(SandboxUnavailable) as info:
         await Terminal(manager).execute("alice", "s1", "true")
     assert "Docker is not reachable" in str(info.value) and "\n" not in str(info.value)
+
+
+async def test_the_runtime_reaps_idle_sandboxes_in_the_background(settings, docker_client) -> None:
+    rt = Runtime(settings.replace(vm_idle_timeout=1))
+    try:
+        async with ChatSession(user="alice", session="reaped", runtime=rt):
+            await rt.terminal.execute("alice", "reaped", "true")
+        name = rt.containers.name("alice", "reaped")
+        assert docker_client.containers.get(name).status == "running"
+        for _ in range(80):
+            await asyncio.sleep(0.1)
+            if not docker_client.containers.list(all=True, filters={"name": name}):
+                break
+        assert not docker_client.containers.list(all=True, filters={"name": name})
+    finally:
+        await rt.close()
+        from tests.conftest import remove_containers
+        remove_containers(docker_client, settings.vm_name_prefix)
