@@ -81,10 +81,12 @@ class Runtime:
             log.exception("sandbox warm-up failed for %s/%s", user, session)
 
     async def close(self) -> None:
-        for task in [self._reaper, *self._warming.values()]:
-            if task is not None and not task.done():
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        """Stop the reaper; let container start-ups finish (a thread cannot be cancelled, and a
+        start-up abandoned half-way would leave a container nobody tracks)."""
+        if self._reaper is not None and not self._reaper.done():
+            self._reaper.cancel()
+            await asyncio.gather(self._reaper, return_exceptions=True)
+        await asyncio.gather(*self._warming.values(), return_exceptions=True)
         self.history.close()
 
 
