@@ -107,6 +107,13 @@ class History:
         with db.connection_context():
             db.create_tables(MODELS, safe=True)
 
+    def _write(self):  # type: ignore[no-untyped-def]
+        """A write transaction. SQLite's deferred transactions fail at once ("database is locked")
+        when two threads both read and then write; BEGIN IMMEDIATE waits for the lock instead."""
+        if self.url.startswith("sqlite"):
+            return self.db.atomic(lock_type="IMMEDIATE")
+        return self.db.atomic()
+
     def close(self) -> None:
         if not self.db.is_closed():
             self.db.close()
@@ -114,7 +121,7 @@ class History:
     # -- sessions ---------------------------------------------------------
     def open_session(self, user: str, session: str) -> int:
         """The id of the (user, session) pair, created on first use."""
-        with self.db.atomic():
+        with self._write():
             user_row, _ = User.get_or_create(key=user)
             row, _ = Session.get_or_create(user=user_row, key=session)
         return row.id
@@ -146,7 +153,7 @@ class History:
                     tool_calls: list[dict[str, Any]] | None = None, tool_name: str | None = None,
                     complete: bool = True) -> int:
         now = _now()
-        with self.db.atomic():
+        with self._write():
             row = Message.create(session=session_id, role=role, content=content,
                                  tool_calls=json.dumps(tool_calls) if tool_calls else None,
                                  tool_name=tool_name, complete=complete, created_at=now)
@@ -155,7 +162,7 @@ class History:
 
     def add_messages(self, session_id: int, rows: list[dict[str, Any]]) -> None:
         """Several rows in one transaction (a cancelled turn's closing tool results)."""
-        with self.db.atomic():
+        with self._write():
             for row in rows:
                 self.add_message(session_id, **row)
 

@@ -104,3 +104,19 @@ def test_schema_is_created_automatically(tmp_path: Path) -> None:
     h = History(url)  # a second start over existing tables is fine
     assert h.open_session("a", "b") > 0
     h.close()
+
+
+def test_concurrent_writers_from_many_threads(history: History) -> None:
+    """Several conversations start and write at once (the bot does this from worker threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def conversation(n: int) -> int:
+        sid = history.open_session(f"racer{n % 3}", f"room{n}")
+        for i in range(5):
+            history.add_message(sid, "user", f"{n}-{i}")
+        return sid
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        ids = list(pool.map(conversation, range(24)))
+    assert len(set(ids)) == 24
+    assert all(len(history.window(sid, 10)) == 5 for sid in ids)

@@ -1,0 +1,1 @@
+"""The Discord face of the engine: discord.py cogs that translate Discord into core calls."""

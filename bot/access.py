@@ -1,0 +1,35 @@
+"""Who may talk to the bot, decided from configuration alone (no Discord objects needed)."""
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from core.config import Settings
+
+REFUSED = "Sorry, I'm not available to you here."
+NO_DMS = "Sorry, I don't answer direct messages on this server's setup. Mention me in a channel instead."
+
+
+def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), channel_ids: Iterable[int] = (),
+            is_dm: bool = False) -> str | None:
+    """None when allowed; otherwise the one line to show. Blocked ids always win.
+
+    `channel_ids` holds the channel and, for a thread, its parent: allowing a
+    channel allows its threads.
+    """
+    roles, channels = set(role_ids), set(channel_ids)
+    if user_id in settings.blocked_user_ids or roles & settings.blocked_role_ids:
+        return REFUSED
+    if channels & settings.blocked_channel_ids:
+        return REFUSED
+    if is_dm and not settings.allow_dms:
+        return NO_DMS
+    if settings.allowed_user_ids or settings.allowed_role_ids:
+        if user_id not in settings.allowed_user_ids and not roles & settings.allowed_role_ids:
+            return REFUSED
+    if settings.allowed_channel_ids and not is_dm and not channels & settings.allowed_channel_ids:
+        return REFUSED
+    return None
+
+
+def is_admin(settings: Settings, *, user_id: int, manage_guild: bool) -> bool:
+    return manage_guild or user_id in settings.admin_user_ids

@@ -1,0 +1,1 @@
+"""Extensions loaded by the bot's setup_hook: chat, uploads, admin."""

@@ -1,0 +1,169 @@
+"""Slash commands: /reset and /sessions for everyone, /admin … for server managers."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+import discord
+import httpx
+import ollama
+from discord import app_commands
+from discord.ext import commands
+
+from core import ChatSession, EngineError
+
+from ..access import is_admin
+
+if TYPE_CHECKING:
+    from ..discord_bot import LLMBot
+
+log = logging.getLogger(__name__)
+REFUSAL = "Only server managers and the bot's admins can use /admin."
+
+
+def _stamp(moment: datetime) -> str:
+    """Discord renders this as a relative time in each reader's own time zone."""
+    return f"<t:{int(moment.replace(tzinfo=timezone.utc).timestamp())}:R>"
+
+
+class Admin(commands.Cog):
+    admin = app_commands.Group(name="admin", description="Manage the assistant (server managers only)")
+
+    def __init__(self, bot: "LLMBot") -> None:
+        self.bot = bot
+
+    @property
+    def rt(self):  # type: ignore[no-untyped-def]
+        return self.bot.runtime
+
+    async def _say(self, interaction: discord.Interaction, text: str) -> None:
+        text = text if len(text) <= 2000 else text[:1990] + "\n…"
+        if interaction.response.is_done():
+            await interaction.followup.send(text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none())
+        else:
+            await interaction.response.send_message(text, ephemeral=True,
+                                                    allowed_mentions=discord.AllowedMentions.none())
+
+    def _allowed(self, interaction: discord.Interaction) -> bool:
+        perms = getattr(interaction.user, "guild_permissions", None)
+        return is_admin(self.rt.settings, user_id=interaction.user.id,
+                        manage_guild=bool(interaction.guild is not None and perms and perms.manage_guild))
+
+    async def _running(self) -> dict[tuple[str, str], str]:
+        try:
+            return {(c.user, c.session): c.status for c in await self.rt.containers.info()}
+        except EngineError:
+            return {}
+
+    # -- everyone -------------------------------------------------------------------
+    @app_commands.command(name="reset", description="Forget this channel's conversation and restart your sandbox")
+    @app_commands.describe(keep_container="Keep the sandbox (files, installed packages) and only clear the history")
+    async def reset(self, interaction: discord.Interaction, keep_container: bool = False) -> None:
+        async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.rt) as chat:
+            removed = await chat.reset(keep_container=keep_container)
+        what = "kept your sandbox" if keep_container else "restarted your sandbox"
+        await self._say(interaction, f"Cleared {removed} messages here and {what}.")
+
+    @app_commands.command(name="sessions", description="List your conversations with the assistant")
+    async def sessions(self, interaction: discord.Interaction) -> None:
+        infos = await asyncio.to_thread(self.rt.history.list_sessions, str(interaction.user.id))
+        if not infos:
+            await self._say(interaction, "You have no conversations yet.")
+            return
+        running = await self._running()
+        lines = [f"<#{i.session}> · {i.message_count} messages · last active {_stamp(i.last_active)} · "
+                 + ("🟢 sandbox running" if running.get((i.user, i.session)) == "running" else "⚪ no sandbox")
+                 for i in infos[:25]]
+        await self._say(interaction, "\n".join(lines))
+
+    # -- admins -------------------------------------------------------------------------
+    @admin.command(name="sessions", description="All conversations with a running reply or sandbox")
+    async def admin_sessions(self, interaction: discord.Interaction) -> None:
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        running = await self._running()
+        active = self.rt.registry.active()
+        keys = sorted(set(running) | set(active))
+        if not keys:
+            return await self._say(interaction, "No active sessions.")
+        lines = [f"<@{user}> in <#{session}> · sandbox: {running.get((user, session), 'none')}"
+                 + (f" · replying ({active[(user, session)].value})" if (user, session) in active else "")
+                 for user, session in keys[:40]]
+        await self._say(interaction, "\n".join(lines))
+
+    @admin.command(name="reset", description="Clear someone's conversation in a channel and restart their sandbox")
+    @app_commands.describe(user="Whose conversation", channel="The channel id of the conversation")
+    async def admin_reset(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        async with ChatSession(user=user.id, session=channel, runtime=self.rt) as chat:
+            removed = await chat.reset()
+        await self._say(interaction, f"Cleared {removed} messages of <@{user.id}> in <#{channel}>; sandbox restarted.")
+
+    @admin.command(name="stop", description="Stop someone's reply and remove their sandbox in a channel")
+    @app_commands.describe(user="Whose session", channel="The channel id of the session")
+    async def admin_stop(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        key = (str(user.id), str(channel))
+        await self.rt.registry.cancel(key)
+        removed = await self.rt.containers.remove(*key)
+        await self._say(interaction, f"Stopped <@{user.id}> in <#{channel}>"
+                                     + ("; sandbox removed." if removed else "; there was no sandbox."))
+
+    @admin_reset.autocomplete("channel")
+    @admin_stop.autocomplete("channel")
+    async def _channel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        user = getattr(interaction.namespace, "user", None)
+        infos = await asyncio.to_thread(self.rt.history.list_sessions, str(user.id) if user else None)
+        return [app_commands.Choice(name=f"{i.session} ({i.message_count} messages)", value=i.session)
+                for i in infos if current in i.session][:25]
+
+    @admin.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
+    async def admin_status(self, interaction: discord.Interaction) -> None:
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        await interaction.response.defer(ephemeral=True)
+        models = await self._models()
+        docker_ok = await asyncio.to_thread(self.rt.containers.ping)
+        running = [s for s in (await self._running()).values() if s == "running"] if docker_ok else []
+        lines = [
+            f"Model: `{self.rt.model}`" + ("" if models is None or self.rt.model in models else " (not pulled!)"),
+            f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'} at {self.rt.settings.ollama_host}",
+            f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}",
+            f"Sandboxes running: {len(running)}",
+            f"Replies in progress: {len(self.rt.registry.active())}",
+        ]
+        await self._say(interaction, "\n".join(lines))
+
+    @admin.command(name="model", description="Switch the model for everyone")
+    @app_commands.describe(name="A model the Ollama server has pulled")
+    async def admin_model(self, interaction: discord.Interaction, name: str) -> None:
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        models = await self._models()
+        if models is None:
+            return await self._say(interaction, "Ollama is unreachable, so the model was not changed.")
+        if name not in models:
+            return await self._say(interaction, f"The Ollama server has no model `{name}`; pull it first.")
+        old, self.rt.model = self.rt.model, name
+        log.info("model switched from %s to %s by %s", old, name, interaction.user.id)
+        await self._say(interaction, f"Model switched from `{old}` to `{name}`.")
+
+    @admin_model.autocomplete("name")
+    async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        models = await self._models() or []
+        return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
+
+    async def _models(self) -> list[str] | None:
+        try:
+            listed = await asyncio.wait_for(self.rt.ollama().list(), timeout=10)
+        except (ConnectionError, httpx.HTTPError, OSError, ollama.ResponseError, asyncio.TimeoutError):
+            return None
+        return [m.model for m in listed.models if m.model]
+
+
+async def setup(bot: "LLMBot") -> None:
+    await bot.add_cog(Admin(bot))

@@ -1,0 +1,60 @@
+"""Uploads: a message's attachments go into the sender's /data in that channel's sandbox."""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord.ext import commands
+
+from core import ChatSession, UploadError
+
+from ..reply import NO_MENTIONS
+
+if TYPE_CHECKING:
+    from ..discord_bot import LLMBot
+
+log = logging.getLogger(__name__)
+
+
+def _mb(size: int) -> str:
+    return f"{size / 1024 / 1024:.0f} MB"
+
+
+class Uploads(commands.Cog):
+    def __init__(self, bot: "LLMBot") -> None:
+        self.bot = bot
+
+    async def save_attachments(self, message: discord.Message, chat: ChatSession) -> list[str]:
+        """Save each attachment, reply with where each went (or why not); the saved paths."""
+        limit = self.bot.runtime.settings.upload_max_file_bytes
+        saved: list[str] = []
+        lines: list[str] = []
+        for attachment in message.attachments:
+            name = discord.utils.escape_markdown(attachment.filename)
+            if attachment.size > limit:
+                lines.append(f"⚠️ {name} is over the {_mb(limit)} limit per file; not saved.")
+                continue
+            try:
+                data = await attachment.read()
+            except (discord.HTTPException, OSError, ValueError) as exc:
+                log.warning("could not download an attachment in channel %s: %s", message.channel.id, exc)
+                lines.append(f"⚠️ {name} could not be downloaded from Discord; please send it again.")
+                continue
+            try:
+                path = await chat.save_upload(attachment.filename, data, size=len(data))
+            except UploadError as exc:
+                lines.append(f"⚠️ {discord.utils.escape_markdown(str(exc))}")
+                continue
+            saved.append(path)
+            lines.append(f"📎 {name} → `{path}`")
+        if lines:
+            try:
+                await message.reply("\n".join(lines), allowed_mentions=NO_MENTIONS, mention_author=False)
+            except discord.HTTPException as exc:
+                log.warning("could not confirm uploads in channel %s: %s", message.channel.id, exc)
+        return saved
+
+
+async def setup(bot: "LLMBot") -> None:
+    await bot.add_cog(Uploads(bot))

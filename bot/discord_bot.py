@@ -1,0 +1,115 @@
+"""Build and run the Discord bot.
+
+    python -m bot.discord_bot                 # run (DISCORD_TOKEN from the environment or .env)
+    python -m bot.discord_bot --check         # preflight only: one line per dependency
+    python -m bot.discord_bot --log-level DEBUG
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import aiohttp
+import discord
+from discord.ext import commands
+
+from core import ConfigError, Runtime, Settings, get_runtime
+from core.preflight import print_checks, run_checks
+
+log = logging.getLogger(__name__)
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.uploads", "bot.cogs.admin")
+
+
+class _BotMixin:
+    """What the plain and the sharded bot share: the runtime and extension loading."""
+
+    runtime: Runtime
+
+    async def setup_hook(self) -> None:
+        for extension in EXTENSIONS:
+            await self.load_extension(extension)  # type: ignore[attr-defined]
+        try:
+            synced = await self.tree.sync()  # type: ignore[attr-defined]
+            log.info("synced %d slash commands", len(synced))
+        except (discord.DiscordException, NotImplementedError) as exc:
+            log.warning("could not sync slash commands: %s", exc)
+        self.runtime.start_background()
+
+    async def on_message(self, message: discord.Message) -> None:
+        """No prefix commands: the chat cog's listener handles messages, slash commands the rest."""
+
+    async def close(self) -> None:
+        await super().close()  # type: ignore[misc]
+        await self.runtime.close()
+
+
+class LLMBot(_BotMixin, commands.Bot):
+    pass
+
+
+class ShardedLLMBot(_BotMixin, commands.AutoShardedBot):
+    pass
+
+
+def create_bot(settings: Settings | None = None, runtime: Runtime | None = None) -> commands.Bot:
+    """The bot, not connected; `setup_hook` loads the cogs when it starts."""
+    runtime = runtime or get_runtime(settings)
+    settings = runtime.settings
+    intents = discord.Intents.default()
+    intents.message_content = True
+    options = dict(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                   allowed_mentions=discord.AllowedMentions.none())
+    if settings.shard_count > 0:
+        bot: commands.Bot = ShardedLLMBot(shard_count=settings.shard_count, **options)
+    else:
+        bot = LLMBot(**options)
+    bot.runtime = runtime  # type: ignore[attr-defined]
+    return bot
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bot.discord_bot", description="Run the Discord bot.")
+    parser.add_argument("--check", action="store_true", help="run the preflight checks and exit")
+    parser.add_argument("--log-level", default=None, type=str.upper,
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="default: LOG_LEVEL or INFO")
+    args = parser.parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        print(f"Bad configuration: {exc}", file=sys.stderr)
+        return 2
+    discord.utils.setup_logging(level=getattr(logging, args.log_level or settings.log_level), root=True)
+    logging.getLogger("discord.gateway").setLevel(logging.WARNING)
+
+    checks = asyncio.run(run_checks(settings))
+    if args.check:
+        return print_checks(checks)
+    fatal = [c for c in checks if not c.ok and c.fatal]
+    for check in checks:
+        if not check.ok and not check.fatal:
+            log.warning("preflight: %s", check.message)  # the bot can start; users get friendly errors
+    if fatal:
+        for check in fatal:
+            print(check.message, file=sys.stderr)
+        return 1
+    bot = create_bot(settings)
+    try:
+        bot.run(settings.discord_token, log_handler=None)
+    except discord.LoginFailure:
+        print("Discord rejected DISCORD_TOKEN: reset the token on the Bot page of the Developer Portal and "
+              "update .env", file=sys.stderr)
+        return 1
+    except (aiohttp.ClientError, OSError) as exc:
+        print(f"Cannot reach Discord ({type(exc).__name__}): check this machine's internet connection", file=sys.stderr)
+        return 1
+    except discord.PrivilegedIntentsRequired:
+        print("Enable the Message Content Intent on the Bot page of the Developer Portal, then start again",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Text shaping for Discord: 2,000-character messages that never break a code block."""
+from __future__ import annotations
+
+LIMIT = 2000
+FENCE = "```"
+
+
+def split_message(text: str, limit: int = LIMIT) -> list[str]:
+    """Split at line boundaries; a code block cut in two is closed and reopened with its language."""
+    reserve = len(FENCE) + 1  # room to close a block that is open at the cut
+    chunks: list[str] = []
+    lines: list[str] = []
+    size = 0
+    fence: str | None = None  # the language tag of the open block, "" for none
+
+    def cut() -> None:
+        nonlocal lines, size
+        body = lines + ([FENCE] if fence is not None else [])
+        if any(line.strip() for line in lines):
+            chunks.append("\n".join(body))
+        lines = [FENCE + fence] if fence is not None else []
+        size = len(lines[0]) + 1 if lines else 0
+
+    for line in text.split("\n"):
+        for piece in _hard_split(line, limit - reserve - 32):
+            if lines and size + len(piece) + 1 + reserve > limit:
+                cut()
+            lines.append(piece)
+            size += len(piece) + 1
+            stripped = piece.strip()
+            if stripped.startswith(FENCE):
+                fence = stripped[len(FENCE):].strip() if fence is None else None
+    if any(line.strip() for line in lines):
+        chunks.append("\n".join(lines))
+    return chunks or [""]
+
+
+def _hard_split(line: str, width: int) -> list[str]:
+    """A line longer than a message is cut at spaces where it can be, else anywhere."""
+    if len(line) <= width:
+        return [line]
+    pieces = []
+    while len(line) > width:
+        at = line.rfind(" ", width // 2, width)
+        at = at if at > 0 else width
+        pieces.append(line[:at])
+        line = line[at:].lstrip(" ") if at != width else line[at:]
+    pieces.append(line)
+    return pieces
+
+
+def inline_code(text: str, width: int = 80) -> str:
+    """A command shown inline: one line, shortened, backticks neutralised."""
+    flat = " ".join(text.split())
+    if len(flat) > width:
+        flat = flat[: width - 1] + "…"
+    return "`" + flat.replace("`", "ˋ") + "`"
+
+
+def thinking_line(thinking: str, width: int = 160) -> str:
+    """Reasoning, collapsed to one small line (Discord's -# subtext) showing its latest words."""
+    flat = " ".join(thinking.split())
+    if len(flat) > width:
+        flat = "…" + flat[-width:]
+    return f"-# 💭 {flat}" if flat else ""

@@ -1,0 +1,163 @@
+"""One streamed reply on Discord: text, tool progress and thinking, shown by paced edits.
+
+Updates only mark the reply dirty; a single flusher per reply applies the
+latest state whenever the channel's pacer allows, so pending text coalesces and
+the final flush always carries the full text.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from .formatting import LIMIT, inline_code, split_message, thinking_line
+from .pacing import ChannelPacer
+
+log = logging.getLogger(__name__)
+NO_MENTIONS = discord.AllowedMentions.none()
+
+
+@dataclass
+class _Tool:
+    command: str
+    status: str = "running"  # running, ok, failed, timeout, error
+    exit_code: int | None = None
+
+    def line(self) -> str:
+        cmd = inline_code(self.command or "(no command)")
+        if self.status == "running":
+            return f"-# ⚙️ running {cmd}…"
+        if self.status == "timeout":
+            return f"-# ⏱️ {cmd} timed out"
+        if self.status == "error":
+            return f"-# ⚠️ {cmd} could not run"
+        mark = "✅" if self.status == "ok" else "❌"
+        return f"-# {mark} {cmd} → exit {self.exit_code}"
+
+
+class ReplyStream:
+    """Renders a reply into one or more messages, paced per channel."""
+
+    def __init__(self, channel: Any, reply_to: discord.Message | None, pacer: ChannelPacer, *,
+                 show_thinking: bool = False, limit: int = LIMIT) -> None:
+        self.channel = channel
+        self.reply_to = reply_to
+        self.pacer = pacer
+        self.show_thinking = show_thinking
+        self.limit = limit
+        self.parts: list[str | _Tool] = []
+        self.thinking = ""
+        self.messages: list[discord.Message] = []
+        self._shown: list[str] = []
+        self._dirty = asyncio.Event()
+        self._closed = False
+        self._flusher: asyncio.Task[None] | None = None
+        self.edits = 0
+
+    # -- what happened ----------------------------------------------------
+    def add_text(self, text: str) -> None:
+        if self.parts and isinstance(self.parts[-1], str):
+            self.parts[-1] += text
+        else:
+            self.parts.append(text)
+        self._touch()
+
+    def add_line(self, line: str) -> None:
+        """A line of its own (notices, errors)."""
+        self.parts.append(line)
+        self.parts.append("")
+        self._touch()
+
+    def add_thinking(self, text: str) -> None:
+        self.thinking += text
+        if self.show_thinking:
+            self._touch()
+
+    def tool_started(self, command: str) -> None:
+        self.parts.append(_Tool(command))
+        self._touch()
+
+    def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool) -> None:
+        for part in reversed(self.parts):
+            if isinstance(part, _Tool) and part.status == "running":
+                part.exit_code = exit_code
+                part.status = ("timeout" if timed_out else "error" if error or exit_code is None
+                               else "ok" if exit_code == 0 else "failed")
+                break
+        self._touch()
+
+    @property
+    def text(self) -> str:
+        return "".join(p for p in self.parts if isinstance(p, str))
+
+    def render(self) -> str:
+        lines: list[str] = []
+        if self.show_thinking and self.thinking and not self.text.strip():
+            lines.append(thinking_line(self.thinking))
+        body = ""
+        for part in self.parts:
+            if isinstance(part, _Tool):
+                body = body.rstrip("\n") + ("\n" if body.strip() else "") + part.line() + "\n"
+            else:
+                body += part
+        if body.strip():
+            lines.append(body.strip("\n"))
+        return "\n".join(lines)
+
+    # -- showing it ---------------------------------------------------------
+    def _touch(self) -> None:
+        self._dirty.set()
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_forever())
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            await self._apply()
+            if self._closed and not self._dirty.is_set():
+                return
+
+    async def _apply(self) -> None:
+        chunks = [c for c in split_message(self.render(), self.limit) if c.strip()]
+        for index, chunk in enumerate(chunks):
+            if index < len(self._shown) and self._shown[index] == chunk:
+                continue
+            await self.pacer.acquire(self.channel.id)
+            try:
+                if index < len(self.messages):
+                    # discord.py 2 returns the edited message instead of updating the old object.
+                    edited = await self.messages[index].edit(content=chunk, allowed_mentions=NO_MENTIONS)
+                    if isinstance(edited, discord.Message):
+                        self.messages[index] = edited
+                    self.edits += 1
+                    self._shown[index] = chunk
+                else:
+                    message = await self._send(chunk, first=index == 0)
+                    self.messages.append(message)
+                    self._shown.append(chunk)
+            except discord.HTTPException as exc:
+                log.warning("could not update a reply in channel %s: %s", self.channel.id, exc)
+
+    async def _send(self, content: str, *, first: bool) -> discord.Message:
+        if first and self.reply_to is not None:
+            try:
+                return await self.reply_to.reply(content, allowed_mentions=NO_MENTIONS, mention_author=False)
+            except discord.HTTPException:
+                pass  # the message was deleted: send it plainly
+        return await self.channel.send(content, allowed_mentions=NO_MENTIONS)
+
+    async def close(self) -> None:
+        """Show the final state, whatever the pacing, and stop the flusher."""
+        self._closed = True
+        if self._flusher is None:
+            if not self.render().strip():
+                return
+            self._dirty.set()
+            self._flusher = asyncio.create_task(self._flush_forever())
+        else:
+            self._dirty.set()
+        await self._flusher

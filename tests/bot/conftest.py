@@ -1,0 +1,77 @@
+"""A real discord.py bot driven by dpytest, over the real runtime (fake Ollama, real Docker)."""
+from __future__ import annotations
+
+import asyncio
+import types
+from pathlib import Path
+from typing import Any, AsyncIterator
+from urllib.parse import unquote, urlparse
+
+import discord
+import discord.ext.test as dpytest
+import discord.ext.test.backend as dpy_backend
+import pytest
+import pytest_asyncio
+from discord.ext import commands
+
+from bot.discord_bot import create_bot
+from core import Runtime
+
+
+async def _cdn(self: Any, url: str) -> bytes:
+    """Discord's CDN, for dpytest's attachments: they point at local files."""
+    path = unquote(urlparse(url).path) if url.startswith("file:") else url
+    if not Path(path).is_file():
+        raise discord.NotFound(types.SimpleNamespace(status=404, reason="Not Found"), "Unknown attachment")
+    return Path(path).read_bytes()
+
+
+@pytest.fixture(autouse=True)
+def fake_cdn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
+    # dpytest 0.7 builds reaction payloads without the "type" field discord.py 2.7 reads.
+    original = discord.state.ConnectionState.parse_message_reaction_add
+
+    def parse(self: Any, data: dict) -> None:
+        data.setdefault("type", 0)
+        data.setdefault("burst", False)
+        return original(self, data)
+
+    monkeypatch.setattr(discord.state.ConnectionState, "parse_message_reaction_add", parse)
+
+
+async def start_bot(runtime: Runtime) -> commands.Bot:
+    bot = create_bot(runtime=runtime)
+    await bot._async_setup_hook()
+    # dpytest resolves mentions through the guild's member cache, which needs the members
+    # intent; the bot itself does not (it reads mentions from the message payload).
+    bot._connection._intents.members = True
+    bot._connection.member_cache_flags = discord.MemberCacheFlags.from_intents(bot.intents)
+    dpytest.configure(bot, guilds=1, text_channels=2, members=3)
+    bot._connection.loop = asyncio.get_running_loop()  # discord.py 2.7 sets it at login, which dpytest skips
+    await bot.setup_hook()
+    return bot
+
+
+@pytest_asyncio.fixture
+async def bot(runtime: Runtime) -> AsyncIterator[commands.Bot]:
+    bot = await start_bot(runtime)
+    try:
+        yield bot
+    finally:
+        await dpytest.empty_queue()
+
+
+def sent() -> list[discord.Message]:
+    """Every message the bot sent since the last call, oldest first, with edits applied."""
+    out = []
+    while not dpytest.sent_queue.empty():
+        out.append(dpytest.get_message())
+    return out
+
+
+def channel_messages(channel: discord.abc.Messageable, bot: commands.Bot) -> list[discord.Message]:
+    """The bot's messages in a channel as Discord now shows them (edits applied), oldest first."""
+    stored = dpy_backend._cur_config.messages.get(channel.id, [])
+    return [discord.Message(state=dpy_backend.get_state(), channel=channel, data=data)
+            for data in stored if int(data["author"]["id"]) == bot.user.id]
