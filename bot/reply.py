@@ -42,7 +42,7 @@ class ReplyStream:
     """Renders a reply into one or more messages, paced per channel."""
 
     def __init__(self, channel: Any, reply_to: discord.Message | None, pacer: ChannelPacer, *,
-                 show_thinking: bool = False, limit: int = LIMIT) -> None:
+                 show_thinking: bool = False, limit: int = LIMIT, min_interval: float = 1.0) -> None:
         self.channel = channel
         self.reply_to = reply_to
         self.pacer = pacer
@@ -52,7 +52,9 @@ class ReplyStream:
         self.thinking = ""
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
+        self.min_interval = min_interval  # Discord shows about one edit a second per channel anyway
         self._dirty = asyncio.Event()
+        self._closing = asyncio.Event()
         self._closed = False
         self._flusher: asyncio.Task[None] | None = None
         self.edits = 0
@@ -120,6 +122,11 @@ class ReplyStream:
             await self._apply()
             if self._closed and not self._dirty.is_set():
                 return
+            if not self._closed:  # let text pile up between edits; close() cuts the wait short
+                try:
+                    await asyncio.wait_for(self._closing.wait(), timeout=self.min_interval)
+                except asyncio.TimeoutError:
+                    pass
 
     async def _apply(self) -> None:
         chunks = [c for c in split_message(self.render(), self.limit) if c.strip()]
@@ -153,6 +160,7 @@ class ReplyStream:
     async def close(self) -> None:
         """Show the final state, whatever the pacing, and stop the flusher."""
         self._closed = True
+        self._closing.set()
         if self._flusher is None:
             if not self.render().strip():
                 return

@@ -270,11 +270,13 @@ class ContainerManager:
         return removed
 
     def remove_sync(self, user: str, session: str) -> bool:
-        container = self._get(self.name(user, session))
-        if container is None:
-            return False
-        self._remove(container)
-        return True
+        name = self.name(user, session)
+        with self._lock(name):  # never in the middle of a start-up of the same sandbox
+            container = self._get(name)
+            if container is None:
+                return False
+            self._remove(container)
+            return True
 
     def info_sync(self) -> list[ContainerInfo]:
         now = time.monotonic()

@@ -80,6 +80,14 @@ class Runtime:
         except Exception:  # noqa: BLE001 - the first command will retry and report
             log.exception("sandbox warm-up failed for %s/%s", user, session)
 
+    async def stop_session(self, user: str, session: str) -> bool:
+        """Stop the session's reply and remove its sandbox (waiting out a start-up in flight)."""
+        await self.registry.cancel((user, session))
+        warming = self._warming.get((user, session))
+        if warming is not None:
+            await asyncio.gather(warming, return_exceptions=True)
+        return await self.containers.remove(user, session)
+
     async def close(self) -> None:
         """Stop the reaper; let container start-ups finish (a thread cannot be cancelled, and a
         start-up abandoned half-way would leave a container nobody tracks)."""

@@ -114,9 +114,11 @@ class ChatSession:
     async def reset(self, *, keep_container: bool = False) -> int:
         """Stop any running reply, clear the history, and (unless kept) recreate the container."""
         rt = self.runtime
-        await rt.registry.cancel(self.key)
+        if keep_container:
+            await rt.registry.cancel(self.key)
+        else:
+            await rt.stop_session(self.user, self.session)
         removed = await asyncio.to_thread(rt.history.clear, self.session_id)
         if not keep_container:
-            await rt.containers.remove(self.user, self.session)
             rt.prewarm(self.user, self.session)
         return removed

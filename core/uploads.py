@@ -68,12 +68,12 @@ class UploadStore:
 
     def _check(self, folder: Path, size: int, name: str) -> None:
         if size > self.max_file:
-            raise UploadError(f"{name} is {_mb(size)}, over the {_mb(self.max_file)} limit per file.")
+            raise UploadError(f"{name} is {human_size(size)}, over the {human_size(self.max_file)} limit per file.")
         used = folder_size(folder) if folder.exists() else 0
         if used + size > self.max_session:
             raise UploadError(
-                f"{name} ({_mb(size)}) would take this conversation over its {_mb(self.max_session)} of uploads "
-                f"({_mb(used)} used).")
+                f"{name} ({human_size(size)}) would take this conversation over its {human_size(self.max_session)} of uploads "
+                f"({human_size(used)} used).")
 
     def copy(self, folder: Path, source: str | os.PathLike[str], *, name: str | None = None,
              overwrite: bool = False) -> Path:
@@ -108,7 +108,7 @@ class UploadStore:
                 async for chunk in _aiter(chunks):
                     written += len(chunk)
                     if written > self.max_file:
-                        raise UploadError(f"{clean} is over the {_mb(self.max_file)} limit per file.")
+                        raise UploadError(f"{clean} is over the {human_size(self.max_file)} limit per file.")
                     await fh.write(chunk)
             self._check(folder, written, clean) if size_hint is None else None
             target = _free_path(folder, clean, overwrite)
@@ -134,5 +134,6 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # typ
             yield chunk
 
 
-def _mb(size: int) -> str:
+def human_size(size: int) -> str:
+    """Sizes as people read them in a chat line."""
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

@@ -107,9 +107,7 @@ class Admin(commands.Cog):
     async def admin_stop(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
-        key = (str(user.id), str(channel))
-        await self.rt.registry.cancel(key)
-        removed = await self.rt.containers.remove(*key)
+        removed = await self.rt.stop_session(str(user.id), str(channel))
         await self._say(interaction, f"Stopped <@{user.id}> in <#{channel}>"
                                      + ("; sandbox removed." if removed else "; there was no sandbox."))
 

@@ -38,6 +38,7 @@ class Chat(commands.Cog):
     def __init__(self, bot: "LLMBot") -> None:
         self.bot = bot
         self.pacer = ChannelPacer(bot.runtime.settings.edits_per_5s)
+        self.min_edit_interval = 1.0  # per reply; the channel's pacer is the hard limit
         self._refused: dict[tuple[int, int], float] = {}
 
     @property
@@ -103,7 +104,8 @@ class Chat(commands.Cog):
 
     # -- the reply --------------------------------------------------------------
     async def respond(self, message: discord.Message, chat: ChatSession, text: str) -> ReplyStream:
-        stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking)
+        stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking,
+                             min_interval=self.min_edit_interval)
         try:
             async with message.channel.typing():
                 async for event in chat.events(text):

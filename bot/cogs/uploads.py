@@ -8,6 +8,7 @@ import discord
 from discord.ext import commands
 
 from core import ChatSession, UploadError
+from core.uploads import human_size
 
 from ..reply import NO_MENTIONS
 
@@ -15,10 +16,6 @@ if TYPE_CHECKING:
     from ..discord_bot import LLMBot
 
 log = logging.getLogger(__name__)
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1024 / 1024:.0f} MB"
 
 
 class Uploads(commands.Cog):
@@ -33,7 +30,7 @@ class Uploads(commands.Cog):
         for attachment in message.attachments:
             name = discord.utils.escape_markdown(attachment.filename)
             if attachment.size > limit:
-                lines.append(f"⚠️ {name} is over the {_mb(limit)} limit per file; not saved.")
+                lines.append(f"⚠️ {name} is over the {human_size(limit)} limit per file; not saved.")
                 continue
             try:
                 data = await attachment.read()

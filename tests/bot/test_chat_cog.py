@@ -137,7 +137,14 @@ async def test_thinking_hidden_by_default_and_collapsed_when_enabled(runtime: Ru
         edits.append(kwargs.get("content", ""))
         return await original(self, **kwargs)
 
+    original_reply = discord.Message.reply
+
+    async def reply_spy(self, content=None, **kwargs):  # type: ignore[no-untyped-def]
+        edits.append(content or "")
+        return await original_reply(self, content, **kwargs)
+
     discord.Message.edit = spy  # type: ignore[method-assign]
+    discord.Message.reply = reply_spy  # type: ignore[method-assign]
     try:
         await dpytest.message(f"<@{bot.user.id}> think", channel=channel)
         assert "chain of thought" not in bot_text(bot, channel) + "".join(edits)
@@ -147,6 +154,7 @@ async def test_thinking_hidden_by_default_and_collapsed_when_enabled(runtime: Ru
         await dpytest.message(f"<@{bot.user.id}> think aloud", channel=channel)
     finally:
         discord.Message.edit = original  # type: ignore[method-assign]
+        discord.Message.reply = original_reply  # type: ignore[method-assign]
     seen = [m.content for m in channel_messages(channel, bot)] + edits
     thinking = [s for s in seen if "💭" in s]
     assert thinking and all(len(s.split("\n")[0]) < 200 for s in thinking)
@@ -246,7 +254,9 @@ async def test_refused_users_get_one_quiet_line(runtime: Runtime, fake_ollama: F
 async def test_edits_in_one_channel_respect_the_rate(runtime: Runtime, fake_ollama: FakeOllama) -> None:
     runtime.settings = runtime.settings.replace(edits_per_5s=3)
     bot = await start_bot(runtime)
-    pacer = bot.get_cog("Chat").pacer
+    cog = bot.get_cog("Chat")
+    cog.min_edit_interval = 0.01  # every reply wants to edit as often as it can: only the pacer holds it back
+    pacer = cog.pacer
     pacer.window = 1.0  # same rule, a shorter window keeps the test quick
     stamps: list[float] = []
     loop = asyncio.get_running_loop()

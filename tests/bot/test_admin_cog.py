@@ -1,0 +1,175 @@
+"""Slash commands through the bot's own command tree, with the real runtime behind them."""
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import discord
+import docker
+import pytest
+from discord.ext import commands
+
+from core import ChatSession, Runtime
+from tests.fake_ollama import FakeOllama, text
+
+pytestmark = pytest.mark.asyncio
+CHANNEL = 555000111
+
+
+class Response:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+        self.deferred = False
+
+    def is_done(self) -> bool:
+        return self.deferred or bool(self.sent)
+
+    async def send_message(self, content: str = "", **kwargs: Any) -> None:
+        self.sent.append((content, kwargs))
+
+    async def defer(self, **kwargs: Any) -> None:
+        self.deferred = True
+
+
+class Followup:
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+    async def send(self, content: str = "", **kwargs: Any) -> None:
+        self.response.sent.append((content, kwargs))
+
+
+class Interaction:
+    """What a slash-command callback reads from discord.Interaction."""
+
+    def __init__(self, user_id: int, *, manage_guild: bool = False, namespace: dict | None = None) -> None:
+        self.user = types.SimpleNamespace(id=user_id, guild_permissions=discord.Permissions(manage_guild=manage_guild))
+        self.guild = types.SimpleNamespace(id=1)
+        self.channel_id = CHANNEL
+        self.response = Response()
+        self.followup = Followup(self.response)
+        self.namespace = types.SimpleNamespace(**(namespace or {}))
+
+    @property
+    def said(self) -> str:
+        assert self.response.sent, "nothing was sent"
+        content, kwargs = self.response.sent[-1]
+        assert kwargs.get("ephemeral") is True
+        return content
+
+
+def command(bot: commands.Bot, *path: str):  # type: ignore[no-untyped-def]
+    cmd = bot.tree.get_command(path[0])
+    for name in path[1:]:
+        cmd = cmd.get_command(name)
+    return cmd
+
+
+async def call(bot: commands.Bot, path: tuple[str, ...], interaction: Interaction, **kwargs: Any) -> str:
+    await command(bot, *path).callback(bot.get_cog("Admin"), interaction, **kwargs)
+    return interaction.said
+
+
+async def test_reset_clears_history_and_restarts_the_container(bot: commands.Bot, runtime: Runtime,
+                                                               fake_ollama: FakeOllama,
+                                                               docker_client: docker.DockerClient) -> None:
+    fake_ollama.script(text("hello"))
+    async with ChatSession(user=7, session=CHANNEL, runtime=runtime) as chat:
+        await runtime.terminal.execute("7", str(CHANNEL), "echo kept > /tmp/x")
+        async for _ in chat.chat_stream("hi"):
+            pass
+    name = runtime.containers.name("7", str(CHANNEL))
+    before = docker_client.containers.get(name).id
+    said = await call(bot, ("reset",), Interaction(7))
+    assert "Cleared 2 messages" in said and "restarted" in said
+    assert runtime.history.window(chat.session_id, 10) == []
+    after = await runtime.terminal.execute("7", str(CHANNEL), "cat /tmp/x")
+    assert after.exit_code != 0 and docker_client.containers.get(name).id != before
+
+
+async def test_reset_can_keep_the_container(bot: commands.Bot, runtime: Runtime) -> None:
+    await runtime.terminal.execute("8", str(CHANNEL), "echo kept > /tmp/x")
+    said = await call(bot, ("reset",), Interaction(8), keep_container=True)
+    assert "kept your sandbox" in said
+    assert (await runtime.terminal.execute("8", str(CHANNEL), "cat /tmp/x")).stdout == "kept\n"
+
+
+async def test_sessions_lists_only_the_callers_conversations(bot: commands.Bot, runtime: Runtime) -> None:
+    runtime.history.add_message(runtime.history.open_session("9", "111"), "user", "a")
+    runtime.history.open_session("9", "222")
+    runtime.history.open_session("10", "333")
+    await runtime.terminal.execute("9", "111", "true")
+    said = await call(bot, ("sessions",), Interaction(9))
+    lines = said.splitlines()
+    assert len(lines) == 2 and "<#333>" not in said
+    line_111 = next(l for l in lines if l.startswith("<#111>"))
+    assert "1 messages" in line_111 and "🟢 sandbox running" in line_111 and "<t:" in line_111
+    assert "⚪ no sandbox" in next(l for l in lines if l.startswith("<#222>"))
+
+
+ADMIN_COMMANDS = [
+    (("admin", "sessions"), {}),
+    (("admin", "status"), {}),
+    (("admin", "model"), {"name": "qwen3:8b"}),
+    (("admin", "reset"), {"user": types.SimpleNamespace(id=9), "channel": "111"}),
+    (("admin", "stop"), {"user": types.SimpleNamespace(id=9), "channel": "111"}),
+]
+
+
+@pytest.mark.parametrize("path, kwargs", ADMIN_COMMANDS, ids=[p[1] for p, _ in ADMIN_COMMANDS])
+async def test_members_without_rights_are_refused_every_admin_command(bot: commands.Bot, runtime: Runtime,
+                                                                     path: tuple, kwargs: dict) -> None:
+    sid = runtime.history.open_session("9", "111")
+    runtime.history.add_message(sid, "user", "precious")
+    before = runtime.model
+    said = await call(bot, path, Interaction(12345, manage_guild=False), **kwargs)
+    assert said.startswith("Only server managers")
+    assert runtime.history.window(sid, 10) == [{"role": "user", "content": "precious"}]
+    assert runtime.model == before
+
+
+async def test_managers_and_listed_admins_may_use_admin(bot: commands.Bot, runtime: Runtime,
+                                                        fake_ollama: FakeOllama) -> None:
+    said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+    assert "Ollama: 🟢 reachable" in said and "Docker: 🟢 reachable" in said and "`qwen3:8b`" in said
+    runtime.settings = runtime.settings.replace(admin_user_ids=frozenset({77}))
+    said = await call(bot, ("admin", "status"), Interaction(77))
+    assert "Model:" in said
+
+
+async def test_admin_sessions_reset_and_stop(bot: commands.Bot, runtime: Runtime,
+                                             docker_client: docker.DockerClient) -> None:
+    sid = runtime.history.open_session("9", "111")
+    runtime.history.add_message(sid, "user", "x")
+    await runtime.terminal.execute("9", "111", "true")
+    admin = Interaction(1, manage_guild=True)
+    assert "<@9> in <#111> · sandbox: running" in await call(bot, ("admin", "sessions"), admin)
+    said = await call(bot, ("admin", "reset"), Interaction(1, manage_guild=True),
+                      user=types.SimpleNamespace(id=9), channel="111")
+    assert "Cleared 1 messages" in said and runtime.history.window(sid, 10) == []
+    said = await call(bot, ("admin", "stop"), Interaction(1, manage_guild=True),
+                      user=types.SimpleNamespace(id=9), channel="111")
+    assert "sandbox removed" in said
+    assert not docker_client.containers.list(all=True, filters={"name": runtime.containers.name("9", "111")})
+
+
+async def test_model_switch_with_autocomplete(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.models = ["qwen3:8b", "llama3.1:8b", "mistral-nemo:12b"]
+    cog = bot.get_cog("Admin")
+    choices = await cog._model_choices(Interaction(1, manage_guild=True), "lla")
+    assert [c.value for c in choices] == ["llama3.1:8b"]
+    said = await call(bot, ("admin", "model"), Interaction(1, manage_guild=True), name="llama3.1:8b")
+    assert "switched from `qwen3:8b` to `llama3.1:8b`" in said and runtime.model == "llama3.1:8b"
+    fake_ollama.script(text("from llama"))
+    async with ChatSession(user=1, session=2, runtime=runtime) as chat:
+        async for _ in chat.chat_stream("hi"):
+            pass
+    assert fake_ollama.requests[-1]["model"] == "llama3.1:8b"
+    said = await call(bot, ("admin", "model"), Interaction(1, manage_guild=True), name="no-such-model")
+    assert "no model `no-such-model`" in said and runtime.model == "llama3.1:8b"
+
+
+async def test_status_reports_ollama_down(bot: commands.Bot, fake_ollama: FakeOllama) -> None:
+    fake_ollama.stop()
+    said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+    assert "Ollama: 🔴 unreachable" in said
