@@ -12,7 +12,7 @@ import pytest
 import pytest_asyncio
 
 from core import Runtime, Settings, set_runtime
-from tests.fake_ollama import FakeOllama
+from tests.fake_ollama import FakeOllama, free_port
 
 TEST_IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
 IN_CI = bool(os.environ.get("CI"))
@@ -24,6 +24,11 @@ def require(condition_error: str | None) -> None:
         if IN_CI:
             pytest.fail(condition_error)
         pytest.skip(condition_error)
+
+
+def closed_port() -> int:
+    """A loopback port nobody listens on: for "the service is down" tests."""
+    return free_port()
 
 
 @pytest.fixture(scope="session")

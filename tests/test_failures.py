@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import docker
@@ -11,7 +10,7 @@ import pytest
 from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUnavailable
 from core.containers import ContainerManager
 from core.terminal import Terminal
-from tests.conftest import make_settings, remove_containers
+from tests.conftest import closed_port, make_settings, remove_containers
 from tests.fake_ollama import FakeOllama, cut, error, stream_error, text, tool_calls
 
 pytestmark = pytest.mark.asyncio
@@ -24,11 +23,6 @@ def stored(rt: Runtime, chat: ChatSession) -> list[tuple[str, str, bool]]:
 async def reply(chat: ChatSession, message: str) -> str:
     return "".join([p async for p in chat.chat_stream(message)])
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def test_ollama_unreachable(tmp_path: Path, docker_client: docker.DockerClient,

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
 from pathlib import Path
 
 import pytest
@@ -11,17 +10,12 @@ import pytest
 from core.config import Settings
 from core.preflight import (check_database, check_docker, check_ollama, check_token, print_checks,
                             run_checks)
-from tests.conftest import TEST_IMAGE
+from tests.conftest import closed_port, TEST_IMAGE
 from tests.fake_ollama import FakeOllama
 
 pytestmark = pytest.mark.asyncio
 TOKEN = base64.urlsafe_b64encode(b"123456789012345678").decode().rstrip("=") + ".GhJkLm." + "x" * 38
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def good(tmp_path: Path, fake: FakeOllama) -> Settings:

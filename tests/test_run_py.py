@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import uuid
@@ -12,7 +11,7 @@ import docker
 import pytest
 
 from core.history import History
-from tests.conftest import TEST_IMAGE, remove_containers
+from tests.conftest import closed_port, TEST_IMAGE, remove_containers
 from tests.fake_ollama import FakeOllama, text, tool_calls
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,11 +24,6 @@ def run_py(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(ROOT / "run.py")], cwd=tmp_path, env=base,
                           capture_output=True, text=True, timeout=120)
 
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_run_py_streams_a_command_result_and_stores_the_conversation(
