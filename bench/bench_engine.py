@@ -32,7 +32,7 @@ import docker  # noqa: E402
 import ollama  # noqa: E402
 
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
-from core.history import History, Message, Session, User  # noqa: E402
+from core.history import History, Message  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
 
 IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")

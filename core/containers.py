@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import os
 import re
 import threading
 import time
@@ -54,7 +53,7 @@ class ContainerInfo:
     idle_seconds: float | None
 
 
-def _docker_errors() -> tuple[type[BaseException], ...]:
+def docker_errors() -> tuple[type[BaseException], ...]:
     return (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
 
 
@@ -99,7 +98,7 @@ class ContainerManager:
                 try:
                     # from_env honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.settings.command_timeout_max + 60)
-                except _docker_errors() as exc:
+                except docker_errors() as exc:
                     log.debug("docker unreachable: %s", exc)
                     raise SandboxUnavailable(UNREACHABLE) from exc
             return self._client
@@ -112,7 +111,7 @@ class ContainerManager:
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
-        except (SandboxUnavailable, *_docker_errors()):
+        except (SandboxUnavailable, *docker_errors()):
             self.forget_client()
             return False
 
@@ -144,10 +143,10 @@ class ContainerManager:
                     container = self._create(name, user, session)
             except SandboxUnavailable:
                 raise
-            except _docker_errors() as exc:
+            except docker_errors() as exc:
                 if not isinstance(exc, docker.errors.APIError):
                     self.forget_client()
-                raise SandboxUnavailable(f"The sandbox could not be started: {_explain(exc)}") from exc
+                raise SandboxUnavailable(f"The sandbox could not be started: {explain(exc)}") from exc
             self._last_used[name] = time.monotonic()
             return container
 
@@ -308,11 +307,11 @@ class ContainerManager:
             return await asyncio.to_thread(fn, *args)
         except SandboxUnavailable:
             raise
-        except _docker_errors() as exc:
-            raise SandboxUnavailable(f"Docker request failed: {_explain(exc)}") from exc
+        except docker_errors() as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
 
 
-def _explain(exc: BaseException) -> str:
+def explain(exc: BaseException) -> str:
     """One line for a docker failure, without the SDK's multi-line noise."""
     if isinstance(exc, docker.errors.APIError):
         return str(exc.explanation or exc).splitlines()[0]
@@ -321,7 +320,3 @@ def _explain(exc: BaseException) -> str:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return UNREACHABLE if "connection" in text.lower() else text
 
-
-def docker_host() -> str:
-    """Where the SDK will look for the engine (for status lines; never has secrets)."""
-    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")

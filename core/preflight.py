@@ -19,7 +19,7 @@ import ollama
 from playhouse.db_url import connect
 
 from .config import Settings
-from .containers import ContainerManager, _docker_errors, _explain
+from .containers import ContainerManager, docker_errors, explain
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 PORTAL = "https://discord.com/developers/applications"
@@ -99,12 +99,12 @@ def check_docker(settings: Settings) -> Check:
         return Check("docker", True, f"engine reachable, image {settings.vm_image} present")
     except docker.errors.ImageNotFound:
         pass
-    except _docker_errors() as exc:
-        return Check("docker", False, f"could not look up {settings.vm_image}: {_explain(exc)}", fatal=False)
+    except docker_errors() as exc:
+        return Check("docker", False, f"could not look up {settings.vm_image}: {explain(exc)}", fatal=False)
     try:
         client.images.get_registry_data(settings.vm_image)
         return Check("docker", True, f"engine reachable, image {settings.vm_image} will be pulled on first use")
-    except _docker_errors():
+    except docker_errors():
         return Check("docker", False, f"the image {settings.vm_image} is not on this engine and cannot be pulled: "
                                       f"run `docker pull {settings.vm_image}`, build it, or set VM_IMAGE", fatal=False)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import docker.errors
 
-from .containers import ContainerManager, _docker_errors, _explain
+from .containers import ContainerManager, docker_errors, explain
 from .errors import SandboxUnavailable
 
 log = logging.getLogger(__name__)
@@ -137,11 +137,11 @@ class Terminal:
                 except (docker.errors.NotFound, docker.errors.APIError) as exc:
                     # The container vanished or stopped under us: recreate it once and retry.
                     if attempt == 2 or not _is_gone(exc):
-                        raise SandboxUnavailable(f"The command could not run: {_explain(exc)}") from exc
-                    log.warning("sandbox %s is gone (%s); recreating", name, _explain(exc))
-                except _docker_errors() as exc:
+                        raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
+                    log.warning("sandbox %s is gone (%s); recreating", name, explain(exc))
+                except docker_errors() as exc:
                     self.containers.forget_client()
-                    raise SandboxUnavailable(f"The command could not run: {_explain(exc)}") from exc
+                    raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
             raise AssertionError("unreachable")
         finally:
             self.containers.mark_used(name, busy=-1)
@@ -166,7 +166,7 @@ class Terminal:
             raise
         try:
             exit_code = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("ExitCode")
-        except _docker_errors():
+        except docker_errors():
             exit_code = None
         return CommandResult(command, exit_code, out.text(), err.text(), time.monotonic() - started,
                              timed_out=timed_out, cancelled=cancelled, timeout=limit)
@@ -191,7 +191,7 @@ class Terminal:
         """Kill the command's process group in the container, then let the reader finish."""
         try:
             await asyncio.to_thread(container.exec_run, ["sh", "-c", KILL])
-        except _docker_errors() as exc:
+        except docker_errors() as exc:
             log.warning("could not kill a command in %s: %s", container.name, exc)
         try:
             await asyncio.wait_for(asyncio.shield(reader), timeout=GRACE_SECONDS)

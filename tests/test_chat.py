@@ -1,7 +1,6 @@
 """The Ollama tool loop end to end: fake Ollama over HTTP, real Docker, real SQLite."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest

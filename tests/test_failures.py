@@ -1,7 +1,6 @@
 """Failures: a clear message, the user's message kept, nothing half-written stored as complete, next turn fine."""
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import docker

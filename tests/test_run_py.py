@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import docker
-import pytest
 
 from core.history import History
 from tests.conftest import closed_port, TEST_IMAGE, remove_containers
