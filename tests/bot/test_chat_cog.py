@@ -283,3 +283,37 @@ async def test_edits_in_one_channel_respect_the_rate(runtime: Runtime, fake_olla
     finals = sorted(m.content for m in channel_messages(channel, bot))
     assert sends == 3 and [f.strip() for f in finals] == sorted((f"reply {i} " + "word " * 30).strip() for i in range(3))
     await dpytest.empty_queue()
+
+
+async def test_typing_is_shown_while_working(bot: commands.Bot, fake_ollama: FakeOllama) -> None:
+    import discord.ext.test.callbacks as callbacks
+    typed: list[int] = []
+
+    async def on_typing(channel) -> None:  # type: ignore[no-untyped-def]
+        typed.append(channel.id)
+
+    callbacks.set_callback(on_typing, "send_typing")
+    try:
+        fake_ollama.script(text("done typing"))
+        channel = config().channels[0]
+        await dpytest.message(f"<@{bot.user.id}> hi", channel=channel)
+    finally:
+        callbacks.remove_callback("send_typing")
+    assert typed and typed[0] == channel.id
+
+
+async def test_docker_down_is_one_friendly_line(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.containers import ContainerManager
+    from core.terminal import Terminal
+    from tests.conftest import closed_port
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
+    runtime.containers = ContainerManager(runtime.settings)
+    runtime.terminal = Terminal(runtime.containers)
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "ls"})))
+    channel = config().channels[0]
+    await dpytest.message(f"<@{bot.user.id}> list files", channel=channel)
+    shown = bot_text(bot, channel)
+    last = shown.splitlines()[-1]
+    assert last.startswith("⚠️") and "Docker is not reachable" in last and "Traceback" not in shown
+    assert "⚠️ `ls` could not run" in shown
