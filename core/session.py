@@ -11,7 +11,7 @@ from .errors import EngineError
 from .events import Event, Ignored, Replacing, TextDelta
 from .registry import Phase
 from .runtime import Runtime, get_runtime
-from .tool_loop import _End
+from .tool_loop import TurnEnd
 
 
 class ChatSession:
@@ -88,7 +88,7 @@ class ChatSession:
         try:
             while True:
                 item = await generation.queue.get()
-                if isinstance(item, _End):
+                if isinstance(item, TurnEnd):
                     if item.error is not None:
                         raise item.error
                     return

@@ -32,7 +32,7 @@ ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a fin
 
 
 @dataclass
-class _End:
+class TurnEnd:
     """The last item on a generation's queue."""
 
     error: EngineError | None = None
@@ -51,17 +51,17 @@ class TurnRunner:
                 await asyncio.gather(gen.previous.task, return_exceptions=True)
             await self._store(session_id, "user", text)
             await self._loop(gen, session_id, user, session)
-            emit(_End())
+            emit(TurnEnd())
         except asyncio.CancelledError:
             if gen.replaced:
                 emit(Replaced())
-            emit(_End())
+            emit(TurnEnd())
             raise
         except EngineError as exc:
-            emit(_End(exc))
+            emit(TurnEnd(exc))
         except Exception:  # noqa: BLE001 - no traceback reaches a user
             log.exception("turn failed in session %s/%s", user, session)
-            emit(_End(EngineError("Something went wrong while answering; the details are in the bot's log.")))
+            emit(TurnEnd(EngineError("Something went wrong while answering; the details are in the bot's log.")))
 
     async def _loop(self, gen: Generation, session_id: int, user: str, session: str) -> None:
         settings = self.rt.settings
