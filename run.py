@@ -11,10 +11,10 @@ import argparse
 import asyncio
 import sys
 
-import httpx
 import ollama
 
 from core import ChatSession, ConfigError, EngineError, Settings, get_runtime
+from core.errors import OLLAMA_UNREACHABLE
 from core.events import TextDelta, ToolFinished, ToolStarted
 
 DEFAULT_PROMPT = "Use the execute_terminal tool to run `uname -a`, then tell me in one sentence what it printed."
@@ -30,7 +30,7 @@ async def smoke(args: argparse.Namespace) -> int:
             if exc.status_code == 404:
                 return fail(f"The model {rt.model!r} is not pulled: run `ollama pull {rt.model}` (or set OLLAMA_MODEL).")
             return fail(f"Ollama answered with an error: {exc.error}")
-        except (ConnectionError, httpx.HTTPError, OSError):
+        except OLLAMA_UNREACHABLE:
             return fail(f"Ollama is not reachable at {settings.ollama_host}: start it with `ollama serve` (or set OLLAMA_HOST).")
         if not await asyncio.to_thread(rt.containers.ping):
             return fail("Docker is not reachable: start the Docker engine (dockerd) or set DOCKER_HOST.")

@@ -27,7 +27,7 @@ import discord  # noqa: E402
 import discord.ext.test as dpytest  # noqa: E402
 
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
-from tests.bot.conftest import channel_messages, start_bot  # noqa: E402
+from tests.bot.conftest import channel_messages, start_bot, with_reaction_type  # noqa: E402
 from tests.conftest import make_settings, remove_containers  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
 
@@ -35,15 +35,9 @@ import docker  # noqa: E402
 
 
 def patch_dpytest() -> None:
-    """The same two shims the bot tests use (dpytest 0.7 against discord.py 2.7)."""
-    original = discord.state.ConnectionState.parse_message_reaction_add
-
-    def parse(self, data):  # type: ignore[no-untyped-def]
-        data.setdefault("type", 0)
-        data.setdefault("burst", False)
-        return original(self, data)
-
-    discord.state.ConnectionState.parse_message_reaction_add = parse  # type: ignore[method-assign]
+    """The reaction shim the bot tests use (dpytest 0.7 against discord.py 2.7)."""
+    state = discord.state.ConnectionState
+    state.parse_message_reaction_add = with_reaction_type(state.parse_message_reaction_add)  # type: ignore[method-assign]
 
 
 async def pacing(tmp: Path, fake: FakeOllama, seconds: float) -> bool:

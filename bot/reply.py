@@ -57,7 +57,6 @@ class ReplyStream:
         self._closing = asyncio.Event()
         self._closed = False
         self._flusher: asyncio.Task[None] | None = None
-        self.edits = 0
 
     # -- what happened ----------------------------------------------------
     def add_text(self, text: str) -> None:
@@ -140,7 +139,6 @@ class ReplyStream:
                     edited = await self.messages[index].edit(content=chunk, allowed_mentions=NO_MENTIONS)
                     if isinstance(edited, discord.Message):
                         self.messages[index] = edited
-                    self.edits += 1
                     self._shown[index] = chunk
                 else:
                     message = await self._send(chunk, first=index == 0)

@@ -1,6 +1,11 @@
 """Failures the engine reports to its caller, each with one line a person can act on."""
 from __future__ import annotations
 
+import httpx
+
+# How the ollama client says the server cannot be reached or dropped the connection.
+OLLAMA_UNREACHABLE: tuple[type[BaseException], ...] = (ConnectionError, httpx.HTTPError, OSError)
+
 
 class EngineError(Exception):
     """Base of every failure a ChatSession reports; `str(e)` is safe to show a user."""

@@ -14,12 +14,12 @@ from typing import TextIO
 
 import docker
 import docker.errors
-import httpx
 import ollama
 from playhouse.db_url import connect
 
 from .config import Settings
 from .containers import ContainerManager, docker_errors, explain
+from .errors import OLLAMA_UNREACHABLE
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 PORTAL = "https://discord.com/developers/applications"
@@ -66,7 +66,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
     try:
         listed = await client.list()
-    except (ConnectionError, httpx.HTTPError, OSError):
+    except OLLAMA_UNREACHABLE:
         return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
                                       "or set OLLAMA_HOST", fatal=False)
     except ollama.ResponseError as exc:
@@ -79,7 +79,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
                      fatal=False)
     try:
         shown = await client.show(model)
-    except (ollama.ResponseError, ConnectionError, httpx.HTTPError, OSError) as exc:
+    except (ollama.ResponseError, *OLLAMA_UNREACHABLE) as exc:
         return Check("ollama", False, f"could not inspect {model!r}: {exc}", fatal=False)
     capabilities = getattr(shown, "capabilities", None)
     if capabilities is not None and "tools" not in capabilities:

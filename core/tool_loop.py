@@ -12,10 +12,9 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import ollama
 
-from .errors import EngineError, ModelError, OllamaUnavailable
+from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .events import Done, Replaced, TextDelta, ThinkingDelta, ToolFinished, ToolStarted
 from .prompt import system_prompt
 from .registry import Generation, Phase
@@ -115,7 +114,7 @@ class TurnRunner:
         except ollama.ResponseError as exc:
             await self._keep_partial(session_id, parts)
             raise self._model_error(exc) from exc
-        except (ConnectionError, httpx.HTTPError, OSError) as exc:
+        except OLLAMA_UNREACHABLE as exc:
             await self._keep_partial(session_id, parts)
             log.warning("ollama at %s failed: %r", settings.ollama_host, exc)
             if parts:

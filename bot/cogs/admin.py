@@ -7,12 +7,12 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
 import discord
-import httpx
 import ollama
 from discord import app_commands
 from discord.ext import commands
 
 from core import ChatSession, EngineError
+from core.errors import OLLAMA_UNREACHABLE
 
 from ..access import is_admin
 
@@ -158,7 +158,7 @@ class Admin(commands.Cog):
     async def _models(self) -> list[str] | None:
         try:
             listed = await asyncio.wait_for(self.rt.ollama().list(), timeout=10)
-        except (ConnectionError, httpx.HTTPError, OSError, ollama.ResponseError, asyncio.TimeoutError):
+        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError):
             return None
         return [m.model for m in listed.models if m.model]
 

@@ -26,18 +26,20 @@ async def _cdn(self: Any, url: str) -> bytes:
     return Path(path).read_bytes()
 
 
-@pytest.fixture(autouse=True)
-def fake_cdn(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
-    # dpytest 0.7 builds reaction payloads without the "type" field discord.py 2.7 reads.
-    original = discord.state.ConnectionState.parse_message_reaction_add
-
+def with_reaction_type(original: Any) -> Any:
+    """dpytest 0.7 builds reaction payloads without the "type" field discord.py 2.7 reads."""
     def parse(self: Any, data: dict) -> None:
         data.setdefault("type", 0)
         data.setdefault("burst", False)
         return original(self, data)
+    return parse
 
-    monkeypatch.setattr(discord.state.ConnectionState, "parse_message_reaction_add", parse)
+
+@pytest.fixture(autouse=True)
+def fake_cdn(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
+    monkeypatch.setattr(discord.state.ConnectionState, "parse_message_reaction_add",
+                        with_reaction_type(discord.state.ConnectionState.parse_message_reaction_add))
 
 
 async def start_bot(runtime: Runtime) -> commands.Bot:
