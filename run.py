@@ -32,7 +32,7 @@ async def smoke(args: argparse.Namespace) -> int:
             return fail(f"Ollama answered with an error: {exc.error}")
         except OLLAMA_UNREACHABLE:
             return fail(f"Ollama is not reachable at {settings.ollama_host}: start it with `ollama serve` (or set OLLAMA_HOST).")
-        if not await asyncio.to_thread(rt.containers.ping):
+        if not await rt.containers.ping():
             return fail("Docker is not reachable: start the Docker engine (dockerd) or set DOCKER_HOST.")
         async with ChatSession(user=args.user, session=args.session) as chat:
             print(f"> {args.prompt}", flush=True)

@@ -23,11 +23,14 @@ NO_MENTIONS = discord.AllowedMentions.none()
 @dataclass
 class _Tool:
     command: str
-    status: str = "running"  # running, ok, failed, timeout, error
+    status: str = "running"  # queued, running, ok, failed, timeout, error
     exit_code: int | None = None
+    ahead: int = 0  # while queued: commands before it
 
     def line(self) -> str:
         cmd = inline_code(self.command or "(no command)")
+        if self.status == "queued":
+            return f"-# ⏳ queued behind {self.ahead} command{'' if self.ahead == 1 else 's'}…"
         if self.status == "running":
             return f"-# ⚙️ running {cmd}…"
         if self.status == "timeout":
@@ -81,9 +84,17 @@ class ReplyStream:
         self.parts.append(_Tool(command))
         self._touch()
 
+    def tool_queued(self, ahead: int) -> None:
+        """The current command waits for a free slot behind `ahead` others (0: it runs now)."""
+        for part in reversed(self.parts):
+            if isinstance(part, _Tool) and part.status in ("queued", "running"):
+                part.status, part.ahead = ("queued", ahead) if ahead > 0 else ("running", 0)
+                break
+        self._touch()
+
     def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool) -> None:
         for part in reversed(self.parts):
-            if isinstance(part, _Tool) and part.status == "running":
+            if isinstance(part, _Tool) and part.status in ("queued", "running"):
                 part.exit_code = exit_code
                 part.status = ("timeout" if timed_out else "error" if error or exit_code is None
                                else "ok" if exit_code == 0 else "failed")

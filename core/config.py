@@ -118,6 +118,9 @@ class Settings:
     command_timeout: int = 60
     command_timeout_max: int = 600
     output_limit: int = 16000
+    # Many users at once
+    max_running_commands: int = 32  # across the process; more wait their turn, in order
+    max_sandboxes_per_user: int = 3  # the least recently used idle one makes room for a new one
     # Uploads
     upload_dir: str = "data/uploads"
     upload_max_file_bytes: int = 25 * 1024 ** 2
@@ -183,6 +186,8 @@ class Settings:
         take("COMMAND_TIMEOUT", "command_timeout", lambda n, r: _parse_int(n, r, 1))
         take("COMMAND_TIMEOUT_MAX", "command_timeout_max", lambda n, r: _parse_int(n, r, 1))
         take("OUTPUT_LIMIT", "output_limit", lambda n, r: _parse_int(n, r, 200))
+        take("MAX_RUNNING_COMMANDS", "max_running_commands", lambda n, r: _parse_int(n, r, 1))
+        take("MAX_SANDBOXES_PER_USER", "max_sandboxes_per_user", lambda n, r: _parse_int(n, r, 1))
         take("UPLOAD_DIR", "upload_dir", text)
         take("UPLOAD_MAX_FILE_SIZE", "upload_max_file_bytes", _parse_size)
         take("UPLOAD_MAX_SESSION_SIZE", "upload_max_session_bytes", _parse_size)

@@ -1,29 +1,35 @@
-"""One persistent, locked-down Docker container per (user, session).
+"""The Docker backend of the sandbox face: one persistent, locked-down container per (user, session).
 
-The docker SDK is synchronous, so every public coroutine here hands the work
-to a thread. Containers are named and labelled so that a restarted process
-finds (adopts) them again, and so that the reaper can remove idle ones even
-when this process did not create them.
+Every Docker call goes through one asyncio client (aiodocker), so a command that
+runs for minutes holds a socket, not a thread: hundreds can run at once while
+history and Discord carry on. Containers are named and labelled so that a
+restarted process finds (adopts) them again, and so that the reaper can remove
+idle ones even when this process did not create them.
 """
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
+import json
 import logging
+import os
+import posixpath
 import re
-import threading
+import tarfile
 import time
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
-import docker
-import docker.errors
-import requests.exceptions
+import aiodocker
+import aiohttp
 
 from .config import Settings
-from .errors import SandboxUnavailable
+from .errors import SandboxFileError, SandboxUnavailable
+from .locks import KeyedLocks
+from .sandbox import OutputSink, SandboxInfo, Sandboxes
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +39,19 @@ KEEPALIVE = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
 # What the image may need back after cap_drop=ALL (package managers chown and switch users).
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 UNREACHABLE = "Docker is not reachable: start the Docker engine (dockerd) or set DOCKER_HOST"
+NOT_CONNECTED = 900  # aiodocker's status for "cannot connect to the engine"
+REQUEST_TIMEOUT = 120.0  # any single control call; command streams have none (their timeout is the command's)
+PULL_TIMEOUT = 1800.0
+# Go's os.FileMode type bits (dir, symlink, device, pipe, socket, char device, irregular), as the
+# engine reports them in X-Docker-Container-Path-Stat: none set means a regular file.
+GO_FILE_TYPE_BITS = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
+EXIT_CODE_WAIT = 2.0  # an exec's exit code can land a moment after its output ends
+
+# How aiodocker and aiohttp say Docker failed or could not be reached.
+DOCKER_ERRORS: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp.ClientError, OSError,
+                                                  asyncio.TimeoutError)
+
+ContainerInfo = SandboxInfo  # the name the admin cog and older callers use
 
 
 def slug(value: str, length: int = 24) -> str:
@@ -42,38 +61,45 @@ def slug(value: str, length: int = 24) -> str:
     return f"{readable}-{digest}"
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
-    """What the admin commands show about a sandbox."""
+def explain(exc: BaseException) -> str:
+    """One line for a Docker failure, without the client's multi-line noise."""
+    if isinstance(exc, aiodocker.DockerError) and exc.status == NOT_CONNECTED:
+        return UNREACHABLE
+    if isinstance(exc, aiodocker.DockerError):
+        text = str(exc.message or exc).strip()
+        return text.splitlines()[0] if text else f"Docker error {exc.status}"
+    if isinstance(exc, asyncio.TimeoutError):
+        return "Docker did not answer in time"
+    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError)):
+        return UNREACHABLE
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return UNREACHABLE if "connect" in text.lower() else text
 
-    name: str
-    user: str
-    session: str
-    status: str
-    idle_seconds: float | None
+
+def _is_gone(exc: BaseException) -> bool:
+    """The container vanished or stopped under us (worth one recreate-and-retry)."""
+    if not isinstance(exc, aiodocker.DockerError):
+        return False
+    text = str(exc.message).lower()
+    return exc.status == 404 or any(w in text for w in ("is not running", "no such container", "is paused",
+                                                        "restarting"))
 
 
-def docker_errors() -> tuple[type[BaseException], ...]:
-    return (docker.errors.DockerException, requests.exceptions.RequestException, ConnectionError)
-
-
-class ContainerManager:
-    """Creates, finds, reuses and removes the sandboxes of one deployment."""
+class ContainerManager(Sandboxes):
+    """Creates, finds, reuses and removes the sandboxes of one deployment, on one Docker engine."""
 
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._client: docker.DockerClient | None = None
-        self._client_lock = threading.Lock()
-        self._name_locks: dict[str, threading.Lock] = {}
-        self._last_used: dict[str, float] = {}
-        self._busy: dict[str, int] = {}
+        super().__init__(settings)
+        self._client: aiodocker.Docker | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._locks = KeyedLocks()  # by container name, and ("user", id) for the per-user cap
+        self._up: set[str] = set()  # names this process saw running: commands go straight to exec
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
         return f"{self.settings.vm_name_prefix}-{slug(user, 16)}-{slug(session, 16)}"
 
     def upload_dir(self, user: str, session: str) -> Path:
-        """The session's own folder on this machine, mounted at /data."""
         return Path(self.settings.upload_dir).resolve() / slug(user) / slug(session)
 
     def _host_dir(self, user: str, session: str) -> str:
@@ -89,234 +115,351 @@ class ContainerManager:
         key = f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|v1"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
-    # -- docker client ----------------------------------------------------
+    # -- the client -------------------------------------------------------
     @property
-    def client(self) -> docker.DockerClient:
-        """The SDK client, made on first use so a Docker that comes back later is found."""
-        with self._client_lock:
-            if self._client is None:
-                try:
-                    # from_env honours DOCKER_HOST, DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
-                    self._client = docker.from_env(timeout=self.settings.command_timeout_max + 60)
-                except docker_errors() as exc:
-                    log.debug("docker unreachable: %s", exc)
-                    raise SandboxUnavailable(UNREACHABLE) from exc
-            return self._client
+    def docker(self) -> aiodocker.Docker:
+        """One client per event loop, made on first use so a Docker that comes back later is found."""
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            try:
+                # Honours DOCKER_HOST, DOCKER_TLS_VERIFY, DOCKER_CERT_PATH and Docker contexts.
+                client = aiodocker.Docker(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT, connect=10))
+            except (AssertionError, ValueError, aiodocker.DockerError) as exc:  # no socket, bad DOCKER_HOST
+                log.debug("docker unreachable: %s", exc)
+                raise SandboxUnavailable(UNREACHABLE) from exc
+            # Each running command holds one connection for its whole life, and its kill needs another:
+            # aiohttp's default pool of 100 would make command 101 wait for a connection, not for its turn.
+            client.connector._limit = 2 * self.settings.max_running_commands + 64  # noqa: SLF001
+            self._client, self._client_loop = client, loop
+        return self._client
 
-    def forget_client(self) -> None:
-        """Drop the client after a connection failure so the next call reconnects."""
-        with self._client_lock:
-            self._client = None
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._client_loop is asyncio.get_running_loop():
+            await client.close()
 
-    def ping(self) -> bool:
+    async def ping(self) -> bool:
         try:
-            return bool(self.client.ping())
-        except (SandboxUnavailable, *docker_errors()):
-            self.forget_client()
+            await self.docker.version()
+            return True
+        except (SandboxUnavailable, *DOCKER_ERRORS):
             return False
 
-    # -- lifecycle (synchronous; call through the async wrappers) ---------
-    def _lock(self, name: str) -> threading.Lock:
-        with self._client_lock:
-            return self._name_locks.setdefault(name, threading.Lock())
+    async def image_present(self, image: str) -> bool:
+        try:
+            await self.docker.images.inspect(image)
+            return True
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return False
+            raise
 
-    def ensure_sync(self, user: str, session: str, *, allow_recreate: bool = True) -> Any:
-        """The running container of (user, session): reused, restarted or created."""
+    async def image_pullable(self, image: str) -> bool:
+        """A registry this engine reaches has the image (so the first sandbox can pull it)."""
+        try:
+            await self.docker._query_json(f"distribution/{image}/json")  # noqa: SLF001 - no public wrapper
+            return True
+        except (SandboxUnavailable, *DOCKER_ERRORS):
+            return False
+
+    # -- lifecycle --------------------------------------------------------
+    async def start(self, user: str, session: str) -> None:
+        await self._ensure(user, session)
+
+    async def _ensure(self, user: str, session: str, *, allow_recreate: bool = True) -> str:
+        """The running container of (user, session), by name: reused, restarted or created."""
         name = self.name(user, session)
-        with self._lock(name):
+        async with self._locks.hold(name):
             try:
-                container = self._get(name)
-                if container is not None and allow_recreate and not self._busy.get(name) \
-                        and container.labels.get(f"{LABEL}.config") != self.config_hash():
+                state = await self._inspect(name)
+                if state is not None and allow_recreate and not self.busy(name) \
+                        and state["Config"]["Labels"].get(f"{LABEL}.config") != self.config_hash():
                     log.info("recreating %s: configuration changed", name)
-                    self._remove(container)
-                    container = None
-                if container is not None and container.status != "running":
+                    await self._delete(name)
+                    state = None
+                if state is not None and state["State"].get("Paused"):
+                    await self.docker.containers.container(name).unpause()
+                elif state is not None and not state["State"].get("Running"):
                     try:
-                        container.start()
-                        container.reload()
-                    except docker.errors.APIError as exc:
-                        log.warning("could not restart %s (%s); recreating", name, exc)
-                        self._remove(container)
-                        container = None
-                if container is None:
-                    container = self._create(name, user, session)
+                        await self.docker.containers.container(name).start()
+                    except aiodocker.DockerError as exc:
+                        log.warning("could not restart %s (%s); recreating", name, explain(exc))
+                        await self._delete(name)
+                        state = None
+                if state is None:
+                    await self._create(name, user, session)
             except SandboxUnavailable:
                 raise
-            except docker_errors() as exc:
-                if not isinstance(exc, docker.errors.APIError):
-                    self.forget_client()
+            except DOCKER_ERRORS as exc:
                 raise SandboxUnavailable(f"The sandbox could not be started: {explain(exc)}") from exc
             self._last_used[name] = time.monotonic()
-            return container
+            self._up.add(name)
+            return name
 
-    def _get(self, name: str) -> Any | None:
+    async def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
-            return self.client.containers.get(name)
-        except docker.errors.NotFound:
-            return None
+            return await self.docker.containers.container(name).show()
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                return None
+            raise
 
-    def _remove(self, container: Any) -> None:
+    async def _delete(self, name: str) -> None:
         try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
-        self._last_used.pop(container.name, None)
+            await self.docker.containers.container(name).delete(force=True, timeout=REQUEST_TIMEOUT)
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                raise
+        self._last_used.pop(name, None)
+        self._up.discard(name)
 
-    def _create(self, name: str, user: str, session: str) -> Any:
+    async def _list(self, *labels: str) -> list[dict[str, Any]]:
+        """This deployment's containers (narrowed by more `key=value` labels), running or not."""
+        filters = {"label": [f"{LABEL}.app={self.settings.vm_name_prefix}", *labels]}
+        return await self.docker._query_json(  # noqa: SLF001 - aiodocker's list() wraps each row
+            "containers/json", params={"all": "true", "filters": json.dumps(filters)})
+
+    async def _create(self, name: str, user: str, session: str) -> None:
         s = self.settings
-        data_dir = self.upload_dir(user, session)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        labels = {
-            f"{LABEL}.app": s.vm_name_prefix,
-            f"{LABEL}.user": str(user),
-            f"{LABEL}.session": str(session),
-            f"{LABEL}.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            f"{LABEL}.config": self.config_hash(),
+        os.makedirs(self.upload_dir(user, session), exist_ok=True)
+        config: dict[str, Any] = {
+            "Image": s.vm_image,
+            "Cmd": ["sh", "-c", KEEPALIVE],
+            "Labels": {
+                f"{LABEL}.app": s.vm_name_prefix,
+                f"{LABEL}.user": str(user),
+                f"{LABEL}.session": str(session),
+                f"{LABEL}.created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                f"{LABEL}.config": self.config_hash(),
+            },
+            "Hostname": "sandbox",
+            "WorkingDir": "/data",
+            "Env": [],
+            "HostConfig": {
+                "Init": True,
+                "Binds": [f"{self._host_dir(user, session)}:/data:rw"],
+                "Memory": s.vm_memory,
+                "MemorySwap": s.vm_memory,
+                "NanoCpus": int(s.vm_cpus * 1e9),
+                "PidsLimit": s.vm_pids,
+                "CapDrop": ["ALL"],
+                "CapAdd": CAP_ADD,
+                "SecurityOpt": ["no-new-privileges"],
+                "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
+                **({} if s.vm_network else {"NetworkMode": "none"}),
+            },
         }
-        options: dict[str, Any] = dict(
-            command=["sh", "-c", KEEPALIVE],
-            name=name,
-            labels=labels,
-            detach=True,
-            init=True,
-            hostname="sandbox",
-            working_dir="/data",
-            volumes={self._host_dir(user, session): {"bind": "/data", "mode": "rw"}},
-            mem_limit=s.vm_memory,
-            memswap_limit=s.vm_memory,
-            nano_cpus=int(s.vm_cpus * 1e9),
-            pids_limit=s.vm_pids,
-            cap_drop=["ALL"],
-            cap_add=CAP_ADD,
-            security_opt=["no-new-privileges"],
-            tmpfs={"/tmp": "rw,nosuid,nodev,size=256m"},
-            environment={},
-        )
-        if not s.vm_network:
-            options["network_mode"] = "none"
-        for attempt in (1, 2):
-            try:
-                container = self.client.containers.run(s.vm_image, **options)
-                log.info("started sandbox %s", name)
-                return container
-            except docker.errors.ImageNotFound:
-                if attempt == 2:
-                    raise
-                self._pull(s.vm_image)
-            except docker.errors.APIError as exc:
-                # A failed run can leave a "Created" container that blocks the name; a racing
-                # create in another thread can win the name. Either way: look at what is there.
-                existing = self._get(name)
-                if existing is not None and existing.status == "running":
-                    return existing
-                if existing is not None:
-                    self._remove(existing)
-                if attempt == 2:
-                    raise exc
-        raise AssertionError("unreachable")
+        async with self._locks.hold(("user", user)):  # two channels of one user must not both take the last place
+            await self._make_room(user, name)
+            for attempt in (1, 2):
+                try:
+                    container = await self.docker.containers.create(config, name=name)
+                    await container.start()
+                    log.info("started sandbox %s", name)
+                    return
+                except aiodocker.DockerError as exc:
+                    if exc.status == 404 and "image" in str(exc.message).lower() and attempt == 1:
+                        await self._pull(s.vm_image)
+                        continue
+                    # A failed run can leave a "Created" container that blocks the name: clear it.
+                    existing = await self._inspect(name)
+                    if existing is not None and existing["State"].get("Running"):
+                        return
+                    if existing is not None:
+                        await self._delete(name)
+                    if attempt == 2:
+                        raise
 
-    def _pull(self, image: str) -> None:
+    async def _make_room(self, user: str, name: str) -> None:
+        """Keep a user within MAX_SANDBOXES_PER_USER: remove their least recently used idle sandbox."""
+        cap = self.settings.max_sandboxes_per_user
+        mine = [c for c in await self._list(f"{LABEL}.user={user}") if _name(c) != name]
+        excess = len(mine) + 1 - cap
+        if excess <= 0:
+            return
+        idle = [_name(c) for c in mine if not self.busy(_name(c)) and not self._locks.busy(_name(c))]
+        idle.sort(key=lambda n: self._last_used.get(n, 0.0))
+        if len(idle) < excess:
+            raise SandboxUnavailable(
+                f"You already have {len(mine)} sandboxes busy running commands, the most one person may have "
+                f"({cap}). Try again when one of them finishes.")
+        for victim in idle[:excess]:
+            log.info("removing %s to make room for %s (at most %d sandboxes per user)", victim, name, cap)
+            await self._delete(victim)
+
+    async def _pull(self, image: str) -> None:
         log.info("pulling image %s", image)
         try:
-            self.client.images.pull(image)
-        except docker.errors.APIError as exc:
+            await self.docker.images.pull(image, timeout=PULL_TIMEOUT)
+        except aiodocker.DockerError as exc:
             raise SandboxUnavailable(
                 f"The sandbox image {image!r} is not on this Docker engine and could not be pulled; "
-                f"pull or build it, or set VM_IMAGE"
-            ) from exc
+                f"pull or build it, or set VM_IMAGE") from exc
 
-    def mark_used(self, name: str, busy: int = 0) -> None:
-        self._last_used[name] = time.monotonic()
-        if busy:
-            self._busy[name] = self._busy.get(name, 0) + busy
+    async def remove(self, user: str, session: str) -> bool:
+        name = self.name(user, session)
+        async with self._locks.hold(name):  # never in the middle of a start-up of the same sandbox
+            try:
+                if await self._inspect(name) is None:
+                    return False
+                await self._delete(name)
+            except DOCKER_ERRORS as exc:
+                raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+            return True
 
-    def managed_sync(self) -> list[Any]:
-        """Every container of this deployment on the engine, running or not."""
-        return self.client.containers.list(all=True, filters={"label": f"{LABEL}.app={self.settings.vm_name_prefix}"})
-
-    def adopt_sync(self) -> tuple[list[str], list[str]]:
-        """At start-up: keep what matches the configuration, remove the rest.
-
-        Adopted containers count as used now, so the reaper removes them after
-        one idle period if nobody comes back to them.
-        """
+    async def adopt(self) -> tuple[list[str], list[str]]:
+        """Adopted containers count as used now, so the reaper removes them after one idle period."""
         adopted, removed = [], []
         now = time.monotonic()
-        for container in self.managed_sync():
-            if container.labels.get(f"{LABEL}.config") == self.config_hash() and container.status == "running":
-                self._last_used.setdefault(container.name, now)
-                adopted.append(container.name)
-            else:
-                self._remove(container)
-                removed.append(container.name)
+        try:
+            for row in await self._list():
+                name = _name(row)
+                if row["Labels"].get(f"{LABEL}.config") == self.config_hash() and row["State"] == "running":
+                    self._last_used.setdefault(name, now)
+                    adopted.append(name)
+                else:
+                    async with self._locks.hold(name):
+                        await self._delete(name)
+                    removed.append(name)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         return adopted, removed
 
-    def reap_sync(self, idle_seconds: float | None = None) -> list[str]:
-        """Remove containers, running or not, idle for longer than the limit."""
+    async def reap(self, idle_seconds: float | None = None) -> list[str]:
         limit = self.settings.vm_idle_timeout if idle_seconds is None else idle_seconds
         now = time.monotonic()
         removed = []
-        for container in self.managed_sync():
-            name = container.name
-            if self._busy.get(name):
-                continue
-            last = self._last_used.setdefault(name, now)
-            if now - last >= limit:
-                self._remove(container)
-                removed.append(name)
-                log.info("removed idle sandbox %s", name)
+        try:
+            rows = await self._list()
+            present = {_name(r) for r in rows}
+            for name in [n for n in self._last_used if n not in present]:
+                self._last_used.pop(name, None)  # gone behind our back: forget it
+            for name in present:
+                if self.busy(name) or self._locks.busy(name):
+                    continue
+                last = self._last_used.setdefault(name, now)
+                if now - last >= limit:
+                    async with self._locks.hold(name):
+                        if self.busy(name):
+                            continue
+                        await self._delete(name)
+                    removed.append(name)
+                    log.info("removed idle sandbox %s", name)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         return removed
 
-    def remove_sync(self, user: str, session: str) -> bool:
-        name = self.name(user, session)
-        with self._lock(name):  # never in the middle of a start-up of the same sandbox
-            container = self._get(name)
-            if container is None:
-                return False
-            self._remove(container)
-            return True
-
-    def info_sync(self) -> list[ContainerInfo]:
+    async def info(self) -> list[SandboxInfo]:
         now = time.monotonic()
-        out = []
-        for c in self.managed_sync():
-            last = self._last_used.get(c.name)
-            out.append(ContainerInfo(c.name, c.labels.get(f"{LABEL}.user", "?"), c.labels.get(f"{LABEL}.session", "?"),
-                                     c.status, None if last is None else now - last))
-        return out
-
-    # -- async faces ------------------------------------------------------
-    async def ensure(self, user: str, session: str) -> Any:
-        return await asyncio.to_thread(self.ensure_sync, user, session)
-
-    async def remove(self, user: str, session: str) -> bool:
-        return await self._call(self.remove_sync, user, session)
-
-    async def reap(self, idle_seconds: float | None = None) -> list[str]:
-        return await self._call(self.reap_sync, idle_seconds)
-
-    async def adopt(self) -> tuple[list[str], list[str]]:
-        return await self._call(self.adopt_sync)
-
-    async def info(self) -> list[ContainerInfo]:
-        return await self._call(self.info_sync)
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
         try:
-            return await asyncio.to_thread(fn, *args)
-        except SandboxUnavailable:
-            raise
-        except docker_errors() as exc:
+            rows = await self._list()
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+        return [SandboxInfo(_name(r), r["Labels"].get(f"{LABEL}.user", "?"), r["Labels"].get(f"{LABEL}.session", "?"),
+                            r["State"], self.idle_for(_name(r), now)) for r in rows]
+
+    # -- commands ---------------------------------------------------------
+    async def exec(self, user: str, session: str, argv: Sequence[str], on_output: OutputSink, *,
+                   on_start: Callable[[], None] | None = None, recreate: bool = True) -> int:
+        execution = await self._exec_create(user, session, list(argv), recreate)
+        try:
+            async with execution.start(detach=False) as stream:  # the command runs from here on
+                if on_start is not None:
+                    on_start()
+                while True:
+                    message = await stream.read_out()
+                    if message is None:
+                        break
+                    on_output(message.stream, message.data)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
+        return await self._exit_code(execution)
+
+    async def _exec_create(self, user: str, session: str, argv: list[str], recreate: bool) -> Any:
+        """The exec, in the sandbox as it is; a sandbox that is gone is started once and tried again."""
+        name = self.name(user, session)
+        for attempt in (1, 2):
+            if name not in self._up:
+                if not recreate:
+                    raise SandboxUnavailable("The sandbox is not running.")
+                await self._ensure(user, session, allow_recreate=False)
+            try:
+                return await self.docker.containers.container(name).exec(argv, stdout=True, stderr=True)
+            except DOCKER_ERRORS as exc:
+                if attempt == 2 or not _is_gone(exc):
+                    raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
+                log.warning("sandbox %s is gone (%s); recreating", name, explain(exc))
+                self._up.discard(name)
+        raise AssertionError("unreachable")
+
+    async def _exit_code(self, execution: Any) -> int:
+        deadline = time.monotonic() + EXIT_CODE_WAIT
+        try:
+            while True:
+                state = await execution.inspect()
+                if not state.get("Running") and state.get("ExitCode") is not None:
+                    return int(state["ExitCode"])
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(0.02)
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
+        raise SandboxUnavailable("The command's output ended but Docker never reported how it exited.")
+
+    # -- files ------------------------------------------------------------
+    async def read_file(self, user: str, session: str, path: str, max_bytes: int) -> bytes:
+        name = await self._ensure(user, session, allow_recreate=False)
+        stat = await self._stat(name, path)
+        if int(stat.get("mode", 0)) & GO_FILE_TYPE_BITS:
+            raise SandboxFileError(f"{path} is not a regular file.")
+        if int(stat.get("size", 0)) > max_bytes:
+            raise SandboxFileError(f"{path} is {stat.get('size')} bytes, over the {max_bytes}-byte limit.")
+        try:
+            archive = await self.docker.containers.container(name).get_archive(path)
+        except aiodocker.DockerError as exc:
+            raise SandboxFileError(f"{path} could not be read: {explain(exc)}") from exc
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+        with archive:
+            member = next((m for m in archive.getmembers() if m.isreg()), None)
+            handle = archive.extractfile(member) if member is not None else None
+            if handle is None:
+                raise SandboxFileError(f"{path} is not a regular file.")
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise SandboxFileError(f"{path} is over the {max_bytes}-byte limit.")
+        return data
+
+    async def _stat(self, name: str, path: str) -> dict[str, Any]:
+        try:
+            async with self.docker._query(  # noqa: SLF001 - HEAD archive: the file's stat, no bytes
+                    f"containers/{name}/archive", method="HEAD", params={"path": path}) as response:
+                header = response.headers.get("X-Docker-Container-Path-Stat", "")
+        except aiodocker.DockerError as exc:
+            if exc.status == 404:
+                raise SandboxFileError(f"{path} does not exist in the sandbox.") from exc
+            raise SandboxFileError(f"{path} could not be read: {explain(exc)}") from exc
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+        return json.loads(base64.b64decode(header)) if header else {}
+
+    async def write_file(self, user: str, session: str, path: str, data: bytes) -> None:
+        if not path.startswith("/") or path.endswith("/"):
+            raise SandboxFileError(f"{path} must be an absolute path to a file.")
+        folder, base = posixpath.split(posixpath.normpath(path))
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            member = tarfile.TarInfo(base)
+            member.size, member.mode, member.mtime = len(data), 0o644, int(time.time())
+            tar.addfile(member, io.BytesIO(data))
+        name = await self._ensure(user, session, allow_recreate=False)
+        try:
+            await self.docker.containers.container(name).put_archive(folder, buffer.getvalue())
+        except aiodocker.DockerError as exc:
+            raise SandboxFileError(f"{path} could not be written: {explain(exc)}") from exc
+        except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
 
 
-def explain(exc: BaseException) -> str:
-    """One line for a docker failure, without the SDK's multi-line noise."""
-    if isinstance(exc, docker.errors.APIError):
-        return str(exc.explanation or exc).splitlines()[0]
-    if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError)):
-        return UNREACHABLE
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return UNREACHABLE if "connection" in text.lower() else text
-
+def _name(row: dict[str, Any]) -> str:
+    return row["Names"][0].lstrip("/")

@@ -23,5 +23,9 @@ class SandboxUnavailable(EngineError):
     """The Docker engine could not be reached or refused to run the session's container."""
 
 
+class SandboxFileError(EngineError):
+    """A file could not be read from or written into a sandbox (missing, too large, not a file)."""
+
+
 class UploadError(EngineError):
     """An upload was refused (too large, unreadable, bad name)."""

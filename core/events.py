@@ -32,6 +32,14 @@ class ToolStarted:
 
 
 @dataclass(frozen=True)
+class ToolQueued:
+    """The started tool waits for a free command slot (MAX_RUNNING_COMMANDS) behind `ahead`
+    commands; `ahead == 0` means its wait is over and it runs now."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
 class ToolFinished:
     """A tool came back; `exit_code` is None when it did not run or was killed."""
 
@@ -64,4 +72,4 @@ class Done:
     text: str
 
 
-Event = TextDelta | ThinkingDelta | ToolStarted | ToolFinished | Ignored | Replacing | Replaced | Done
+Event = TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | Ignored | Replacing | Replaced | Done

@@ -1,15 +1,20 @@
 """Conversation history in SQL (SQLite by default, PostgreSQL through DATABASE_URL).
 
-Everything here is synchronous peewee; the engine calls it through
-`asyncio.to_thread` so a slow disk never stalls the event loop.
+Everything here is synchronous peewee; the engine calls it through `History.run`,
+which uses the store's own small thread pool (one thread for SQLite, its only
+writer), never asyncio's shared default executor: a slow Docker daemon or a pile
+of uploads can then never delay storing a message.
 """
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 from peewee import (
     AutoField,
@@ -26,6 +31,8 @@ from peewee import (
 from playhouse.db_url import connect
 
 database = DatabaseProxy()
+T = TypeVar("T")
+SERVER_DB_THREADS = 4  # PostgreSQL and MySQL take concurrent writers
 
 
 def _now() -> datetime:
@@ -106,6 +113,13 @@ class History:
         self.db = db
         with db.connection_context():
             db.create_tables(MODELS, safe=True)
+        threads = 1 if url.startswith("sqlite") else SERVER_DB_THREADS
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="history")
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call one of this store's methods on its own threads, without blocking the event loop."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
 
     def _write(self):  # type: ignore[no-untyped-def]
         """A write transaction. SQLite's deferred transactions fail at once ("database is locked")
@@ -115,6 +129,12 @@ class History:
         return self.db.atomic()
 
     def close(self) -> None:
+        """Finish queued work, then close the pool's connection (peewee's are per thread) and the caller's."""
+        self._executor.submit(self._close_connection).result()
+        self._executor.shutdown(wait=True)
+        self._close_connection()
+
+    def _close_connection(self) -> None:
         if not self.db.is_closed():
             self.db.close()
 

@@ -12,13 +12,11 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-import docker
-import docker.errors
 import ollama
 from playhouse.db_url import connect
 
 from .config import Settings
-from .containers import ContainerManager, docker_errors, explain
+from .containers import DOCKER_ERRORS, ContainerManager, explain
 from .errors import OLLAMA_UNREACHABLE
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
@@ -88,25 +86,24 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if capabilities else ""))
 
 
-def check_docker(settings: Settings) -> Check:
+async def check_docker(settings: Settings) -> Check:
     manager = ContainerManager(settings)
-    if not manager.ping():
-        return Check("docker", False, "Docker is not reachable: start the Docker engine (dockerd), check that this "
-                                      "user may use /var/run/docker.sock, or set DOCKER_HOST", fatal=False)
-    client = manager.client
+    image = settings.vm_image
     try:
-        client.images.get(settings.vm_image)
-        return Check("docker", True, f"engine reachable, image {settings.vm_image} present")
-    except docker.errors.ImageNotFound:
-        pass
-    except docker_errors() as exc:
-        return Check("docker", False, f"could not look up {settings.vm_image}: {explain(exc)}", fatal=False)
-    try:
-        client.images.get_registry_data(settings.vm_image)
-        return Check("docker", True, f"engine reachable, image {settings.vm_image} will be pulled on first use")
-    except docker_errors():
-        return Check("docker", False, f"the image {settings.vm_image} is not on this engine and cannot be pulled: "
-                                      f"run `docker pull {settings.vm_image}`, build it, or set VM_IMAGE", fatal=False)
+        if not await manager.ping():
+            return Check("docker", False, "Docker is not reachable: start the Docker engine (dockerd), check that this "
+                                          "user may use /var/run/docker.sock, or set DOCKER_HOST", fatal=False)
+        try:
+            if await manager.image_present(image):
+                return Check("docker", True, f"engine reachable, image {image} present")
+        except DOCKER_ERRORS as exc:
+            return Check("docker", False, f"could not look up {image}: {explain(exc)}", fatal=False)
+        if await manager.image_pullable(image):
+            return Check("docker", True, f"engine reachable, image {image} will be pulled on first use")
+        return Check("docker", False, f"the image {image} is not on this engine and cannot be pulled: "
+                                      f"run `docker pull {image}`, build it, or set VM_IMAGE", fatal=False)
+    finally:
+        await manager.close()
 
 
 def check_database(settings: Settings) -> Check:
@@ -136,7 +133,7 @@ async def run_checks(settings: Settings, *, token: bool = True) -> list[Check]:
     """Every check, the blocking ones off the event loop."""
     results = [check_token(settings)] if token else []
     results.append(await check_ollama(settings))
-    results.append(await asyncio.to_thread(check_docker, settings))
+    results.append(await check_docker(settings))
     results.append(await asyncio.to_thread(check_database, settings))
     return results
 

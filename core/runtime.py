@@ -74,7 +74,7 @@ class Runtime:
 
     async def _warm(self, user: str, session: str) -> None:
         try:
-            await self.containers.ensure(user, session)
+            await self.containers.start(user, session)
         except EngineError as exc:
             log.info("sandbox for %s/%s not started yet: %s", user, session, exc)
         except Exception:  # noqa: BLE001 - the first command will retry and report
@@ -89,12 +89,13 @@ class Runtime:
         return await self.containers.remove(user, session)
 
     async def close(self) -> None:
-        """Stop the reaper; let container start-ups finish (a thread cannot be cancelled, and a
-        start-up abandoned half-way would leave a container nobody tracks)."""
+        """Stop the reaper; let container start-ups finish (a start-up abandoned half-way would
+        leave a container nobody tracks); then close the Docker client and the database."""
         if self._reaper is not None and not self._reaper.done():
             self._reaper.cancel()
             await asyncio.gather(self._reaper, return_exceptions=True)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        await self.containers.close()
         self.history.close()
 
 

@@ -31,7 +31,7 @@ class ChatSession:
 
     async def __aenter__(self) -> "ChatSession":
         self._runtime = self._runtime or get_runtime(self._settings)
-        self.session_id = await asyncio.to_thread(self._runtime.history.open_session, self.user, self.session)
+        self.session_id = await self._runtime.history.run(self._runtime.history.open_session, self.user, self.session)
         self._runtime.start_background()
         self._runtime.prewarm(self.user, self.session)
         return self
@@ -107,7 +107,7 @@ class ChatSession:
     # -- management -------------------------------------------------------
     async def history(self) -> list[dict[str, Any]]:
         """Every stored message of this conversation, oldest first."""
-        rows = await asyncio.to_thread(self.runtime.history.messages, self.session_id)
+        rows = await self.runtime.history.run(self.runtime.history.messages, self.session_id)
         return [{"role": r.role, "content": r.content, "tool_calls": r.tool_calls, "tool_name": r.tool_name,
                  "complete": r.complete, "created_at": r.created_at} for r in rows]
 
@@ -118,7 +118,7 @@ class ChatSession:
             await rt.registry.cancel(self.key)
         else:
             await rt.stop_session(self.user, self.session)
-        removed = await asyncio.to_thread(rt.history.clear, self.session_id)
+        removed = await rt.history.run(rt.history.clear, self.session_id)
         if not keep_container:
             rt.prewarm(self.user, self.session)
         return removed

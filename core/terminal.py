@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Callable
 
-import docker.errors
-
-from .containers import ContainerManager, docker_errors, explain
-from .errors import SandboxUnavailable
+from .admission import CommandGate
+from .errors import EngineError
+from .sandbox import STDERR, Sandboxes
 
 log = logging.getLogger(__name__)
 
@@ -101,111 +98,78 @@ class CommandResult:
         return "\n".join(parts)
 
 
-class _Run:
-    """The host side of one exec: its stream, so it can be closed from another thread."""
-
-    def __init__(self) -> None:
-        self.stream: Any = None
-        self.closed = threading.Event()
-
-    def close(self) -> None:
-        self.closed.set()
-        if self.stream is not None:
-            try:
-                self.stream.close()
-            except Exception:  # noqa: BLE001 - closing a dead socket is fine
-                pass
-
-
 class Terminal:
-    """Runs commands in sandboxes made by a ContainerManager."""
+    """Runs commands in a Sandboxes backend, at most MAX_RUNNING_COMMANDS at once."""
 
-    def __init__(self, containers: ContainerManager) -> None:
-        self.containers = containers
-        self.settings = containers.settings
+    def __init__(self, sandboxes: Sandboxes) -> None:
+        self.sandboxes = sandboxes
+        self.settings = sandboxes.settings
+        self.gate = CommandGate(self.settings.max_running_commands)
 
-    async def execute(self, user: str, session: str, command: str, timeout: int | None = None) -> CommandResult:
-        """Run `command`; on cancellation, kill it in the container before re-raising."""
+    async def execute(self, user: str, session: str, command: str, timeout: int | None = None, *,
+                      on_queued: Callable[[int], None] | None = None) -> CommandResult:
+        """Run `command` once a slot is free; on cancellation, kill it in the sandbox before re-raising.
+
+        `on_queued(n)` hears how many commands are ahead while this one waits for a slot.
+        """
         limit = min(max(int(timeout or self.settings.command_timeout), 1), self.settings.command_timeout_max)
-        name = self.containers.name(user, session)
-        self.containers.mark_used(name, busy=1)
-        try:
-            for attempt in (1, 2):
-                container = await asyncio.to_thread(self.containers.ensure_sync, user, session, allow_recreate=False)
-                try:
-                    return await self._run(container, command, limit)
-                except (docker.errors.NotFound, docker.errors.APIError) as exc:
-                    # The container vanished or stopped under us: recreate it once and retry.
-                    if attempt == 2 or not _is_gone(exc):
-                        raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
-                    log.warning("sandbox %s is gone (%s); recreating", name, explain(exc))
-                except docker_errors() as exc:
-                    self.containers.forget_client()
-                    raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
-            raise AssertionError("unreachable")
-        finally:
-            self.containers.mark_used(name, busy=-1)
+        async with self.sandboxes.in_use(user, session):
+            async with self.gate.slot(on_queued):
+                return await self._run(user, session, command, limit)
 
-    async def _run(self, container: Any, command: str, limit: int) -> CommandResult:
-        api = self.containers.client.api
-        started = time.monotonic()
-        exec_id = (await asyncio.to_thread(
-            api.exec_create, container.id, ["sh", "-c", WRAPPER, "sh", command], stdout=True, stderr=True))["Id"]
-        run = _Run()
+    async def _run(self, user: str, session: str, command: str, limit: int) -> CommandResult:
         out, err = CappedBuffer(self.settings.output_limit), CappedBuffer(self.settings.output_limit)
-        reader = asyncio.ensure_future(asyncio.to_thread(self._read, api, exec_id, run, out, err))
-        timed_out = cancelled = False
+        loop = asyncio.get_running_loop()
+        started: float | None = None  # when the process began: the timeout counts from here
+        timed_out = False
+
+        def sink(stream: int, data: bytes) -> None:
+            (err if stream == STDERR else out).write(data)
+
+        runner: asyncio.Future[int] | None = None
         try:
-            await asyncio.wait_for(asyncio.shield(reader), timeout=limit)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(None) as budget:
+                def on_start() -> None:
+                    nonlocal started
+                    started = loop.time()
+                    if not budget.expired() and runner is not None and not runner.cancelled():
+                        budget.reschedule(started + limit)
+
+                runner = asyncio.ensure_future(self.sandboxes.exec(
+                    user, session, ["sh", "-c", WRAPPER, "sh", command], sink, on_start=on_start))
+                exit_code: int | None = await asyncio.shield(runner)
+        except TimeoutError:
             timed_out = True
-            await self._stop(container, run, reader)
+            exit_code = await self._stop(user, session, runner, started is not None)
         except asyncio.CancelledError:
-            cancelled = True
-            await asyncio.shield(self._stop(container, run, reader))
+            if runner is not None:
+                await asyncio.shield(self._stop(user, session, runner, started is not None))
             raise
-        try:
-            exit_code = (await asyncio.to_thread(api.exec_inspect, exec_id)).get("ExitCode")
-        except docker_errors():
-            exit_code = None
-        return CommandResult(command, exit_code, out.text(), err.text(), time.monotonic() - started,
-                             timed_out=timed_out, cancelled=cancelled, timeout=limit)
+        return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
+                             timed_out=timed_out, timeout=limit)
 
-    @staticmethod
-    def _read(api: Any, exec_id: str, run: _Run, out: CappedBuffer, err: CappedBuffer) -> None:
-        run.stream = api.exec_start(exec_id, stream=True, demux=True)
-        if run.closed.is_set():
-            run.close()
-            return
+    async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None", started: bool) -> int | None:
+        """Kill the command's process group in the sandbox, then let its output drain."""
+        if runner is None:
+            return None
+        if not started:  # still starting the sandbox or the exec: do not let it begin
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
         try:
-            for stdout, stderr in run.stream:
-                if stdout:
-                    out.write(stdout)
-                if stderr:
-                    err.write(stderr)
-        except Exception:  # noqa: BLE001 - a stream closed by _stop ends this way
-            if not run.closed.is_set():
-                raise
-
-    async def _stop(self, container: Any, run: _Run, reader: asyncio.Future) -> None:
-        """Kill the command's process group in the container, then let the reader finish."""
+            await asyncio.wait_for(self.sandboxes.exec(user, session, ["sh", "-c", KILL], _discard, recreate=False),
+                                   timeout=GRACE_SECONDS * 2)
+        except (EngineError, asyncio.TimeoutError) as exc:
+            log.warning("could not kill a command of %s/%s: %s", user, session, exc)
+        if runner.done():
+            return None if runner.cancelled() or runner.exception() else runner.result()
         try:
-            await asyncio.to_thread(container.exec_run, ["sh", "-c", KILL])
-        except docker_errors() as exc:
-            log.warning("could not kill a command in %s: %s", container.name, exc)
-        try:
-            await asyncio.wait_for(asyncio.shield(reader), timeout=GRACE_SECONDS)
-        except (asyncio.TimeoutError, Exception):  # noqa: BLE001
+            return await asyncio.wait_for(asyncio.shield(runner), timeout=GRACE_SECONDS)
+        except (asyncio.TimeoutError, EngineError):
             # Something detached still holds the output open: stop listening to it.
-            run.close()
-            try:
-                await asyncio.wait_for(asyncio.shield(reader), timeout=GRACE_SECONDS)
-            except (asyncio.TimeoutError, Exception):  # noqa: BLE001
-                pass
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+            return None
 
 
-def _is_gone(exc: BaseException) -> bool:
-    if isinstance(exc, docker.errors.NotFound):
-        return True
-    text = str(getattr(exc, "explanation", "") or exc).lower()
-    return "is not running" in text or "no such container" in text or "is paused" in text or "restarting" in text
+def _discard(_stream: int, _data: bytes) -> None:
+    pass

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import ollama
 
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
-from .events import Done, Replaced, TextDelta, ThinkingDelta, ToolFinished, ToolStarted
+from .events import Done, Replaced, TextDelta, ThinkingDelta, ToolFinished, ToolQueued, ToolStarted
 from .prompt import system_prompt
 from .registry import Generation, Phase
 from .tools import ToolArgumentError, parse_call, tool_schemas
@@ -66,7 +66,7 @@ class TurnRunner:
         settings = self.rt.settings
         rounds = 0
         while True:
-            window = await asyncio.to_thread(self.rt.history.window, session_id, settings.history_window)
+            window = await self.rt.history.run(self.rt.history.window, session_id, settings.history_window)
             messages = [system_prompt(settings)] + window
             tools = tool_schemas(settings) if rounds < settings.max_tool_rounds else None
             gen.phase = Phase.STREAMING
@@ -152,12 +152,13 @@ class TurnRunner:
                 gen.queue.put_nowait(ToolFinished(name, str(exc), error=True))
                 continue
             try:
-                result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout)
+                result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout,
+                                                        on_queued=lambda n: gen.queue.put_nowait(ToolQueued(n)))
             except asyncio.CancelledError:
                 rows = [{"role": "tool", "content": CANCELLED_RESULT, "tool_name": name}]
                 rows += [{"role": "tool", "content": NOT_RUN_RESULT, "tool_name": c["function"]["name"]}
                          for c in calls[index + 1:]]
-                await asyncio.shield(asyncio.to_thread(self.rt.history.add_messages, session_id, rows))
+                await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
                 raise
             except EngineError as exc:
                 # Keep the history valid (every call has a result), then tell the caller.
@@ -171,4 +172,4 @@ class TurnRunner:
             gen.queue.put_nowait(ToolFinished(name, output, result.exit_code, result.timed_out))
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
-        await asyncio.to_thread(self.rt.history.add_message, session_id, role, content, **extra)
+        await self.rt.history.run(self.rt.history.add_message, session_id, role, content, **extra)

@@ -59,12 +59,12 @@ async def test_model_without_tools(fake_ollama: FakeOllama) -> None:
 
 async def test_docker_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
-    check = check_docker(Settings(vm_image=TEST_IMAGE))
+    check = await check_docker(Settings(vm_image=TEST_IMAGE))
     assert not check.ok and "dockerd" in check.message
 
 
 async def test_image_missing_and_not_pullable(docker_client) -> None:
-    check = check_docker(Settings(vm_image="llmbot-no-such-image:never"))
+    check = await check_docker(Settings(vm_image="llmbot-no-such-image:never"))
     assert not check.ok and "docker pull llmbot-no-such-image:never" in check.message
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 
+import docker
 import pytest
 
 from core import ChatSession, Runtime
@@ -89,5 +90,5 @@ async def test_the_session_is_free_again_after_a_reply(runtime: Runtime, fake_ol
 
 
 def _ps(rt: Runtime) -> str:
-    container = rt.containers.client.containers.get(rt.containers.name("alice", "replace"))
+    container = docker.from_env().containers.get(rt.containers.name("alice", "replace"))
     return container.exec_run(["ps", "-o", "args"]).output.decode()

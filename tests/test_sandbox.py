@@ -151,11 +151,14 @@ async def test_a_stopped_container_is_restarted(runtime: Runtime, docker_client:
 
 async def test_network_can_be_turned_off(runtime: Runtime, docker_client: docker.DockerClient) -> None:
     manager = ContainerManager(runtime.settings.replace(vm_network=False))
-    container = await asyncio.to_thread(manager.ensure_sync, "net", "off")
-    container.reload()
+    try:
+        await manager.start("net", "off")
+    finally:
+        await manager.close()
+    container = docker_client.containers.get(manager.name("net", "off"))
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
-    on = await asyncio.to_thread(runtime.containers.ensure_sync, "net", "on")
-    on.reload()
+    await runtime.containers.start("net", "on")
+    on = docker_client.containers.get(runtime.containers.name("net", "on"))
     assert on.attrs["HostConfig"]["NetworkMode"] != "none"
 
 
@@ -177,11 +180,14 @@ async def test_containers_are_adopted_after_a_restart_and_reaped_when_idle(
     name = runtime.containers.name("alice", "s1")
     original = docker_client.containers.get(name).id
     restarted = ContainerManager(runtime.settings)  # a new process: no memory of the container
-    adopted, removed = await restarted.adopt()
-    assert name in adopted and removed == []
-    assert await restarted.reap(idle_seconds=3600) == []
-    assert docker_client.containers.get(name).id == original
-    assert await restarted.reap(idle_seconds=0) == [name]  # adopted containers are reaped too
+    try:
+        adopted, removed = await restarted.adopt()
+        assert name in adopted and removed == []
+        assert await restarted.reap(idle_seconds=3600) == []
+        assert docker_client.containers.get(name).id == original
+        assert await restarted.reap(idle_seconds=0) == [name]  # adopted containers are reaped too
+    finally:
+        await restarted.close()
 
 
 async def test_a_configuration_change_recreates_at_session_start(runtime: Runtime,
@@ -190,10 +196,13 @@ async def test_a_configuration_change_recreates_at_session_start(runtime: Runtim
     name = runtime.containers.name("alice", "s1")
     old = docker_client.containers.get(name).id
     changed = ContainerManager(runtime.settings.replace(vm_pids=128))
-    adopted, removed = await changed.adopt()
-    assert name in removed
-    container = await changed.ensure("alice", "s1")
-    container.reload()
+    try:
+        adopted, removed = await changed.adopt()
+        assert name in removed
+        await changed.start("alice", "s1")
+    finally:
+        await changed.close()
+    container = docker_client.containers.get(name)
     assert container.id != old and container.attrs["HostConfig"]["PidsLimit"] == 128
 
 
@@ -201,8 +210,11 @@ async def test_docker_unreachable_is_one_clear_error(runtime: Runtime, monkeypat
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
     manager = ContainerManager(runtime.settings)
     from core.terminal import Terminal
-    with pytest.raises(SandboxUnavailable) as info:
-        await Terminal(manager).execute("alice", "s1", "true")
+    try:
+        with pytest.raises(SandboxUnavailable) as info:
+            await Terminal(manager).execute("alice", "s1", "true")
+    finally:
+        await manager.close()
     assert "Docker is not reachable" in str(info.value) and "\n" not in str(info.value)
 
 

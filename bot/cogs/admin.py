@@ -38,6 +38,12 @@ class Admin(commands.Cog):
     def rt(self):  # type: ignore[no-untyped-def]
         return self.bot.runtime
 
+    @staticmethod
+    async def _defer(interaction: discord.Interaction) -> None:
+        """Acknowledge at once: Discord gives 3 s, and Docker or the database may take longer under load."""
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
+
     async def _say(self, interaction: discord.Interaction, text: str) -> None:
         text = text if len(text) <= 2000 else text[:1990] + "\n…"
         if interaction.response.is_done():
@@ -61,6 +67,7 @@ class Admin(commands.Cog):
     @app_commands.command(name="reset", description="Forget this channel's conversation and restart your sandbox")
     @app_commands.describe(keep_container="Keep the sandbox (files, installed packages) and only clear the history")
     async def reset(self, interaction: discord.Interaction, keep_container: bool = False) -> None:
+        await self._defer(interaction)
         async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.rt) as chat:
             removed = await chat.reset(keep_container=keep_container)
         what = "kept your sandbox" if keep_container else "restarted your sandbox"
@@ -68,7 +75,8 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="sessions", description="List your conversations with the assistant")
     async def sessions(self, interaction: discord.Interaction) -> None:
-        infos = await asyncio.to_thread(self.rt.history.list_sessions, str(interaction.user.id))
+        await self._defer(interaction)
+        infos = await self.rt.history.run(self.rt.history.list_sessions, str(interaction.user.id))
         if not infos:
             await self._say(interaction, "You have no conversations yet.")
             return
@@ -81,6 +89,7 @@ class Admin(commands.Cog):
     # -- admins -------------------------------------------------------------------------
     @admin.command(name="sessions", description="All conversations with a running reply or sandbox")
     async def admin_sessions(self, interaction: discord.Interaction) -> None:
+        await self._defer(interaction)
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         running = await self._running()
@@ -96,6 +105,7 @@ class Admin(commands.Cog):
     @admin.command(name="reset", description="Clear someone's conversation in a channel and restart their sandbox")
     @app_commands.describe(user="Whose conversation", channel="The channel id of the conversation")
     async def admin_reset(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
+        await self._defer(interaction)
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         async with ChatSession(user=user.id, session=channel, runtime=self.rt) as chat:
@@ -105,6 +115,7 @@ class Admin(commands.Cog):
     @admin.command(name="stop", description="Stop someone's reply and remove their sandbox in a channel")
     @app_commands.describe(user="Whose session", channel="The channel id of the session")
     async def admin_stop(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
+        await self._defer(interaction)
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         removed = await self.rt.stop_session(str(user.id), str(channel))
@@ -115,17 +126,17 @@ class Admin(commands.Cog):
     @admin_stop.autocomplete("channel")
     async def _channel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         user = getattr(interaction.namespace, "user", None)
-        infos = await asyncio.to_thread(self.rt.history.list_sessions, str(user.id) if user else None)
+        infos = await self.rt.history.run(self.rt.history.list_sessions, str(user.id) if user else None)
         return [app_commands.Choice(name=f"{i.session} ({i.message_count} messages)", value=i.session)
                 for i in infos if current in i.session][:25]
 
     @admin.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
     async def admin_status(self, interaction: discord.Interaction) -> None:
+        await self._defer(interaction)
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
-        await interaction.response.defer(ephemeral=True)
         models = await self._models()
-        docker_ok = await asyncio.to_thread(self.rt.containers.ping)
+        docker_ok = await self.rt.containers.ping()
         running = [s for s in (await self._running()).values() if s == "running"] if docker_ok else []
         lines = [
             f"Model: `{self.rt.model}`" + ("" if models is None or self.rt.model in models else " (not pulled!)"),
@@ -139,6 +150,7 @@ class Admin(commands.Cog):
     @admin.command(name="model", description="Switch the model for everyone")
     @app_commands.describe(name="A model the Ollama server has pulled")
     async def admin_model(self, interaction: discord.Interaction, name: str) -> None:
+        await self._defer(interaction)
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         models = await self._models()

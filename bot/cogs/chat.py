@@ -11,7 +11,7 @@ from discord.ext import commands
 
 from core import ChatSession, EngineError
 from core.events import (Ignored, Replaced, Replacing, TextDelta, ThinkingDelta, ToolFinished,
-                         ToolStarted)
+                         ToolQueued, ToolStarted)
 
 from ..access import refusal
 from ..pacing import ChannelPacer
@@ -94,6 +94,8 @@ class Chat(commands.Cog):
         """One quiet line, then silence for a while, so a refused user is told but not spammed."""
         key = (message.author.id, message.channel.id)
         now = time.monotonic()
+        for stale in [k for k, at in self._refused.items() if now - at >= REFUSAL_QUIET_SECONDS]:
+            del self._refused[stale]  # quiet period over: forget them, the map stays small
         if now - self._refused.get(key, -REFUSAL_QUIET_SECONDS) < REFUSAL_QUIET_SECONDS:
             return
         self._refused[key] = now
@@ -118,6 +120,8 @@ class Chat(commands.Cog):
                         stream.add_thinking(event.text)
                     elif isinstance(event, ToolStarted):
                         stream.tool_started(event.command if event.name == "execute_terminal" else event.name)
+                    elif isinstance(event, ToolQueued):
+                        stream.tool_queued(event.ahead)
                     elif isinstance(event, ToolFinished):
                         stream.tool_finished(exit_code=event.exit_code, timed_out=event.timed_out, error=event.error)
                     elif isinstance(event, Replacing):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import discord
 import discord.ext.test as dpytest
@@ -10,6 +11,7 @@ import discord.ext.test.factories as facts
 import pytest
 from discord.ext import commands
 
+from bot.cogs.chat import REFUSAL_QUIET_SECONDS
 from core import Runtime
 from tests.bot.conftest import channel_messages, start_bot
 from tests.fake_ollama import FakeOllama, error, text, tool_calls
@@ -248,6 +250,21 @@ async def test_refused_users_get_one_quiet_line(runtime: Runtime, fake_ollama: F
     dm = await member.create_dm()
     await dpytest.message("hello?", channel=dm, member=member)
     assert "direct messages" in channel_messages(dm, bot)[-1].content
+    await dpytest.empty_queue()
+
+
+async def test_the_refusal_memory_forgets_users_whose_quiet_period_is_over(runtime: Runtime) -> None:
+    bot = await start_bot(runtime)
+    member = config().members[1]
+    runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset({member.id}))
+    cog = bot.get_cog("Chat")
+    long_ago = time.monotonic() - REFUSAL_QUIET_SECONDS - 1
+    cog._refused.update({(user, 1): long_ago for user in range(5000)})  # refused long ago, in other channels
+    cog._refused[(42, 2)] = time.monotonic()  # refused just now: still quiet
+    channel = config().channels[0]
+    await dpytest.message(f"<@{bot.user.id}> hi", channel=channel, member=member)
+    assert set(cog._refused) == {(42, 2), (member.id, channel.id)}
+    assert "not available" in channel_messages(channel, bot)[-1].content
     await dpytest.empty_queue()
 
 
