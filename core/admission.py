@@ -54,10 +54,13 @@ class CommandGate:
         waiter = _Waiter()
         self._queue.append(waiter)
         loop = asyncio.get_running_loop()
+        told = None
         try:
             while not waiter.admitted:
-                if on_wait is not None:
-                    on_wait(self.ahead(waiter))
+                ahead = self.ahead(waiter)
+                if on_wait is not None and ahead != told:
+                    on_wait(ahead)
+                    told = ahead
                 waiter.wake = loop.create_future()
                 await waiter.wake
             if on_wait is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -75,8 +76,8 @@ def remove_containers(client: docker.DockerClient, prefix: str) -> None:
         container.remove(force=True)
 
 
-@pytest_asyncio.fixture
-async def runtime(settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Runtime]:
+@asynccontextmanager
+async def open_runtime(settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Runtime]:
     """A runtime over the fake Ollama and the real Docker engine; its containers go at the end."""
     rt = Runtime(settings)
     set_runtime(rt)
@@ -86,3 +87,9 @@ async def runtime(settings: Settings, docker_client: docker.DockerClient) -> Asy
         await rt.close()
         set_runtime(None)
         await asyncio.to_thread(remove_containers, docker_client, settings.vm_name_prefix)
+
+
+@pytest_asyncio.fixture
+async def runtime(settings: Settings, docker_client: docker.DockerClient) -> AsyncIterator[Runtime]:
+    async with open_runtime(settings, docker_client) as rt:
+        yield rt

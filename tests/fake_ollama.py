@@ -68,6 +68,19 @@ def hang(after_text: str = "") -> Response:
     return Response(content=after_text, ending="hang")
 
 
+def command_agent(body: dict[str, Any]) -> Response:
+    """A model that runs the user's message as one command, then answers with the result's first line.
+
+    As `FakeOllama.fallback` it serves any number of concurrent sessions, whatever order they ask in.
+    """
+    last = body["messages"][-1]
+    if last["role"] == "user":
+        return tool_calls(("execute_terminal", {"command": last["content"]}))
+    if last["role"] == "tool":
+        return text("result: " + (last["content"].splitlines() or [""])[0])
+    return text("?")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat().replace("+00:00", "Z")
 
@@ -85,6 +98,7 @@ class FakeOllama:
         self.models: list[str] = ["qwen3:8b"]
         self.capabilities: dict[str, list[str]] = {}
         self.strict_models = False
+        self.fallback: Script | None = None  # answers when nothing is scripted
         self._requests: list[dict[str, Any]] = []
         self._queue: list[Script] = []
         self._lock = threading.Lock()
@@ -188,7 +202,7 @@ class FakeOllama:
         body = await request.json()
         with self._lock:
             self._requests.append(body)
-            script = self._queue.pop(0) if self._queue else None
+            script = self._queue.pop(0) if self._queue else self.fallback
         model = body.get("model", "")
         if self.strict_models and model not in self.models:
             return web.json_response({"error": f'model "{model}" not found, try pulling it first'}, status=404)

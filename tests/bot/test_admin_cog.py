@@ -1,6 +1,7 @@
 """Slash commands through the bot's own command tree, with the real runtime behind them."""
 from __future__ import annotations
 
+import asyncio
 import types
 from typing import Any
 
@@ -20,14 +21,25 @@ class Response:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.deferred = False
+        self.acknowledged_at: float | None = None  # loop time of the first answer Discord sees
+        self.answered_at: float | None = None  # loop time of the last message
 
     def is_done(self) -> bool:
         return self.deferred or bool(self.sent)
 
+    def _stamp(self) -> None:
+        now = asyncio.get_running_loop().time()
+        self.acknowledged_at = self.acknowledged_at or now
+        self.answered_at = now
+
     async def send_message(self, content: str = "", **kwargs: Any) -> None:
+        assert not self.is_done(), "an interaction is answered once; later messages are follow-ups"
+        self._stamp()
         self.sent.append((content, kwargs))
 
     async def defer(self, **kwargs: Any) -> None:
+        assert not self.is_done() and kwargs.get("ephemeral") is True
+        self._stamp()
         self.deferred = True
 
 
@@ -36,6 +48,8 @@ class Followup:
         self.response = response
 
     async def send(self, content: str = "", **kwargs: Any) -> None:
+        assert self.response.is_done(), "a follow-up needs an answered interaction"
+        self.response._stamp()
         self.response.sent.append((content, kwargs))
 
 
@@ -67,6 +81,7 @@ def command(bot: commands.Bot, *path: str):  # type: ignore[no-untyped-def]
 
 async def call(bot: commands.Bot, path: tuple[str, ...], interaction: Interaction, **kwargs: Any) -> str:
     await command(bot, *path).callback(bot.get_cog("Admin"), interaction, **kwargs)
+    assert interaction.response.deferred, "every command acknowledges at once (defer), then follows up"
     return interaction.said
 
 
