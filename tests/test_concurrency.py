@@ -173,3 +173,9 @@ async def test_the_gate_serves_waiters_in_order_and_loses_none_to_cancellation()
     await asyncio.gather(a, b, d, c, return_exceptions=True)
     assert order == ["a", "b", "d"] and gate.running == 0 and gate.waiting == 0
     assert heard["b"] == [1, 0] and heard["c"] == [2] and heard["d"] == [3, 2, 1, 0]
+
+
+async def test_the_docker_connection_pool_holds_every_running_command_and_its_kill(runtime: Runtime) -> None:
+    # aiohttp's default pool of 100 connections would make the 101st running command wait for a socket.
+    pool = runtime.containers.docker.connector.limit
+    assert pool == 0 or pool >= 2 * runtime.settings.max_running_commands
