@@ -45,7 +45,8 @@ PULL_TIMEOUT = 1800.0
 # Go's os.FileMode type bits (dir, symlink, device, pipe, socket, char device, irregular), as the
 # engine reports them in X-Docker-Container-Path-Stat: none set means a regular file.
 GO_FILE_TYPE_BITS = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
-EXIT_CODE_WAIT = 2.0  # an exec's exit code can land a moment after its output ends
+EXIT_CODE_WAIT = 2.0
+TAR_OVERHEAD = 64 * 1024  # headers and padding around one file in an archive  # an exec's exit code can land a moment after its output ends
 
 # How aiodocker and aiohttp say Docker failed or could not be reached.
 DOCKER_ERRORS: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp.ClientError, OSError,
@@ -206,7 +207,7 @@ class ContainerManager(Sandboxes):
 
     async def _delete(self, name: str) -> None:
         try:
-            await self.docker.containers.container(name).delete(force=True, timeout=REQUEST_TIMEOUT)
+            await self.docker.containers.container(name).delete(force=True, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         except aiodocker.DockerError as exc:
             if exc.status != 404:
                 raise
@@ -290,7 +291,7 @@ class ContainerManager(Sandboxes):
     async def _pull(self, image: str) -> None:
         log.info("pulling image %s", image)
         try:
-            await self.docker.images.pull(image, timeout=PULL_TIMEOUT)
+            await self.docker.images.pull(image, timeout=aiohttp.ClientTimeout(total=PULL_TIMEOUT))
         except aiodocker.DockerError as exc:
             raise SandboxUnavailable(
                 f"The sandbox image {image!r} is not on this Docker engine and could not be pulled; "
@@ -414,34 +415,46 @@ class ContainerManager(Sandboxes):
             raise SandboxFileError(f"{path} is not a regular file.")
         if int(stat.get("size", 0)) > max_bytes:
             raise SandboxFileError(f"{path} is {stat.get('size')} bytes, over the {max_bytes}-byte limit.")
-        try:
-            archive = await self.docker.containers.container(name).get_archive(path)
+        too_big = SandboxFileError(f"{path} is over the {max_bytes}-byte limit.")
+        body = bytearray()
+        try:  # streamed with a cap: the file may have grown since the stat
+            async with self.docker._query(f"containers/{name}/archive", params={"path": path}) as response:  # noqa: SLF001
+                async for chunk in response.content.iter_chunked(1 << 16):
+                    body += chunk
+                    if len(body) > max_bytes + TAR_OVERHEAD:
+                        raise too_big
         except aiodocker.DockerError as exc:
             raise SandboxFileError(f"{path} could not be read: {explain(exc)}") from exc
         except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
-        with archive:
+        with tarfile.open(fileobj=io.BytesIO(bytes(body))) as archive:
             member = next((m for m in archive.getmembers() if m.isreg()), None)
             handle = archive.extractfile(member) if member is not None else None
             if handle is None:
                 raise SandboxFileError(f"{path} is not a regular file.")
             data = handle.read(max_bytes + 1)
         if len(data) > max_bytes:
-            raise SandboxFileError(f"{path} is over the {max_bytes}-byte limit.")
+            raise too_big
         return data
 
     async def _stat(self, name: str, path: str) -> dict[str, Any]:
+        """The engine's stat of a path (HEAD on the archive endpoint: no bytes move).
+
+        aiodocker's own query reads an error's JSON body, which a HEAD answer never has.
+        """
+        docker = self.docker
         try:
-            async with self.docker._query(  # noqa: SLF001 - HEAD archive: the file's stat, no bytes
-                    f"containers/{name}/archive", method="HEAD", params={"path": path}) as response:
-                header = response.headers.get("X-Docker-Container-Path-Stat", "")
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise SandboxFileError(f"{path} does not exist in the sandbox.") from exc
-            raise SandboxFileError(f"{path} could not be read: {explain(exc)}") from exc
+            await docker._check_version()  # noqa: SLF001
+            url = docker._canonicalize_url(f"containers/{name}/archive", versioned_api=True)  # noqa: SLF001
+            async with docker.session.head(url, params={"path": path}) as response:
+                status, header = response.status, response.headers.get("X-Docker-Container-Path-Stat", "")
         except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
-        return json.loads(base64.b64decode(header)) if header else {}
+        if status == 404:
+            raise SandboxFileError(f"{path} does not exist in the sandbox.")
+        if status >= 400 or not header:
+            raise SandboxFileError(f"{path} could not be read (Docker answered {status}).")
+        return json.loads(base64.b64decode(header))
 
     async def write_file(self, user: str, session: str, path: str, data: bytes) -> None:
         if not path.startswith("/") or path.endswith("/"):
