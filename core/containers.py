@@ -335,6 +335,7 @@ class ContainerManager(Sandboxes):
             present = {_name(r) for r in rows}
             for name in [n for n in self._last_used if n not in present]:
                 self._last_used.pop(name, None)  # gone behind our back: forget it
+            self._up &= present
             for name in present:
                 if self.busy(name) or self._locks.busy(name):
                     continue
