@@ -51,9 +51,8 @@ def settings_for(tmp: Path, url: str) -> Settings:
 
 
 def cleanup(prefix: str) -> None:
-    client = docker.from_env()
-    for c in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}):
-        c.remove(force=True)
+    from tests.conftest import remove_containers
+    remove_containers(docker.from_env(), prefix)
 
 
 async def bench_turn(tmp: Path, turns: int) -> None:

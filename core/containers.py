@@ -55,11 +55,22 @@ DOCKER_ERRORS: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp
 ContainerInfo = SandboxInfo  # the name the admin cog and older callers use
 
 
-def slug(value: str, length: int = 24) -> str:
-    """A name-safe, readable, unique form of an id: 'Alice Smith' -> 'alice-smith-3f2a1b'."""
-    readable = re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:length] or "x"
-    digest = hashlib.sha256(value.encode()).hexdigest()[:6]
-    return f"{readable}-{digest}"
+DIGEST_HEX = 20  # 80 bits of SHA-256: names and folders of different ids never meet, by chance or on purpose
+
+
+def readable(value: str, length: int) -> str:
+    """The part of a name a person can read: 'Alice Smith' -> 'alice-smith'. Never unique on its own."""
+    return re.sub(r"[^a-z0-9]+", "-", value.lower()).strip("-")[:length] or "x"
+
+
+def digest(*parts: str) -> str:
+    """A full-strength digest of the exact ids (NUL-separated, so ('a', 'bc') != ('ab', 'c'))."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:DIGEST_HEX]
+
+
+def legacy_slug(value: str, length: int = 24) -> str:
+    """How folders were named before exact digests (a 24-bit hash): only for moving them over."""
+    return f"{readable(value, length)}-{hashlib.sha256(value.encode()).hexdigest()[:6]}"
 
 
 def explain(exc: BaseException) -> str:
@@ -95,25 +106,54 @@ class ContainerManager(Sandboxes):
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._locks = KeyedLocks()  # by container name, and ("user", id) for the per-user cap
         self._up: set[str] = set()  # names this process saw running: commands go straight to exec
+        self._root_ready = False
+        self._networks_seen: set[str] = set()
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
-        return f"{self.settings.vm_name_prefix}-{slug(user, 16)}-{slug(session, 16)}"
+        return f"{self.settings.vm_name_prefix}-{readable(user, 12)}-{readable(session, 12)}-{digest(user, session)}"
 
     def upload_dir(self, user: str, session: str) -> Path:
-        return Path(self.settings.upload_dir).resolve() / slug(user) / slug(session)
+        folder = self._data_root() / f"{readable(user, 24)}-{digest(user)}" / f"{readable(session, 24)}-{digest(user, session)}"
+        if not folder.exists():
+            self._adopt_legacy_folder(user, session, folder)
+        return folder
+
+    def _data_root(self) -> Path:
+        """UPLOAD_DIR, made reachable by its owner only (0700): what a sandbox writes into /data,
+        a setuid-root file included, is then out of reach of every other account on the host."""
+        root = Path(self.settings.upload_dir).resolve()
+        if not self._root_ready:
+            root.mkdir(parents=True, exist_ok=True)
+            root.chmod(0o700)
+            self._root_ready = True
+        return root
+
+    def _adopt_legacy_folder(self, user: str, session: str, new: Path) -> None:
+        """Move a folder named the old way to its exact name, where the old name was unambiguous.
+
+        An id of at most 24 lowercase letters and digits (every Discord id) was spelled out whole in
+        the old name, so that folder can only be this id's; anything else stays where it is.
+        """
+        if not all(re.fullmatch(r"[a-z0-9]{1,24}", v) for v in (user, session)):
+            return
+        old = self._data_root() / legacy_slug(user) / legacy_slug(session)
+        if old.is_dir() and not new.exists():
+            new.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(old, new)
+            log.info("moved %s to %s (exact folder names)", old, new)
 
     def _host_dir(self, user: str, session: str) -> str:
         local = self.upload_dir(user, session)
         if not self.settings.vm_data_host_dir:
             return str(local)
         # The bot runs in a container: the engine needs the host's path of the same folder.
-        relative = local.relative_to(Path(self.settings.upload_dir).resolve())
+        relative = local.relative_to(self._data_root())
         return str(Path(self.settings.vm_data_host_dir) / relative)
 
     def config_hash(self) -> str:
         s = self.settings
-        key = f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|v1"
+        key = f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|v2"
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # -- the client -------------------------------------------------------
@@ -173,6 +213,9 @@ class ContainerManager(Sandboxes):
         async with self._locks.hold(name):
             try:
                 state = await self._inspect(name)
+                if state is not None and not self._owned_by(state, user, session):
+                    raise SandboxUnavailable("This conversation's sandbox name is taken by another one; "
+                                             "an operator should look at the container " + name)
                 if state is not None and allow_recreate and not self.busy(name) \
                         and state["Config"]["Labels"].get(f"{LABEL}.config") != self.config_hash():
                     log.info("recreating %s: configuration changed", name)
@@ -196,6 +239,11 @@ class ContainerManager(Sandboxes):
             self._last_used[name] = time.monotonic()
             self._up.add(name)
             return name
+
+    def _owned_by(self, state: dict[str, Any], user: str, session: str) -> bool:
+        labels = state["Config"].get("Labels") or {}
+        return (labels.get(f"{LABEL}.app") == self.settings.vm_name_prefix and labels.get(f"{LABEL}.user") == user
+                and labels.get(f"{LABEL}.session") == session)
 
     async def _inspect(self, name: str) -> dict[str, Any] | None:
         try:
@@ -247,7 +295,7 @@ class ContainerManager(Sandboxes):
                 "CapAdd": CAP_ADD,
                 "SecurityOpt": ["no-new-privileges"],
                 "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
-                **({} if s.vm_network else {"NetworkMode": "none"}),
+                "NetworkMode": await self._network() if s.vm_network else "none",
             },
         }
         async with self._locks.hold(("user", user)):  # two channels of one user must not both take the last place
@@ -270,6 +318,35 @@ class ContainerManager(Sandboxes):
                         await self._delete(name)
                     if attempt == 2:
                         raise
+
+    @property
+    def network_name(self) -> str:
+        return f"{self.settings.vm_name_prefix}-sandboxes"
+
+    async def _network(self) -> str:
+        """The deployment's own bridge, with traffic between its containers turned off (ICC), so a
+        sandbox reaches the internet but never another user's sandbox. Made on first use."""
+        name = self.network_name
+        async with self._locks.hold(("network", name)):
+            if name in self._networks_seen:
+                return name
+            try:
+                await self.docker.networks.get(name)
+            except aiodocker.DockerError as exc:
+                if exc.status != 404:
+                    raise
+                try:
+                    await self.docker.networks.create({
+                        "Name": name, "Driver": "bridge", "CheckDuplicate": True,
+                        "Options": {"com.docker.network.bridge.enable_icc": "false"},
+                        "Labels": {f"{LABEL}.app": self.settings.vm_name_prefix},
+                    })
+                    log.info("created network %s (no traffic between sandboxes)", name)
+                except aiodocker.DockerError as exc:
+                    if exc.status != 409:  # another process of this deployment made it first
+                        raise
+            self._networks_seen.add(name)
+            return name
 
     async def _make_room(self, user: str, name: str) -> None:
         """Keep a user within MAX_SANDBOXES_PER_USER: remove their least recently used idle sandbox."""

@@ -1,39 +1,73 @@
 """`execute_terminal`: one shell command in the session's container, like a terminal.
 
 Docker cannot kill an exec, so every command runs under a small POSIX-sh
-wrapper that records its process group; a timeout or a cancellation kills that
-group from a second exec. The wrapper also saves the working directory and the
-exported variables on exit and restores them on the next call, so `cd` and
-`export` carry over between calls the way they do in a terminal.
+wrapper. Before it runs anything of the user's, the wrapper tells the host its
+PID and start time on stdout (a marker line the host strips); a timeout or a
+cancellation then kills, from a second exec, every process in the sandbox that
+started at or after that moment: the command and whatever it started, setsid'd
+and daemonised processes included. Nothing the sandbox can write redirects that
+kill. Background jobs from earlier commands started before it, so they live on.
+The wrapper also saves the working directory and the exported variables on
+exit and restores them on the next call, so `cd` and `export` carry over
+between calls the way they do in a terminal.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from dataclasses import dataclass
 from typing import Callable
 
 from .admission import CommandGate
 from .errors import EngineError
-from .sandbox import STDERR, Sandboxes
+from .sandbox import STDERR, STDOUT, Sandboxes
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "/tmp/.agent"
-# $1 is the user's command. The exec'd shell is its own session and process-group
-# leader, so `kill -KILL -<its pid>` ends it and everything it started in the foreground.
+# $1 is the user's command. Field 22 of /proc/PID/stat is the start time; after "(comm) " it is the 20th.
 WRAPPER = r"""
+__c=$1
+read -r __st < /proc/$$/stat
+set -- ${__st##*) }
+printf '\036%s %s\n' "$$" "${20}"
+set --
 __s=/tmp/.agent
 [ -d "$__s" ] || mkdir -p "$__s"
-echo $$ > "$__s/fg.pid"
 if [ -r "$__s/env" ]; then . "$__s/env" 2>/dev/null; fi
 __d=/data
 if [ -r "$__s/cwd" ]; then IFS= read -r __d < "$__s/cwd"; fi
 cd "$__d" 2>/dev/null || cd /data 2>/dev/null || cd /
 trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; exit $__rc' EXIT
-eval "$1"
+eval "$__c"
 """
-KILL = f'p=$(cat {STATE_DIR}/fg.pid 2>/dev/null) && [ -n "$p" ] && kill -KILL -"$p" 2>/dev/null; true'
+# $1: the command's start time. Every process that started since is first stopped, so none can react
+# or fork while the others die (a parent whose child is killed would run its next statement), then
+# killed. Spared: PID 1 (the init), the keepalive (the oldest child of PID 1: it can share the command's
+# clock tick when the sandbox has just started) and this script. Start times and parents come from the
+# kernel, and only shell builtins run: nothing a sandbox writes or installs changes what is killed.
+KILL = r"""
+__t=$1
+__keep=; __kept=
+for __d in /proc/[0-9]*; do
+  read -r __st < "$__d/stat" 2>/dev/null || continue
+  set -- ${__st##*) }
+  if [ "$2" = 1 ] && { [ -z "$__kept" ] || [ "${20}" -lt "$__kept" ]; }; then __keep=${__d#/proc/}; __kept=${20}; fi
+done
+__each() {
+  __sig=$1
+  for __d in /proc/[0-9]*; do
+    __p=${__d#/proc/}
+    [ "$__p" = 1 ] || [ "$__p" = $$ ] || [ "$__p" = "$__keep" ] && continue
+    read -r __st < "$__d/stat" 2>/dev/null || continue
+    set -- ${__st##*) }
+    [ "${20:-0}" -ge "$__t" ] 2>/dev/null && kill -"$__sig" "$__p" 2>/dev/null
+  done
+}
+__each STOP; __each STOP; __each KILL; __each KILL
+true
+"""
 GRACE_SECONDS = 3.0
 
 
@@ -123,8 +157,13 @@ class Terminal:
         started: float | None = None  # when the process began: the timeout counts from here
         timed_out = False
 
+        marker = _Marker()
+
         def sink(stream: int, data: bytes) -> None:
-            (err if stream == STDERR else out).write(data)
+            if stream == STDOUT and not marker.done:
+                data = marker.feed(data)
+            if data:
+                (err if stream == STDERR else out).write(data)
 
         runner: asyncio.Future[int] | None = None
         try:
@@ -140,35 +179,74 @@ class Terminal:
                 exit_code: int | None = await asyncio.shield(runner)
         except TimeoutError:
             timed_out = True
-            exit_code = await self._stop(user, session, runner, started is not None)
+            exit_code = await self._stop(user, session, runner, marker)
         except asyncio.CancelledError:
             if runner is not None:
-                await asyncio.shield(self._stop(user, session, runner, started is not None))
+                await asyncio.shield(self._stop(user, session, runner, marker))
             raise
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
                              timed_out=timed_out, timeout=limit)
 
-    async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None", started: bool) -> int | None:
-        """Kill the command's process group in the sandbox, then let its output drain."""
+    async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None",
+                    marker: "_Marker") -> int | None:
+        """Kill what the command started, then let its output drain."""
         if runner is None:
             return None
-        if not started:  # still starting the sandbox or the exec: do not let it begin
+        if marker.start is None and not runner.done():
+            # It may have started with its first line still in flight: give that line a moment.
+            try:
+                await asyncio.wait_for(marker.seen.wait(), timeout=GRACE_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+        start = marker.start
+        if start is None:  # the wrapper never ran (the sandbox was still starting): do not let it begin
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
-        try:
-            await asyncio.wait_for(self.sandboxes.exec(user, session, ["sh", "-c", KILL], _discard, recreate=False),
-                                   timeout=GRACE_SECONDS * 2)
-        except (EngineError, asyncio.TimeoutError) as exc:
-            log.warning("could not kill a command of %s/%s: %s", user, session, exc)
+        else:
+            try:
+                await asyncio.wait_for(
+                    self.sandboxes.exec(user, session, ["sh", "-c", KILL, "sh", str(start)], _discard,
+                                        recreate=False),
+                    timeout=GRACE_SECONDS * 2)
+            except (EngineError, asyncio.TimeoutError) as exc:
+                log.warning("could not kill a command of %s/%s: %s", user, session, exc)
         if runner.done():
             return None if runner.cancelled() or runner.exception() else runner.result()
         try:
             return await asyncio.wait_for(asyncio.shield(runner), timeout=GRACE_SECONDS)
         except (asyncio.TimeoutError, EngineError):
-            # Something detached still holds the output open: stop listening to it.
+            # Something still holds the output open: stop listening to it.
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             return None
+
+
+class _Marker:
+    """Reads the wrapper's first stdout line (its start time) before anything the command prints."""
+
+    LINE = re.compile(rb"\x1e(\d+) (\d+)\n")
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.done = False
+        self.start: int | None = None
+        self.seen = asyncio.Event()
+
+    def feed(self, data: bytes) -> bytes:
+        """The bytes that belong to the command's own output."""
+        self.buffer += data
+        if b"\n" not in self.buffer and len(self.buffer) < 64:
+            return b""
+        self.done = True
+        self.seen.set()
+        match = self.LINE.match(self.buffer)
+        if match is None:  # no /proc in this image: the output is all the command's
+            log.warning("the sandbox wrapper gave no start marker; a timeout cannot kill this command")
+            rest, self.buffer = self.buffer, b""
+            return rest
+        self.start = int(match.group(2))
+        rest, self.buffer = self.buffer[match.end():], b""
+        return rest
 
 
 def _discard(_stream: int, _data: bytes) -> None:

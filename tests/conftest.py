@@ -72,8 +72,11 @@ def settings(tmp_path: Path, fake_ollama: FakeOllama) -> Settings:
 
 
 def remove_containers(client: docker.DockerClient, prefix: str) -> None:
+    """A test deployment's sandboxes and its network (Docker has only a few dozen address pools)."""
     for container in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}):
         container.remove(force=True)
+    for network in client.networks.list(filters={"label": f"llmbot.app={prefix}"}):
+        network.remove()
 
 
 @asynccontextmanager
