@@ -2,11 +2,21 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from core.config import Settings
 
 REFUSED = "Sorry, I'm not available to you here."
 NO_DMS = "Sorry, I don't answer direct messages on this server's setup. Mention me in a channel instead."
+
+
+def channel_ids(channel: Any) -> set[int]:
+    """The channel, and its parent for a thread: settings may name either."""
+    ids = {channel.id}
+    parent = getattr(channel, "parent_id", None)
+    if parent:
+        ids.add(parent)
+    return ids
 
 
 def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), channel_ids: Iterable[int] = (),

@@ -14,13 +14,14 @@ from discord.ext import commands
 from core import ChatSession, EngineError
 from core.errors import OLLAMA_UNREACHABLE
 
-from ..access import is_admin
+from ..access import channel_ids, is_admin, refusal
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
 
 log = logging.getLogger(__name__)
 REFUSAL = "Only server managers and the bot's admins can use /admin."
+UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
 
 
 def _stamp(moment: datetime) -> str:
@@ -38,11 +39,28 @@ class Admin(commands.Cog):
     def rt(self):  # type: ignore[no-untyped-def]
         return self.bot.runtime
 
-    @staticmethod
-    async def _defer(interaction: discord.Interaction) -> None:
-        """Acknowledge at once: Discord gives 3 s, and Docker or the database may take longer under load."""
+    async def _admit(self, interaction: discord.Interaction) -> bool:
+        """Acknowledge at once (Discord gives 3 s, and Docker or the database may take longer under
+        load), then apply the same access lists as chat: False, with the refusal said, when refused."""
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
+        channel = getattr(interaction, "channel", None)
+        line = refusal(self.rt.settings, user_id=interaction.user.id,
+                       role_ids=[r.id for r in getattr(interaction.user, "roles", [])],
+                       channel_ids=channel_ids(channel) if channel is not None else {interaction.channel_id},
+                       is_dm=interaction.guild is None)
+        if line:
+            await self._say(interaction, line)
+            return False
+        return True
+
+    async def _known_channel(self, user_id: int, channel: str) -> bool:
+        """A channel the bot can see, or one where this user has talked to it (DMs included)."""
+        if not channel.isdigit():
+            return False
+        if self.bot.get_channel(int(channel)) is not None:
+            return True
+        return await self.rt.history.run(self.rt.history.find_session, str(user_id), channel) is not None
 
     async def _say(self, interaction: discord.Interaction, text: str) -> None:
         text = text if len(text) <= 2000 else text[:1990] + "\n…"
@@ -67,7 +85,8 @@ class Admin(commands.Cog):
     @app_commands.command(name="reset", description="Forget this channel's conversation and restart your sandbox")
     @app_commands.describe(keep_container="Keep the sandbox (files, installed packages) and only clear the history")
     async def reset(self, interaction: discord.Interaction, keep_container: bool = False) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.rt) as chat:
             removed = await chat.reset(keep_container=keep_container)
         what = "kept your sandbox" if keep_container else "restarted your sandbox"
@@ -75,7 +94,8 @@ class Admin(commands.Cog):
 
     @app_commands.command(name="sessions", description="List your conversations with the assistant")
     async def sessions(self, interaction: discord.Interaction) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         infos = await self.rt.history.run(self.rt.history.list_sessions, str(interaction.user.id))
         if not infos:
             await self._say(interaction, "You have no conversations yet.")
@@ -89,7 +109,8 @@ class Admin(commands.Cog):
     # -- admins -------------------------------------------------------------------------
     @admin.command(name="sessions", description="All conversations with a running reply or sandbox")
     async def admin_sessions(self, interaction: discord.Interaction) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         running = await self._running()
@@ -105,9 +126,12 @@ class Admin(commands.Cog):
     @admin.command(name="reset", description="Clear someone's conversation in a channel and restart their sandbox")
     @app_commands.describe(user="Whose conversation", channel="The channel id of the conversation")
     async def admin_reset(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
+        if not await self._known_channel(user.id, channel):
+            return await self._say(interaction, UNKNOWN_CHANNEL.format(channel=channel))
         async with ChatSession(user=user.id, session=channel, runtime=self.rt) as chat:
             removed = await chat.reset()
         await self._say(interaction, f"Cleared {removed} messages of <@{user.id}> in <#{channel}>; sandbox restarted.")
@@ -115,9 +139,12 @@ class Admin(commands.Cog):
     @admin.command(name="stop", description="Stop someone's reply and remove their sandbox in a channel")
     @app_commands.describe(user="Whose session", channel="The channel id of the session")
     async def admin_stop(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
+        if not await self._known_channel(user.id, channel):
+            return await self._say(interaction, UNKNOWN_CHANNEL.format(channel=channel))
         removed = await self.rt.stop_session(str(user.id), str(channel))
         await self._say(interaction, f"Stopped <@{user.id}> in <#{channel}>"
                                      + ("; sandbox removed." if removed else "; there was no sandbox."))
@@ -132,7 +159,8 @@ class Admin(commands.Cog):
 
     @admin.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
     async def admin_status(self, interaction: discord.Interaction) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         models = await self._models()
@@ -150,7 +178,8 @@ class Admin(commands.Cog):
     @admin.command(name="model", description="Switch the model for everyone")
     @app_commands.describe(name="A model the Ollama server has pulled")
     async def admin_model(self, interaction: discord.Interaction, name: str) -> None:
-        await self._defer(interaction)
+        if not await self._admit(interaction):
+            return
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         models = await self._models()

@@ -13,7 +13,7 @@ from core import ChatSession, EngineError
 from core.events import (Ignored, Replaced, Replacing, TextDelta, ThinkingDelta, ToolFinished,
                          ToolQueued, ToolStarted)
 
-from ..access import refusal
+from ..access import channel_ids, refusal
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
 
@@ -23,15 +23,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 BUSY_REACTION = "⏳"
 REFUSAL_QUIET_SECONDS = 600
-
-
-def channel_ids(channel: Any) -> set[int]:
-    """The channel, and its parent for a thread: settings may name either."""
-    ids = {channel.id}
-    parent = getattr(channel, "parent_id", None)
-    if parent:
-        ids.add(parent)
-    return ids
 
 
 class Chat(commands.Cog):

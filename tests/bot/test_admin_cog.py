@@ -188,3 +188,34 @@ async def test_status_reports_ollama_down(bot: commands.Bot, fake_ollama: FakeOl
     fake_ollama.stop()
     said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
     assert "Ollama: 🔴 unreachable" in said
+
+
+@pytest.mark.parametrize("path, kwargs", [(("reset",), {}), (("sessions",), {}), (("admin", "status"), {})],
+                         ids=["reset", "sessions", "admin status"])
+async def test_the_access_lists_apply_to_slash_commands(bot: commands.Bot, runtime: Runtime,
+                                                        docker_client: docker.DockerClient,
+                                                        path: tuple, kwargs: dict) -> None:
+    runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset({66}))
+    said = await call(bot, path, Interaction(66, manage_guild=True), **kwargs)
+    assert said == "Sorry, I'm not available to you here."
+    await asyncio.sleep(0.3)  # a sandbox start, had one been asked for, would be under way by now
+    assert not docker_client.containers.list(all=True, filters={"label": "llmbot.user=66"})
+    assert runtime.history.find_session("66", str(CHANNEL)) is None
+    runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset(), allowed_channel_ids=frozenset({1}))
+    said = await call(bot, path, Interaction(67, manage_guild=True), **kwargs)  # CHANNEL is not allowed
+    assert said == "Sorry, I'm not available to you here."
+
+
+@pytest.mark.parametrize("command", ["reset", "stop"])
+async def test_admin_reset_and_stop_take_only_known_channels(bot: commands.Bot, runtime: Runtime,
+                                                             docker_client: docker.DockerClient, command: str) -> None:
+    admin = types.SimpleNamespace(id=9)
+    for channel in ("not-a-channel", "424242"):
+        said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=admin, channel=channel)
+        assert said == f"No channel with the id `{channel}` is known to me for that user: pick one from the list."
+        assert runtime.history.find_session("9", channel) is None
+    await asyncio.sleep(0.3)
+    assert not docker_client.containers.list(all=True, filters={"label": "llmbot.user=9"})
+    runtime.history.open_session("9", "777")  # a DM channel the bot talked in: known through the history
+    said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=admin, channel="777")
+    assert "<#777>" in said
