@@ -1,9 +1,11 @@
 """Uploaded files: safe names, per-session folders, size caps, no half-written files."""
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
+import subprocess
 import unicodedata
 import uuid
 from pathlib import Path
@@ -48,15 +50,56 @@ def _free_path(folder: Path, name: str, overwrite: bool) -> Path:
     raise UploadError(f"Too many files named {name!r} in this session.")
 
 
-def folder_size(folder: Path) -> int:
-    total = 0
-    for root, _dirs, files in os.walk(folder):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(root, f)).st_size
-            except OSError:
-                pass
-    return total
+USAGE_SECONDS = 5.0  # longer than any honest /data needs; a hostile tree gets a clear refusal instead
+
+
+def _du_command(folder: Path) -> list[str]:
+    # du walks iteratively in C (no recursion limit), counts allocated blocks (a 1 TB sparse file
+    # counts what it really holds), never follows links, and runs in its own process: a hostile
+    # tree costs a process we can kill, not the event loop or a thread the bot needs.
+    return ["du", "-s", "-B1", "-P", "-x", str(folder)]
+
+
+def _parse_du(folder: Path, output: bytes) -> int:
+    """du's total, less the folder's own directory block (an empty /data uses nothing)."""
+    try:
+        return max(0, int(output.split()[0]) - os.lstat(folder).st_blocks * 512)
+    except (IndexError, ValueError, OSError):
+        raise UploadError("The size of this conversation's files could not be measured; please try again.") from None
+
+
+TOO_MANY_FILES = ("This conversation's /data holds too many files to measure in time; delete some "
+                  "(ask me to clean up /data) and send the file again.")
+
+
+def folder_usage(folder: Path, seconds: float = USAGE_SECONDS) -> int:
+    """Bytes `folder` takes on disk, for callers that may block (the synchronous upload_document)."""
+    if not folder.exists():
+        return 0
+    try:
+        done = subprocess.run(_du_command(folder), capture_output=True, timeout=seconds, check=False)
+    except subprocess.TimeoutExpired:
+        raise UploadError(TOO_MANY_FILES) from None
+    return _parse_du(folder, done.stdout)
+
+
+async def folder_usage_async(folder: Path, seconds: float = USAGE_SECONDS) -> int:
+    """The same, without blocking the event loop or holding a thread for the walk."""
+    if not await aiofiles.os.path.exists(folder):
+        return 0
+    process = await asyncio.create_subprocess_exec(*_du_command(folder), stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.DEVNULL)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=seconds)
+    except asyncio.TimeoutError:
+        process.kill()
+        await process.wait()
+        raise UploadError(TOO_MANY_FILES) from None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    return _parse_du(folder, output)
 
 
 class UploadStore:
@@ -66,10 +109,10 @@ class UploadStore:
         self.max_file = max_file_bytes
         self.max_session = max_session_bytes
 
-    def _check(self, folder: Path, size: int, name: str) -> None:
+    def _check(self, folder: Path, size: int, name: str, used: int | None = None) -> None:
         if size > self.max_file:
             raise UploadError(f"{name} is {human_size(size)}, over the {human_size(self.max_file)} limit per file.")
-        used = folder_size(folder) if folder.exists() else 0
+        used = folder_usage(folder) if used is None else used
         if used + size > self.max_session:
             raise UploadError(
                 f"{name} ({human_size(size)}) would take this conversation over its {human_size(self.max_session)} of uploads "
@@ -100,7 +143,7 @@ class UploadStore:
         clean = safe_filename(name)
         await aiofiles.os.makedirs(folder, exist_ok=True)
         if size_hint is not None:
-            self._check(folder, size_hint, clean)
+            self._check(folder, size_hint, clean, await folder_usage_async(folder))
         part = folder / f".{uuid.uuid4().hex}.part"
         written = 0
         try:
@@ -110,7 +153,8 @@ class UploadStore:
                     if written > self.max_file:
                         raise UploadError(f"{clean} is over the {human_size(self.max_file)} limit per file.")
                     await fh.write(chunk)
-            self._check(folder, written, clean) if size_hint is None else None
+            if size_hint is None:
+                self._check(folder, written, clean, await folder_usage_async(folder))
             target = _free_path(folder, clean, overwrite)
             await aiofiles.os.replace(part, target)
             return target

@@ -43,6 +43,10 @@ class Uploads(commands.Cog):
             except UploadError as exc:
                 lines.append(f"⚠️ {discord.utils.escape_markdown(str(exc))}")
                 continue
+            except Exception:  # noqa: BLE001 - whatever /data holds, the user gets one line, never a traceback
+                log.exception("saving an attachment failed in channel %s", message.channel.id)
+                lines.append(f"⚠️ {name} could not be saved; the details are in the bot's log.")
+                continue
             saved.append(path)
             lines.append(f"📎 {name} → `{path}`")
         if lines:

@@ -78,3 +78,38 @@ async def test_session_cap_is_enforced(bot: commands.Bot, runtime: Runtime, tmp_
     assert "one.bin → `/data/one.bin`" in reply and "two.bin" in reply and "uploads" in reply
     folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
     assert sorted(p.name for p in folder.iterdir()) == ["one.bin"]
+
+
+async def test_a_hostile_data_folder_gets_one_line_and_stalls_nobody(
+        bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    import asyncio
+
+    from core import ChatSession
+    config = dpytest.get_config()
+    owner = str(config.members[0].id), str(config.channels[0].id)
+    built = await runtime.terminal.execute(*owner, (
+        "d=/data/deep; i=0; while [ $i -lt 1500 ]; do d=$d/a; i=$((i+1)); done; mkdir -p $d && "
+        "mkdir /data/many && cd /data/many && seq 1 100000 | xargs touch && "
+        "dd if=/dev/zero of=/data/sparse bs=1 count=1 seek=1000000000000 2>/dev/null && ls /data/many | wc -l"),
+        timeout=300)
+    assert built.stdout.strip() == "100000", built
+
+    async def plain_turn() -> float:
+        fake_ollama.script(text("hi"))
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        async with ChatSession(user="someone-else", session="elsewhere", runtime=runtime) as chat:
+            assert "".join([p async for p in chat.chat_stream("hello")]) == "hi"
+        return loop.time() - began
+
+    await plain_turn()
+    idle = min([await plain_turn() for _ in range(3)])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hello\n")
+    upload = asyncio.create_task(send_with_files(f"<@{bot.user.id}>", [notes]))
+    await asyncio.sleep(0.02)  # the size check is under way
+    during = await plain_turn()
+    message = await upload
+    assert during - idle < 0.1, f"a plain turn took {during * 1000:.0f} ms during the upload, {idle * 1000:.0f} ms idle"
+    shown = [m.content for m in channel_messages(message.channel, bot)]
+    assert shown == ["📎 notes.txt → `/data/notes.txt`"]  # the 1 TB sparse file counts what it holds: nothing
