@@ -121,6 +121,9 @@ class Settings:
     # Many users at once
     max_running_commands: int = 32  # across the process; more wait their turn, in order
     max_sandboxes_per_user: int = 3  # the least recently used idle one makes room for a new one
+    # Retention
+    audit_retention_days: int = 90  # every command run, kept apart from the conversation
+    data_retention_days: int = 30  # a conversation's /data folder, after its last use
     # Uploads
     upload_dir: str = "data/uploads"
     upload_max_file_bytes: int = 25 * 1024 ** 2
@@ -188,6 +191,8 @@ class Settings:
         take("OUTPUT_LIMIT", "output_limit", lambda n, r: _parse_int(n, r, 200))
         take("MAX_RUNNING_COMMANDS", "max_running_commands", lambda n, r: _parse_int(n, r, 1))
         take("MAX_SANDBOXES_PER_USER", "max_sandboxes_per_user", lambda n, r: _parse_int(n, r, 1))
+        take("AUDIT_RETENTION_DAYS", "audit_retention_days", lambda n, r: _parse_int(n, r, 1))
+        take("DATA_RETENTION_DAYS", "data_retention_days", lambda n, r: _parse_int(n, r, 1))
         take("UPLOAD_DIR", "upload_dir", text)
         take("UPLOAD_MAX_FILE_SIZE", "upload_max_file_bytes", _parse_size)
         take("UPLOAD_MAX_SESSION_SIZE", "upload_max_session_bytes", _parse_size)

@@ -13,7 +13,7 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, TypeVar
 
 from peewee import (
@@ -22,6 +22,8 @@ from peewee import (
     CharField,
     DatabaseProxy,
     DateTimeField,
+    FloatField,
+    IntegerField,
     JOIN,
     ForeignKeyField,
     Model,
@@ -82,7 +84,26 @@ class Message(_Base):
         indexes = ((("session", "id"), False),)
 
 
-MODELS = (User, Session, Message)
+class Audit(_Base):
+    """One command a sandbox ran. Separate from the conversation, so /reset never erases it."""
+
+    id = AutoField()
+    created_at = DateTimeField(default=_now, index=True)
+    user = CharField(max_length=191)
+    session = CharField(max_length=191)
+    command = TextField()
+    exit_code = IntegerField(null=True)
+    duration = FloatField(default=0.0)
+    output_bytes = IntegerField(default=0)
+    timed_out = BooleanField(default=False)
+    cancelled = BooleanField(default=False)
+
+    class Meta:
+        table_name = "audit"
+        indexes = ((("user", "session", "id"), False),)
+
+
+MODELS = (User, Session, Message, Audit)
 
 
 @dataclass(frozen=True)
@@ -208,6 +229,32 @@ class History:
                 message["tool_name"] = tool_name
             out.append(message)
         return out
+
+    # -- audit and retention ---------------------------------------------
+    def add_audit(self, user: str, session: str, command: str, *, exit_code: int | None, duration: float,
+                  output_bytes: int, timed_out: bool = False, cancelled: bool = False) -> None:
+        with self._write():
+            Audit.create(user=user, session=session, command=command, exit_code=exit_code, duration=duration,
+                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
+
+    def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
+        """The latest commands, newest first, narrowed to a user and/or a session."""
+        query = Audit.select().order_by(Audit.id.desc()).limit(limit)
+        if user is not None:
+            query = query.where(Audit.user == user)
+        if session is not None:
+            query = query.where(Audit.session == session)
+        return list(query)
+
+    def purge_audit(self, older_than: timedelta) -> int:
+        with self._write():
+            return Audit.delete().where(Audit.created_at < _now() - older_than).execute()
+
+    def idle_sessions(self, older_than: timedelta) -> list[tuple[str, str]]:
+        """(user, session) pairs not used for longer than `older_than`, oldest first."""
+        query = (Session.select(User.key.alias("user_key"), Session.key).join(User)
+                 .where(Session.last_active < _now() - older_than).order_by(Session.last_active))
+        return [(row["user_key"], row["key"]) for row in query.dicts()]
 
     def messages(self, session_id: int) -> list[Message]:
         """Every stored row of a session, oldest first (for tests and export)."""

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from datetime import timedelta
 from typing import Any
 
 import ollama
@@ -14,9 +16,10 @@ from .history import History
 from .registry import Key, SessionRegistry
 from .terminal import Terminal
 from .tool_loop import TurnRunner
-from .uploads import UploadStore
+from .uploads import UploadStore, remove_folder
 
 log = logging.getLogger(__name__)
+RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old /data folders
 
 
 class Runtime:
@@ -55,12 +58,36 @@ class Runtime:
                 log.info("sandboxes at start-up: %d adopted, %d removed", len(adopted), len(removed))
         except EngineError as exc:
             log.warning("could not look for leftover sandboxes: %s", exc)
+        swept = -RETENTION_INTERVAL
         while True:
+            if time.monotonic() - swept >= RETENTION_INTERVAL:
+                swept = time.monotonic()
+                try:
+                    await self.retention_pass()
+                except Exception:  # noqa: BLE001 - a failed sweep is retried next time
+                    log.exception("retention sweep failed")
             await asyncio.sleep(interval)
             try:
                 await self.containers.reap()
             except EngineError as exc:
                 log.warning("idle sandbox check failed: %s", exc)
+
+    async def retention_pass(self) -> tuple[int, list[str]]:
+        """Drop audit rows past AUDIT_RETENTION_DAYS and /data folders unused for DATA_RETENTION_DAYS."""
+        s = self.settings
+        purged = await self.history.run(self.history.purge_audit, timedelta(days=s.audit_retention_days))
+        removed = []
+        for user, session in await self.history.run(self.history.idle_sessions, timedelta(days=s.data_retention_days)):
+            if self.registry.phase((user, session)) is not None or self.containers.busy(self.containers.name(user, session)):
+                continue
+            folder = self.containers.upload_dir(user, session)
+            if folder.exists():
+                await self.containers.remove(user, session)
+                await remove_folder(folder)
+                removed.append(str(folder))
+        if purged or removed:
+            log.info("retention: %d audit rows and %d /data folders deleted", purged, len(removed))
+        return purged, removed
 
     def prewarm(self, user: str, session: str) -> None:
         """Start the session's container in the background so the first command waits less."""

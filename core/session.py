@@ -12,6 +12,7 @@ from .events import Event, Ignored, Replacing, TextDelta
 from .registry import Phase
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
+from .uploads import remove_folder
 
 
 class ChatSession:
@@ -111,13 +112,20 @@ class ChatSession:
         return [{"role": r.role, "content": r.content, "tool_calls": r.tool_calls, "tool_name": r.tool_name,
                  "complete": r.complete, "created_at": r.created_at} for r in rows]
 
-    async def reset(self, *, keep_container: bool = False) -> int:
-        """Stop any running reply, clear the history, and (unless kept) recreate the container."""
+    async def reset(self, *, keep_container: bool = False, delete_files: bool = False) -> int:
+        """Stop any running reply, clear the history, and (unless kept) recreate the container.
+
+        `delete_files` also empties /data now (the sandbox is then always recreated, never kept
+        with its folder gone); the audit log of commands is never touched.
+        """
         rt = self.runtime
+        keep_container = keep_container and not delete_files
         if keep_container:
             await rt.registry.cancel(self.key)
         else:
             await rt.stop_session(self.user, self.session)
+        if delete_files:
+            await remove_folder(self.upload_folder)
         removed = await rt.history.run(rt.history.clear, self.session_id)
         if not keep_container:
             rt.prewarm(self.user, self.session)

@@ -112,6 +112,7 @@ class CommandResult:
     timed_out: bool = False
     cancelled: bool = False
     timeout: int = 0
+    output_bytes: int = 0  # everything it printed, before the cap
 
     def for_model(self) -> str:
         if self.timed_out:
@@ -185,7 +186,7 @@ class Terminal:
                 await asyncio.shield(self._stop(user, session, runner, marker))
             raise
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
-                             timed_out=timed_out, timeout=limit)
+                             timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total)
 
     async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None",
                     marker: "_Marker") -> int | None:

@@ -22,6 +22,7 @@ from .tools import ToolArgumentError, parse_call, tool_schemas
 
 if TYPE_CHECKING:
     from .runtime import Runtime
+    from .terminal import CommandResult
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ class TurnRunner:
                 await self._store(session_id, "tool", str(exc), tool_name=name)
                 gen.queue.put_nowait(ToolFinished(name, str(exc), error=True))
                 continue
+            began = asyncio.get_running_loop().time()
             try:
                 result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout,
                                                         on_queued=lambda n: gen.queue.put_nowait(ToolQueued(n)))
@@ -159,17 +161,30 @@ class TurnRunner:
                 rows += [{"role": "tool", "content": NOT_RUN_RESULT, "tool_name": c["function"]["name"]}
                          for c in calls[index + 1:]]
                 await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
+                await asyncio.shield(self._audit(user, session, parsed.command, None, began, cancelled=True))
                 raise
             except EngineError as exc:
+                await self._audit(user, session, parsed.command, None, began)
                 # Keep the history valid (every call has a result), then tell the caller.
                 await self._store(session_id, "tool", f"error: {exc}", tool_name=name)
                 for c in calls[index + 1:]:
                     await self._store(session_id, "tool", NOT_RUN_RESULT, tool_name=c["function"]["name"])
                 gen.queue.put_nowait(ToolFinished(name, str(exc), error=True))
                 raise
+            await self._audit(user, session, parsed.command, result, began)
             output = result.for_model()
             await self._store(session_id, "tool", output, tool_name=name)
             gen.queue.put_nowait(ToolFinished(name, output, result.exit_code, result.timed_out))
+
+    async def _audit(self, user: str, session: str, command: str, result: "CommandResult | None", began: float,
+                     *, cancelled: bool = False) -> None:
+        """Every command that ran, or was meant to, goes in the audit log (its own table)."""
+        duration = asyncio.get_running_loop().time() - began
+        await self.rt.history.run(
+            self.rt.history.add_audit, user, session, command,
+            exit_code=result.exit_code if result else None, duration=result.duration if result else duration,
+            output_bytes=result.output_bytes if result else 0, timed_out=bool(result and result.timed_out),
+            cancelled=cancelled)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
         await self.rt.history.run(self.rt.history.add_message, session_id, role, content, **extra)

@@ -102,6 +102,17 @@ async def folder_usage_async(folder: Path, seconds: float = USAGE_SECONDS) -> in
     return _parse_du(folder, output)
 
 
+async def remove_folder(folder: Path) -> None:
+    """Delete a folder tree however deep or large (rm walks iteratively, in its own process)."""
+    if not await aiofiles.os.path.exists(folder):
+        return
+    process = await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", "--", str(folder),
+                                                   stderr=asyncio.subprocess.PIPE)
+    _, error = await process.communicate()
+    if process.returncode != 0:
+        raise UploadError(f"The files could not all be deleted: {error.decode(errors='replace').strip()[:200]}")
+
+
 class UploadStore:
     """Puts files into a session's folder (mounted at /data in its container)."""
 
@@ -180,4 +191,6 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # typ
 
 def human_size(size: int) -> str:
     """Sizes as people read them in a chat line."""
+    if size < 1024:
+        return f"{size} B"
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"

@@ -13,8 +13,10 @@ from discord.ext import commands
 
 from core import ChatSession, EngineError
 from core.errors import OLLAMA_UNREACHABLE
+from core.uploads import human_size
 
 from ..access import channel_ids, is_admin, refusal
+from ..formatting import inline_code
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
@@ -27,6 +29,17 @@ UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that us
 def _stamp(moment: datetime) -> str:
     """Discord renders this as a relative time in each reader's own time zone."""
     return f"<t:{int(moment.replace(tzinfo=timezone.utc).timestamp())}:R>"
+
+
+AUDIT_ROWS = 15
+
+
+def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
+    """One command as an admin reads it: when, who, where, what, and how it ended."""
+    ending = ("⏱️ timed out" if row.timed_out else "⏹️ stopped" if row.cancelled
+              else "⚠️ did not run" if row.exit_code is None else f"exit {row.exit_code}")
+    return (f"{_stamp(row.created_at)} <@{row.user}> in <#{row.session}> {inline_code(row.command, 60)} → {ending} · "
+            f"{row.duration:.1f} s · {human_size(row.output_bytes)}")
 
 
 class Admin(commands.Cog):
@@ -83,12 +96,18 @@ class Admin(commands.Cog):
 
     # -- everyone -------------------------------------------------------------------
     @app_commands.command(name="reset", description="Forget this channel's conversation and restart your sandbox")
-    @app_commands.describe(keep_container="Keep the sandbox (files, installed packages) and only clear the history")
-    async def reset(self, interaction: discord.Interaction, keep_container: bool = False) -> None:
+    @app_commands.describe(keep_container="Keep the sandbox (installed packages) and only clear the history",
+                           files="Also delete your files in /data now (otherwise they go after "
+                                 "DATA_RETENTION_DAYS unused)")
+    async def reset(self, interaction: discord.Interaction, keep_container: bool = False, files: bool = False) -> None:
         if not await self._admit(interaction):
             return
         async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.rt) as chat:
-            removed = await chat.reset(keep_container=keep_container)
+            removed = await chat.reset(keep_container=keep_container, delete_files=files)
+        if files:
+            await self._say(interaction, f"Cleared {removed} messages here, deleted your files in /data and "
+                                         "restarted your sandbox.")
+            return
         what = "kept your sandbox" if keep_container else "restarted your sandbox"
         await self._say(interaction, f"Cleared {removed} messages here and {what}.")
 
@@ -156,6 +175,19 @@ class Admin(commands.Cog):
         infos = await self.rt.history.run(self.rt.history.list_sessions, str(user.id) if user else None)
         return [app_commands.Choice(name=f"{i.session} ({i.message_count} messages)", value=i.session)
                 for i in infos if current in i.session][:25]
+
+    @admin.command(name="audit", description="The latest commands run in sandboxes (kept after /reset)")
+    @app_commands.describe(user="Only this person's commands", channel="Only commands in this channel (id)")
+    async def admin_audit(self, interaction: discord.Interaction, user: discord.User | None = None,
+                          channel: str | None = None) -> None:
+        if not await self._admit(interaction):
+            return
+        if not self._allowed(interaction):
+            return await self._say(interaction, REFUSAL)
+        rows = await self.rt.history.run(self.rt.history.audit, str(user.id) if user else None, channel, AUDIT_ROWS)
+        if not rows:
+            return await self._say(interaction, "No commands recorded" + (" for that filter." if user or channel else "."))
+        await self._say(interaction, "\n".join(_audit_line(row) for row in rows))
 
     @admin.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
     async def admin_status(self, interaction: discord.Interaction) -> None:

@@ -219,3 +219,24 @@ async def test_admin_reset_and_stop_take_only_known_channels(bot: commands.Bot, 
     runtime.history.open_session("9", "777")  # a DM channel the bot talked in: known through the history
     said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=admin, channel="777")
     assert "<#777>" in said
+
+
+async def test_admins_read_the_audit_others_cannot(bot: commands.Bot, runtime: Runtime) -> None:
+    runtime.history.add_audit("9", str(CHANNEL), "ls -la /data", exit_code=0, duration=0.04, output_bytes=2048)
+    runtime.history.add_audit("10", "111", "rm -rf /", exit_code=None, duration=0.0, output_bytes=0, cancelled=True)
+    said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True))
+    lines = said.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith("<@10> in <#111> `rm -rf /` → ⏹️ stopped · 0.0 s · 0 B")
+    assert lines[1].endswith(f"<@9> in <#{CHANNEL}> `ls -la /data` → exit 0 · 0.0 s · 2 KB")
+    said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True), user=types.SimpleNamespace(id=9))
+    assert "rm -rf" not in said and "ls -la" in said
+    said = await call(bot, ("admin", "audit"), Interaction(12345))
+    assert said.startswith("Only server managers")
+
+
+async def test_reset_with_files_deletes_data_now(bot: commands.Bot, runtime: Runtime) -> None:
+    await runtime.terminal.execute("7", str(CHANNEL), "mkdir -p /data/a/b && echo x > /data/a/b/f && echo y > /data/g")
+    said = await call(bot, ("reset",), Interaction(7), files=True)
+    assert said == "Cleared 0 messages here, deleted your files in /data and restarted your sandbox."
+    assert (await runtime.terminal.execute("7", str(CHANNEL), "ls -A /data")).stdout == ""
