@@ -47,7 +47,8 @@ def report(name: str, ratio: float, target: float, detail: str) -> None:
 
 def settings_for(tmp: Path, url: str) -> Settings:
     return Settings(ollama_host=url, database_url=f"sqlite:///{tmp}/bench.db", upload_dir=str(tmp / "uploads"),
-                    vm_image=IMAGE, vm_name_prefix=f"llmbench{uuid.uuid4().hex[:6]}", vm_idle_timeout=3600)
+                    vm_image=IMAGE, vm_name_prefix=f"llmbench{uuid.uuid4().hex[:6]}", vm_idle_timeout=3600,
+                    vm_data_nosuid=False)
 
 
 def cleanup(prefix: str) -> None:

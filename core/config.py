@@ -115,6 +115,9 @@ class Settings:
     vm_idle_timeout: int = 3600
     vm_name_prefix: str = "llmbot"
     vm_data_host_dir: str = ""  # UPLOAD_DIR as the Docker host sees it, when the bot itself runs in a container
+    vm_data_nosuid: bool = True  # make UPLOAD_DIR a nosuid,nodev mount (needs root on the Docker host)
+    vm_userns: str = ""  # Docker's userns_mode for sandboxes ("host" opts out of a daemon's userns-remap)
+    vm_runtime: str = ""  # Docker runtime for sandboxes: runsc (gVisor), kata-runtime, sysbox-runc…
     command_timeout: int = 60
     command_timeout_max: int = 600
     output_limit: int = 16000
@@ -186,6 +189,9 @@ class Settings:
         take("VM_IDLE_TIMEOUT", "vm_idle_timeout", lambda n, r: _parse_int(n, r, 10))
         take("VM_NAME_PREFIX", "vm_name_prefix", lambda n, r: _check_name(n, r))
         take("VM_DATA_HOST_DIR", "vm_data_host_dir", text)
+        take("VM_DATA_NOSUID", "vm_data_nosuid", _parse_bool)
+        take("VM_USERNS", "vm_userns", text)
+        take("VM_RUNTIME", "vm_runtime", text)
         take("COMMAND_TIMEOUT", "command_timeout", lambda n, r: _parse_int(n, r, 1))
         take("COMMAND_TIMEOUT_MAX", "command_timeout_max", lambda n, r: _parse_int(n, r, 1))
         take("OUTPUT_LIMIT", "output_limit", lambda n, r: _parse_int(n, r, 200))

@@ -28,6 +28,7 @@ import aiohttp
 
 from .config import Settings
 from .errors import SandboxFileError, SandboxUnavailable
+from .hostmount import ensure_nosuid
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
 
@@ -126,6 +127,10 @@ class ContainerManager(Sandboxes):
         if not self._root_ready:
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(0o700)
+            if self.settings.vm_data_nosuid and not self.settings.vm_data_host_dir:
+                problem = ensure_nosuid(root)  # then every sandbox's /data bind mount is nosuid,nodev too
+                if problem:
+                    log.warning("%s", problem)
             self._root_ready = True
         return root
 
@@ -153,7 +158,8 @@ class ContainerManager(Sandboxes):
 
     def config_hash(self) -> str:
         s = self.settings
-        key = f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|v2"
+        key = (f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|"
+               f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|v2")
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # -- the client -------------------------------------------------------
@@ -296,6 +302,8 @@ class ContainerManager(Sandboxes):
                 "SecurityOpt": ["no-new-privileges"],
                 "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
                 "NetworkMode": await self._network() if s.vm_network else "none",
+                **({"UsernsMode": s.vm_userns} if s.vm_userns else {}),
+                **({"Runtime": s.vm_runtime} if s.vm_runtime else {}),
             },
         }
         async with self._locks.hold(("user", user)):  # two channels of one user must not both take the last place

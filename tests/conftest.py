@@ -62,6 +62,7 @@ def make_settings(tmp_path: Path, ollama_url: str, **overrides: object) -> Setti
         command_timeout=10,
         command_timeout_max=30,
         vm_idle_timeout=3600,
+        vm_data_nosuid=False,  # a mount per test folder; tests/test_containment.py checks it
     )
     return base.replace(**overrides)
 

@@ -9,7 +9,9 @@ import docker
 import pytest
 
 from core import Runtime, SandboxUnavailable
-from core.containers import LABEL, legacy_slug
+from core.containers import LABEL, ContainerManager, legacy_slug
+from core.hostmount import mount_flags
+from tests.conftest import make_settings, open_runtime
 
 pytestmark = pytest.mark.asyncio
 FETCH = "printf 'GET /index.html HTTP/1.0\\r\\n\\r\\n' | nc -w 3"  # busybox-static's wget crashes; nc does not
@@ -94,6 +96,30 @@ async def test_a_setuid_file_planted_in_data_does_not_give_root_on_the_host(runt
     with pytest.raises(PermissionError):  # as nobody, the file cannot even be reached
         await asyncio.to_thread(subprocess.run, [str(path), "id", "-u"], user=65534, group=65534,
                                 extra_groups=[], capture_output=True, text=True, cwd="/")
+
+
+async def test_data_is_mounted_nosuid_nodev_in_every_sandbox(tmp_path, fake_ollama, docker_client) -> None:
+    settings = make_settings(tmp_path, fake_ollama.url, vm_data_nosuid=True)
+    root = tmp_path / "uploads"
+    try:
+        async with open_runtime(settings, docker_client) as rt:
+            mounts = (await run(rt, "grep ' /data ' /proc/mounts")).stdout.split()
+            assert {"nosuid", "nodev"} <= set(mounts[3].split(",")), mounts
+            assert {"nosuid", "nodev"} <= mount_flags(root)
+            planted = await run(rt, "cp /bin/busybox /data/rootsh && chmod 4755 /data/rootsh && "
+                                    "mknod /data/disk b 8 0 2>&1; ls -l /data")
+            assert "-rwsr-xr-x" in planted.stdout  # the bits are written, but nothing honours them here
+    finally:
+        subprocess.run(["umount", str(root)], check=False)
+
+
+async def test_operators_can_choose_the_runtime_and_user_namespace(tmp_path, fake_ollama, docker_client) -> None:
+    settings = make_settings(tmp_path, fake_ollama.url, vm_runtime="runc", vm_userns="host")
+    async with open_runtime(settings, docker_client) as rt:
+        await rt.containers.start("alice", "s")
+        host = docker_client.containers.get(rt.containers.name("alice", "s")).attrs["HostConfig"]
+        assert host["Runtime"] == "runc" and host["UsernsMode"] == "host"
+    assert ContainerManager(settings).config_hash() != ContainerManager(settings.replace(vm_runtime="")).config_hash()
 
 
 # -- network isolation -------------------------------------------------------------------------------

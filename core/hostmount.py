@@ -1,0 +1,55 @@
+"""Keep setuid and device files written into /data powerless on the host.
+
+A sandbox's root can `chmod 4755` a file in /data, and /data is a folder of this
+machine. Docker 20.10's bind mounts take no nosuid option, but a bind mount
+inherits the flags of the mount it comes from: so UPLOAD_DIR is made a mount of
+its own with nosuid,nodev (a bind mount onto itself), and every sandbox's /data
+under it carries both flags. That needs root on the machine dockerd runs on;
+elsewhere the operator does it once (README, Security).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def mount_flags(path: Path) -> set[str] | None:
+    """The options of the mount that holds `path` (the longest mount point above it), or None."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return None
+    best: tuple[int, set[str]] | None = None
+    target = str(path.resolve())
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4:
+            continue
+        point = fields[1].encode().decode("unicode_escape")  # spaces come as \040
+        if target == point or target.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= best[0]:
+                best = (len(point), set(fields[3].split(",")))
+    return best[1] if best else None
+
+
+def ensure_nosuid(path: Path) -> str | None:
+    """Make `path` a nosuid,nodev mount if it is not on one; a warning line when that cannot be done."""
+    flags = mount_flags(path)
+    if flags is not None and {"nosuid", "nodev"} <= flags:
+        return None
+    if sys.platform != "linux" or os.geteuid() != 0:
+        return (f"{path} is not on a nosuid,nodev mount and this process cannot make it one (not root): "
+                "see README, Security, to do it once on the host")
+    target = str(path)
+    for command in (["mount", "--bind", target, target],
+                    ["mount", "-o", "remount,bind,nosuid,nodev", target]):
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            return f"could not make {path} a nosuid,nodev mount ({done.stderr.strip()[:200]}): see README, Security"
+    log.info("mounted %s onto itself with nosuid,nodev", path)
+    return None
