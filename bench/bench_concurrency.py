@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import IMAGE, cleanup, settings_for  # noqa: E402
 from bot.discord_bot import create_bot  # noqa: E402,F401 - the bot's modules count in the process's memory
+from core.datadisk import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
 from tests.fake_ollama import FakeOllama, command_agent, text  # noqa: E402
 
@@ -156,6 +157,7 @@ async def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         await bench_load(Path(tmp), args.sessions, reps)
         await bench_cold(Path(tmp), args.sessions)
+        unmount_under(Path(tmp))
     print("\nsummary")
     for name, ratio, target, ok in RESULTS:
         print(f"  {name:26s} {ratio:7.3f}  target {target:9s} {'OK' if ok else 'MISSED'}")

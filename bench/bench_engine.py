@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import ollama  # noqa: E402
 
+from core.datadisk import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
 from core.history import History, Message  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
@@ -191,6 +192,7 @@ async def main() -> int:
         await bench_turn(Path(tmp), turns)
         await bench_terminal(Path(tmp), runs)
         bench_history(Path(tmp), calls)
+        unmount_under(Path(tmp))
     print("\nsummary")
     for name, ratio, target, ok in RESULTS:
         print(f"  {name:30s} {ratio:6.3f}  target <= {target:<5}  {'OK' if ok else 'MISSED'}")

@@ -113,6 +113,7 @@ class Settings:
     vm_cpus: float = 1.0
     vm_pids: int = 256
     vm_idle_timeout: int = 3600
+    vm_disk: int = 1024 ** 3  # /data plus what a sandbox writes to its own filesystem
     vm_name_prefix: str = "llmbot"
     vm_data_host_dir: str = ""  # UPLOAD_DIR as the Docker host sees it, when the bot itself runs in a container
     vm_data_nosuid: bool = True  # make UPLOAD_DIR a nosuid,nodev mount (needs root on the Docker host)
@@ -187,6 +188,7 @@ class Settings:
         take("VM_CPUS", "vm_cpus", _parse_float)
         take("VM_PIDS", "vm_pids", lambda n, r: _parse_int(n, r, 16))
         take("VM_IDLE_TIMEOUT", "vm_idle_timeout", lambda n, r: _parse_int(n, r, 10))
+        take("VM_DISK", "vm_disk", _parse_size)
         take("VM_NAME_PREFIX", "vm_name_prefix", lambda n, r: _check_name(n, r))
         take("VM_DATA_HOST_DIR", "vm_data_host_dir", text)
         take("VM_DATA_NOSUID", "vm_data_nosuid", _parse_bool)

@@ -19,6 +19,7 @@ import posixpath
 import re
 import tarfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -27,8 +28,10 @@ import aiodocker
 import aiohttp
 
 from .config import Settings
+from . import datadisk
 from .errors import SandboxFileError, SandboxUnavailable
 from .hostmount import ensure_nosuid
+from .uploads import human_size, remove_folder
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
 
@@ -109,6 +112,9 @@ class ContainerManager(Sandboxes):
         self._up: set[str] = set()  # names this process saw running: commands go straight to exec
         self._root_ready = False
         self._networks_seen: set[str] = set()
+        self._disk_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-disk")  # mkfs, mount
+        self._disk_warned = False
+        self._evicted: dict[str, int] = {}  # name -> bytes it used when it was stopped for going over VM_DISK
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
@@ -276,7 +282,7 @@ class ContainerManager(Sandboxes):
 
     async def _create(self, name: str, user: str, session: str) -> None:
         s = self.settings
-        os.makedirs(self.upload_dir(user, session), exist_ok=True)
+        await self.prepare_data(user, session)
         config: dict[str, Any] = {
             "Image": s.vm_image,
             "Cmd": ["sh", "-c", KEEPALIVE],
@@ -382,6 +388,70 @@ class ContainerManager(Sandboxes):
                 f"The sandbox image {image!r} is not on this Docker engine and could not be pulled; "
                 f"pull or build it, or set VM_IMAGE") from exc
 
+    # -- /data and the disk quota -----------------------------------------
+    async def prepare_data(self, user: str, session: str) -> Path:
+        """The session's /data folder, on its own VM_DISK-sized disk image where this host allows."""
+        folder = self.upload_dir(user, session)
+        async with self._locks.hold(("data", str(folder))):
+            problem = await asyncio.get_running_loop().run_in_executor(
+                self._disk_pool, datadisk.prepare, folder, self.settings.vm_disk)
+        self._disk_problem(problem)
+        return folder
+
+    def prepare_data_sync(self, user: str, session: str) -> Path:
+        """The same, for synchronous callers (ChatSession.upload_document)."""
+        folder = self.upload_dir(user, session)
+        self._disk_problem(datadisk.prepare(folder, self.settings.vm_disk))
+        return folder
+
+    def _disk_problem(self, problem: str | None) -> None:
+        if problem and not self._disk_warned:
+            self._disk_warned = True
+            log.warning("%s; what a sandbox writes is then bounded only by the disk watch", problem)
+
+    async def delete_data(self, user: str, session: str) -> None:
+        """Delete the session's /data now: its image and its folder (the sandbox must be gone)."""
+        folder = self.upload_dir(user, session)
+        async with self._locks.hold(("data", str(folder))):
+            await asyncio.get_running_loop().run_in_executor(self._disk_pool, datadisk.destroy, folder)
+            await remove_folder(folder)
+
+    async def disk_used(self, name: str, folder: Path) -> int:
+        """Bytes the sandbox holds: its own filesystem's writes (SizeRw) plus /data."""
+        state = await self.docker._query_json(f"containers/{name}/json", params={"size": "true"})  # noqa: SLF001
+        data = datadisk.used_bytes(folder)
+        return int(state.get("SizeRw") or 0) + (data or 0)
+
+    async def enforce_disk(self, names: set[str]) -> list[str]:
+        """Stop (remove) each of these sandboxes that holds more than VM_DISK; the names removed.
+
+        Removing it frees what it wrote outside /data at once; /data stays (and cannot grow past
+        VM_DISK where it has its own disk). A command running there ends with the reason.
+        """
+        limit, removed = self.settings.vm_disk, []
+        owners = {_name(r): r["Labels"] for r in await self._list()}
+        for name in names & set(owners):
+            labels = owners[name]
+            folder = self.upload_dir(labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", ""))
+            try:
+                used = await self.disk_used(name, folder)
+            except aiodocker.DockerError:
+                continue  # gone meanwhile
+            if used > limit:
+                log.warning("stopping %s: it holds %s, over VM_DISK (%s)", name, human_size(used), human_size(limit))
+                self._evicted[name] = used
+                await self._delete(name)
+                removed.append(name)
+        return removed
+
+    def eviction_message(self, name: str) -> str | None:
+        used = self._evicted.pop(name, None)
+        if used is None:
+            return None
+        return (f"The sandbox was stopped: it held {human_size(used)}, more than its "
+                f"{human_size(self.settings.vm_disk)} of disk. What it wrote outside /data is gone; /data is kept. "
+                "Delete what you do not need in /data before writing more.")
+
     async def remove(self, user: str, session: str) -> bool:
         name = self.name(user, session)
         async with self._locks.hold(name):  # never in the middle of a start-up of the same sandbox
@@ -459,8 +529,15 @@ class ContainerManager(Sandboxes):
                         break
                     on_output(message.stream, message.data)
         except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
-        return await self._exit_code(execution)
+            reason = self.eviction_message(self.name(user, session))
+            raise SandboxUnavailable(reason or f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
+        try:
+            return await self._exit_code(execution)
+        except SandboxUnavailable as exc:
+            reason = self.eviction_message(self.name(user, session))
+            if reason:
+                raise SandboxUnavailable(reason) from exc
+            raise
 
     async def _exec_create(self, user: str, session: str, argv: list[str], recreate: bool) -> Any:
         """The exec, in the sandbox as it is; a sandbox that is gone is started once and tried again."""

@@ -16,10 +16,13 @@ from .history import History
 from .registry import Key, SessionRegistry
 from .terminal import Terminal
 from .tool_loop import TurnRunner
-from .uploads import UploadStore, remove_folder
+from .uploads import UploadStore
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old /data folders
+DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DISK
+DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
+DISK_WATCH_ALL_SECONDS = 60.0  # every sandbox (background jobs write too) this often
 
 
 class Runtime:
@@ -36,6 +39,7 @@ class Runtime:
         self.turns = TurnRunner(self)
         self._ollama: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None
         self._reaper: asyncio.Task[Any] | None = None
+        self._disk_watch: asyncio.Task[Any] | None = None
         self._warming: dict[Key, asyncio.Task[Any]] = {}
 
     def ollama(self) -> ollama.AsyncClient:
@@ -46,9 +50,35 @@ class Runtime:
         return self._ollama[1]
 
     def start_background(self) -> None:
-        """Start the idle reaper on this loop once (it adopts leftovers first)."""
+        """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""
         if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not asyncio.get_running_loop():
             self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+        if self._disk_watch is None or self._disk_watch.done() \
+                or self._disk_watch.get_loop() is not asyncio.get_running_loop():
+            self._disk_watch = asyncio.create_task(self._watch_disk_forever(), name="sandbox-disk-watch")
+
+    async def _watch_disk_forever(self) -> None:
+        """Weigh sandboxes against VM_DISK: those in use every second, all of them every minute."""
+        everyone_at = 0.0
+        while True:
+            await asyncio.sleep(DISK_WATCH_SECONDS)
+            now = time.monotonic()
+            names = {n for n in self.containers.names_in_use(DISK_WATCH_RECENT)}
+            if now - everyone_at >= DISK_WATCH_ALL_SECONDS:
+                everyone_at = now
+                names |= {i.name for i in await self._quietly(self.containers.info(), [])}
+            if names:
+                await self._quietly(self.containers.enforce_disk(names), [])
+
+    @staticmethod
+    async def _quietly(work: Any, default: Any) -> Any:
+        try:
+            return await work
+        except EngineError as exc:
+            log.warning("disk watch: %s", exc)
+        except Exception:  # noqa: BLE001 - the watch must outlive any one failure
+            log.exception("disk watch failed")
+        return default
 
     async def _reap_forever(self) -> None:
         interval = max(1.0, min(60.0, self.settings.vm_idle_timeout / 4))
@@ -83,7 +113,7 @@ class Runtime:
             folder = self.containers.upload_dir(user, session)
             if folder.exists():
                 await self.containers.remove(user, session)
-                await remove_folder(folder)
+                await self.containers.delete_data(user, session)
                 removed.append(str(folder))
         if purged or removed:
             log.info("retention: %d audit rows and %d /data folders deleted", purged, len(removed))
@@ -118,9 +148,10 @@ class Runtime:
     async def close(self) -> None:
         """Stop the reaper; let container start-ups finish (a start-up abandoned half-way would
         leave a container nobody tracks); then close the Docker client and the database."""
-        if self._reaper is not None and not self._reaper.done():
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
+        for task in (self._reaper, self._disk_watch):
+            if task is not None and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
         await self.containers.close()
         self.history.close()

@@ -79,6 +79,18 @@ class Sandboxes(abc.ABC):
         """Create or replace a file (its folder must exist)."""
 
     @abc.abstractmethod
+    async def prepare_data(self, user: str, session: str) -> Path:
+        """The session's /data folder, ready to be written (its own bounded disk where possible)."""
+
+    @abc.abstractmethod
+    async def delete_data(self, user: str, session: str) -> None:
+        """Delete the session's /data for good (after its sandbox is removed)."""
+
+    @abc.abstractmethod
+    async def enforce_disk(self, names: set[str]) -> list[str]:
+        """Stop those of these sandboxes that hold more than VM_DISK; the names stopped."""
+
+    @abc.abstractmethod
     async def remove(self, user: str, session: str) -> bool:
         """Remove the sandbox and its private state (not /data); False if there was none."""
 
@@ -119,6 +131,15 @@ class Sandboxes(abc.ABC):
 
     def busy(self, name: str) -> bool:
         return bool(self._busy.get(name))
+
+    def eviction_message(self, name: str) -> str | None:
+        """Why the sandbox was stopped since its last command (once), or None."""
+        return None
+
+    def names_in_use(self, recent: float) -> set[str]:
+        """Sandboxes running a command, or used within the last `recent` seconds."""
+        now = time.monotonic()
+        return set(self._busy) | {n for n, t in self._last_used.items() if now - t <= recent}
 
     def idle_for(self, name: str, now: float | None = None) -> float | None:
         last = self._last_used.get(name)

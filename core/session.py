@@ -12,7 +12,6 @@ from .events import Event, Ignored, Replacing, TextDelta
 from .registry import Phase
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
-from .uploads import remove_folder
 
 
 class ChatSession:
@@ -62,13 +61,15 @@ class ChatSession:
     # -- uploads ----------------------------------------------------------
     def upload_document(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Copy a local file into the session's /data; returns its path inside the container."""
-        target = self.runtime.uploads.copy(self.upload_folder, path, overwrite=overwrite)
+        folder = self.runtime.containers.prepare_data_sync(self.user, self.session)
+        target = self.runtime.uploads.copy(folder, path, overwrite=overwrite)
         return f"/data/{target.name}"
 
     async def save_upload(self, name: str, data: bytes | Iterable[bytes] | AsyncIterable[bytes], *,
                           size: int | None = None, overwrite: bool = False) -> str:
         """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
-        target = await self.runtime.uploads.write(self.upload_folder, name, data, size_hint=size, overwrite=overwrite)
+        folder = await self.runtime.containers.prepare_data(self.user, self.session)
+        target = await self.runtime.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
         return f"/data/{target.name}"
 
     # -- chat -------------------------------------------------------------
@@ -125,7 +126,7 @@ class ChatSession:
         else:
             await rt.stop_session(self.user, self.session)
         if delete_files:
-            await remove_folder(self.upload_folder)
+            await rt.containers.delete_data(self.user, self.session)
         removed = await rt.history.run(rt.history.clear, self.session_id)
         if not keep_container:
             rt.prewarm(self.user, self.session)

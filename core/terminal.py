@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .admission import CommandGate
-from .errors import EngineError
+from .errors import EngineError, SandboxUnavailable
 from .sandbox import STDERR, STDOUT, Sandboxes
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class CommandResult:
     cancelled: bool = False
     timeout: int = 0
     output_bytes: int = 0  # everything it printed, before the cap
+    note: str = ""  # something the model must know that happened before this command
 
     def for_model(self) -> str:
         if self.timed_out:
@@ -123,7 +124,7 @@ class CommandResult:
             head = "cancelled: the user sent a new message, so the command was stopped."
         else:
             head = f"exit code: {self.exit_code}"
-        parts = [head]
+        parts = [f"note: {self.note}", head] if self.note else [head]
         if self.stdout:
             parts.append(f"stdout:\n{self.stdout}")
         if self.stderr:
@@ -150,7 +151,15 @@ class Terminal:
         limit = min(max(int(timeout or self.settings.command_timeout), 1), self.settings.command_timeout_max)
         async with self.sandboxes.in_use(user, session):
             async with self.gate.slot(on_queued):
-                return await self._run(user, session, command, limit)
+                name = self.sandboxes.name(user, session)
+                before = self.sandboxes.eviction_message(name)  # it went over after its last command
+                result = await self._run(user, session, command, limit)
+                during = self.sandboxes.eviction_message(name)
+        if during:  # stopped under this very command: that is its outcome
+            raise SandboxUnavailable(during)
+        if before:
+            result.note = before
+        return result
 
     async def _run(self, user: str, session: str, command: str, limit: int) -> CommandResult:
         out, err = CappedBuffer(self.settings.output_limit), CappedBuffer(self.settings.output_limit)

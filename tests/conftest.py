@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import os
 import uuid
 from contextlib import asynccontextmanager
@@ -13,6 +14,7 @@ import pytest
 import pytest_asyncio
 
 from core import Runtime, Settings, set_runtime
+from core.datadisk import unmount_under
 from tests.fake_ollama import FakeOllama, free_port
 
 TEST_IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
@@ -41,6 +43,13 @@ def docker_client() -> docker.DockerClient:
     except Exception as exc:  # noqa: BLE001
         require(f"needs the Docker engine and image {TEST_IMAGE} (bash tests/images/build.sh): {exc}")
     return client
+
+
+@pytest.fixture(autouse=True)
+def unmount_data_disks(tmp_path: Path) -> Iterator[None]:
+    """Sandboxes' /data disk images are mounted below the test's folder: unmount them after it."""
+    yield
+    unmount_under(tmp_path)
 
 
 @pytest.fixture
@@ -75,7 +84,14 @@ def settings(tmp_path: Path, fake_ollama: FakeOllama) -> Settings:
 def remove_containers(client: docker.DockerClient, prefix: str) -> None:
     """A test deployment's sandboxes and its network (Docker has only a few dozen address pools)."""
     for container in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}):
-        container.remove(force=True)
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as exc:  # the bot's own removal may still be under way
+            if "already in progress" not in str(exc):
+                raise
+            time.sleep(1)
     for network in client.networks.list(filters={"label": f"llmbot.app={prefix}"}):
         network.remove()
 

@@ -110,8 +110,8 @@ async def test_a_hostile_data_folder_gets_one_line_and_stalls_nobody(
     await asyncio.sleep(0.02)  # the size check is under way
     during = await plain_turn()
     message = await upload
-    from core.uploads import remove_folder  # pytest's own clean-up of old temp folders recurses, so go deep here
-    await remove_folder(runtime.containers.upload_dir(*owner))
+    await runtime.containers.remove(*owner)  # pytest's own clean-up of old temp folders recurses: go deep here
+    await runtime.containers.delete_data(*owner)
     assert during - idle < 0.1, f"a plain turn took {during * 1000:.0f} ms during the upload, {idle * 1000:.0f} ms idle"
     shown = [m.content for m in channel_messages(message.channel, bot)]
     assert shown == ["📎 notes.txt → `/data/notes.txt`"]  # the 1 TB sparse file counts what it holds: nothing
