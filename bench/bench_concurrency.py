@@ -136,6 +136,7 @@ async def bench_cold(tmp: Path, sessions: int) -> None:
         cleanup(f"{settings.vm_name_prefix}-raw")
         rt = Runtime(settings)
         try:
+            await rt.containers.adopt()  # what the bot does at start-up
             started = time.perf_counter()
             await asyncio.gather(*(rt.containers.start(f"cold{i}", "chan") for i in range(sessions)))
             ours = sessions / (time.perf_counter() - started)

@@ -112,9 +112,11 @@ class ContainerManager(Sandboxes):
         self._up: set[str] = set()  # names this process saw running: commands go straight to exec
         self._root_ready = False
         self._networks_seen: set[str] = set()
-        self._disk_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sandbox-disk")  # mkfs, mount
+        self._disk_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-disk")  # mkfs, mount: waits, mostly
         self._disk_warned = False
         self._evicted: dict[str, int] = {}  # name -> bytes it used when it was stopped for going over VM_DISK
+        self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
+        self._census = False  # adopt() has seen every sandbox there was at start-up
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
@@ -273,6 +275,7 @@ class ContainerManager(Sandboxes):
                 raise
         self._last_used.pop(name, None)
         self._up.discard(name)
+        self._owner.pop(name, None)
 
     async def _list(self, *labels: str) -> list[dict[str, Any]]:
         """This deployment's containers (narrowed by more `key=value` labels), running or not."""
@@ -282,7 +285,18 @@ class ContainerManager(Sandboxes):
 
     async def _create(self, name: str, user: str, session: str) -> None:
         s = self.settings
-        await self.prepare_data(user, session)
+        # /data's disk is needed only when the container starts (binds are resolved then): make it
+        # while Docker creates the container.
+        data = asyncio.ensure_future(self.prepare_data(user, session))
+        try:
+            await self._create_and_start(name, user, session, data)
+        finally:
+            if not data.done():
+                data.cancel()
+            await asyncio.gather(data, return_exceptions=True)
+
+    async def _create_and_start(self, name: str, user: str, session: str, data: "asyncio.Future[Path]") -> None:
+        s = self.settings
         config: dict[str, Any] = {
             "Image": s.vm_image,
             "Cmd": ["sh", "-c", KEEPALIVE],
@@ -317,7 +331,9 @@ class ContainerManager(Sandboxes):
             for attempt in (1, 2):
                 try:
                     container = await self.docker.containers.create(config, name=name)
+                    await data
                     await container.start()
+                    self._owner[name] = user
                     log.info("started sandbox %s", name)
                     return
                 except aiodocker.DockerError as exc:
@@ -365,6 +381,8 @@ class ContainerManager(Sandboxes):
     async def _make_room(self, user: str, name: str) -> None:
         """Keep a user within MAX_SANDBOXES_PER_USER: remove their least recently used idle sandbox."""
         cap = self.settings.max_sandboxes_per_user
+        if self._census and sum(1 for n, u in self._owner.items() if u == user and n != name) + 1 <= cap:
+            return  # well under the cap by what this process knows: no need to ask the engine
         mine = [c for c in await self._list(f"{LABEL}.user={user}") if _name(c) != name]
         excess = len(mine) + 1 - cap
         if excess <= 0:
@@ -472,6 +490,7 @@ class ContainerManager(Sandboxes):
                 name = _name(row)
                 if row["Labels"].get(f"{LABEL}.config") == self.config_hash() and row["State"] == "running":
                     self._last_used.setdefault(name, now)
+                    self._owner[name] = row["Labels"].get(f"{LABEL}.user", "")
                     adopted.append(name)
                 else:
                     async with self._locks.hold(name):
@@ -479,6 +498,7 @@ class ContainerManager(Sandboxes):
                     removed.append(name)
         except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+        self._census = True
         return adopted, removed
 
     async def reap(self, idle_seconds: float | None = None) -> list[str]:

@@ -10,9 +10,14 @@ line and /data is only watched (see core/runtime.py's disk watch).
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import logging
 import os
+import struct
 import subprocess
+import threading
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -31,6 +36,92 @@ def _run(*command: str) -> str | None:
         f"{command[0]} failed ({done.returncode})"
 
 
+# The loop-device calls `mount -o loop` makes, made directly: mount(8) looks through every loop
+# device for one already backed by the file, which grows with the number of sandboxes.
+LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_STATUS64 = 0x4C82, 0x4C00, 0x4C01, 0x4C04
+LO_FLAGS_AUTOCLEAR = 4  # the device frees itself when the filesystem is unmounted
+LOOP_INFO64_SIZE, LO_FLAGS_OFFSET = 232, 52
+MS_NOSUID, MS_NODEV = 2, 4
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def loop_mount(image: Path, target: Path) -> None:
+    """Attach `image` to a free loop device and mount it (ext4, nosuid, nodev) on `target`."""
+    control = os.open("/dev/loop-control", os.O_RDWR)
+    try:
+        for _ in range(8):  # another process may take the free device first
+            device = f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}"
+            loop = os.open(device, os.O_RDWR)
+            try:
+                backing = os.open(image, os.O_RDWR)
+                try:
+                    fcntl.ioctl(loop, LOOP_SET_FD, backing)
+                except OSError as exc:
+                    if exc.errno == errno.EBUSY:
+                        continue
+                    raise
+                finally:
+                    os.close(backing)
+                info = bytearray(LOOP_INFO64_SIZE)
+                struct.pack_into("I", info, LO_FLAGS_OFFSET, LO_FLAGS_AUTOCLEAR)
+                try:
+                    fcntl.ioctl(loop, LOOP_SET_STATUS64, bytes(info))
+                    if _libc.mount(device.encode(), str(target).encode(), b"ext4", MS_NOSUID | MS_NODEV, None) != 0:
+                        code = ctypes.get_errno()
+                        raise OSError(code, os.strerror(code))
+                except OSError:
+                    fcntl.ioctl(loop, LOOP_CLR_FD, 0)
+                    raise
+                return
+            finally:
+                os.close(loop)
+        raise OSError(errno.EBUSY, "no free loop device")
+    finally:
+        os.close(control)
+
+
+_template_lock = threading.Lock()
+
+
+def _template(root: Path, size: int) -> Path:
+    """An empty filesystem of `size` bytes, made once: every new image is a copy of it (no mkfs per sandbox)."""
+    template = root / f".empty-{size}.disk"
+    with _template_lock:
+        if not template.exists():
+            part = template.with_suffix(".part")
+            with open(part, "wb") as handle:
+                handle.truncate(size)  # sparse: costs the host only what is written
+            # One inode per 4 KB: a folder of many small files fills its bytes before its inodes.
+            problem = _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-i", "4096",
+                           "-E", "nodiscard,lazy_itable_init=1,root_owner=0:0", str(part))
+            if problem:
+                part.unlink(missing_ok=True)
+                raise OSError(problem)
+            os.replace(part, template)
+    return template
+
+
+def _clone(template: Path, image: Path, size: int) -> str | None:
+    """Copy only the template's written blocks (about 1 MB), keeping the holes: a sparse copy."""
+    try:
+        with open(template, "rb") as source, open(image, "wb") as target:
+            target.truncate(size)
+            offset = 0
+            while True:
+                try:
+                    start = os.lseek(source.fileno(), offset, os.SEEK_DATA)
+                except OSError:  # no data after offset
+                    break
+                end = os.lseek(source.fileno(), start, os.SEEK_HOLE)
+                source.seek(start)
+                target.seek(start)
+                target.write(source.read(end - start))
+                offset = end
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def prepare(folder: Path, size: int) -> str | None:
     """Mount the folder's image on it (made on first use, holding what the folder had); a warning or None."""
     if os.path.ismount(folder):
@@ -41,11 +132,7 @@ def prepare(folder: Path, size: int) -> str | None:
     image = image_for(folder)
     fresh = not image.exists()
     if fresh:
-        with open(image, "wb") as handle:
-            handle.truncate(size)  # sparse: costs the host only what is written
-        # One inode per 4 KB: a folder of many small files fills its bytes before its inodes.
-        problem = _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-i", "4096", "-E", "root_owner=0:0",
-                       str(image))
+        problem = _clone(_template(folder.parent.parent, size), image, size)
         if problem:
             image.unlink(missing_ok=True)
             return f"could not make a disk image for /data: {problem}"
@@ -53,9 +140,10 @@ def prepare(folder: Path, size: int) -> str | None:
         problem = _move_into_image(folder, image)
         if problem:
             return problem
-    problem = _run("mount", "-o", "loop,nosuid,nodev", str(image), str(folder))
-    if problem:
-        return f"could not mount the disk image for /data: {problem}"
+    try:
+        loop_mount(image, folder)
+    except OSError as exc:
+        return f"could not mount the disk image for /data: {exc}"
     if fresh:
         (folder / "lost+found").rmdir()
     return None
@@ -64,9 +152,10 @@ def prepare(folder: Path, size: int) -> str | None:
 def _move_into_image(folder: Path, image: Path) -> str | None:
     staging = folder.with_name(folder.name + ".moving")
     staging.mkdir(exist_ok=True)
-    problem = _run("mount", "-o", "loop,nosuid,nodev", str(image), str(staging))
-    if problem:
-        return f"could not mount the disk image for /data: {problem}"
+    try:
+        loop_mount(image, staging)
+    except OSError as exc:
+        return f"could not mount the disk image for /data: {exc}"
     try:
         problem = _run("cp", "-a", f"{folder}/.", str(staging))
     finally:

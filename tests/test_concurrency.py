@@ -126,6 +126,7 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
         tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
     settings = make_settings(tmp_path, fake_ollama.url, max_sandboxes_per_user=2)
     async with open_runtime(settings, docker_client) as rt:
+        await rt.containers.adopt()  # as at start-up: from here on the engine knows every sandbox it has
         names = {c: rt.containers.name("alice", c) for c in ("busy", "idle", "new", "fourth")}
         await rt.terminal.execute("alice", "busy", "true")  # the least recently used of alice's two...
         await rt.terminal.execute("alice", "idle", "true")
