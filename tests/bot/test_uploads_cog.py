@@ -115,3 +115,17 @@ async def test_a_hostile_data_folder_gets_one_line_and_stalls_nobody(
     assert during - idle < 0.1, f"a plain turn took {during * 1000:.0f} ms during the upload, {idle * 1000:.0f} ms idle"
     shown = [m.content for m in channel_messages(message.channel, bot)]
     assert shown == ["📎 notes.txt → `/data/notes.txt`"]  # the 1 TB sparse file counts what it holds: nothing
+
+
+async def test_a_refused_user_cannot_upload(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama,
+                                            tmp_path: Path) -> None:
+    config = dpytest.get_config()
+    member = config.members[1]
+    runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset({member.id}))
+    payload = tmp_path / "payload.bin"
+    payload.write_bytes(b"x" * 1000)
+    message = await send_with_files(f"<@{bot.user.id}> keep this", [payload], member_index=1)
+    assert [m.content for m in channel_messages(message.channel, bot)] == ["-# Sorry, I'm not available to you here."]
+    folder = runtime.containers.upload_dir(str(member.id), str(message.channel.id))
+    assert not folder.exists() or not any(folder.iterdir())
+    assert fake_ollama.requests == []
