@@ -410,6 +410,10 @@ class ContainerManager(Sandboxes):
     async def prepare_data(self, user: str, session: str) -> Path:
         """The session's /data folder, on its own VM_DISK-sized disk image where this host allows."""
         folder = self.upload_dir(user, session)
+        if self.settings.vm_data_host_dir:  # the bot runs in a container: its mounts would not reach dockerd
+            os.makedirs(folder, exist_ok=True)
+            self._disk_problem("/data has no hard size when the bot runs in a container (VM_DATA_HOST_DIR)")
+            return folder
         async with self._locks.hold(("data", str(folder))):
             problem = await asyncio.get_running_loop().run_in_executor(
                 self._disk_pool, datadisk.prepare, folder, self.settings.vm_disk)
@@ -419,6 +423,9 @@ class ContainerManager(Sandboxes):
     def prepare_data_sync(self, user: str, session: str) -> Path:
         """The same, for synchronous callers (ChatSession.upload_document)."""
         folder = self.upload_dir(user, session)
+        if self.settings.vm_data_host_dir:
+            os.makedirs(folder, exist_ok=True)
+            return folder
         self._disk_problem(datadisk.prepare(folder, self.settings.vm_disk))
         return folder
 

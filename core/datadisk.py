@@ -126,8 +126,9 @@ def prepare(folder: Path, size: int) -> str | None:
     """Mount the folder's image on it (made on first use, holding what the folder had); a warning or None."""
     if os.path.ismount(folder):
         return None
-    if os.geteuid() != 0:
-        return "/data has no hard size (mounting its disk image needs root on the Docker host)"
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
+        folder.mkdir(parents=True, exist_ok=True)
+        return "/data has no hard size (mounting its disk image needs root and loop devices on the Docker host)"
     folder.mkdir(parents=True, exist_ok=True)
     image = image_for(folder)
     fresh = not image.exists()

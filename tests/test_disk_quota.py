@@ -78,3 +78,15 @@ async def test_a_sandbox_over_its_disk_is_stopped_and_everyone_is_told(
         after = await rt.terminal.execute("alice", "s", "ls /root")
         assert after.for_model().startswith("note: The sandbox was stopped: it held ")
         assert after.stdout == ""  # a fresh filesystem: the big file is gone
+
+
+async def test_a_bot_in_a_container_leaves_data_a_plain_folder(tmp_path: Path, fake_ollama: FakeOllama,
+                                                                docker_client: docker.DockerClient) -> None:
+    # VM_DATA_HOST_DIR says the bot runs in a container, whose mounts dockerd would never see.
+    settings = make_settings(tmp_path, fake_ollama.url, vm_disk=QUOTA, vm_data_host_dir=str(tmp_path / "uploads"))
+    async with open_runtime(settings, docker_client) as rt:
+        written = await rt.terminal.execute("alice", "s", "echo hi > /data/x && cat /data/x")
+        assert written.stdout == "hi\n"
+        folder = rt.containers.upload_dir("alice", "s")
+        assert not os.path.ismount(folder) and (folder / "x").read_text() == "hi\n"
+        assert not list(folder.parent.glob("*.disk"))
