@@ -142,7 +142,7 @@ class FakeOllama:
             app.router.add_post("/api/show", self._show)
             app.router.add_get("/api/version", self._version)
             app.router.add_get("/", self._root)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.5)
+            self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # no log lines after a test ends
             loop.run_until_complete(self._runner.setup())
             loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
             ready.set()
