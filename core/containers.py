@@ -27,13 +27,13 @@ from typing import Any, Callable, Sequence
 import aiodocker
 import aiohttp
 
-from .config import Settings
 from . import datadisk
+from .config import Settings
 from .errors import SandboxFileError, SandboxUnavailable
 from .hostmount import ensure_nosuid
-from .uploads import human_size, remove_folder
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
+from .uploads import human_size, remove_folder
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,6 @@ TAR_OVERHEAD = 64 * 1024  # headers and padding around one file in an archive  #
 DOCKER_ERRORS: tuple[type[BaseException], ...] = (aiodocker.DockerError, aiohttp.ClientError, OSError,
                                                   asyncio.TimeoutError)
 
-ContainerInfo = SandboxInfo  # the name the admin cog and older callers use
 
 
 DIGEST_HEX = 20  # 80 bits of SHA-256: names and folders of different ids never meet, by chance or on purpose
@@ -284,7 +283,6 @@ class ContainerManager(Sandboxes):
             "containers/json", params={"all": "true", "filters": json.dumps(filters)})
 
     async def _create(self, name: str, user: str, session: str) -> None:
-        s = self.settings
         # /data's disk is needed only when the container starts (binds are resolved then): make it
         # while Docker creates the container.
         data = asyncio.ensure_future(self.prepare_data(user, session))
