@@ -452,7 +452,10 @@ class ContainerManager(Sandboxes):
         VM_DISK where it has its own disk). A command running there ends with the reason.
         """
         limit, removed = self.settings.vm_disk, []
-        owners = {_name(r): r["Labels"] for r in await self._list()}
+        try:
+            owners = {_name(r): r["Labels"] for r in await self._list()}
+        except DOCKER_ERRORS as exc:
+            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         for name in names & set(owners):
             labels = owners[name]
             folder = self.upload_dir(labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", ""))

@@ -40,6 +40,7 @@ class Runtime:
         self._ollama: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None
         self._reaper: asyncio.Task[Any] | None = None
         self._disk_watch: asyncio.Task[Any] | None = None
+        self._watch_problem: tuple[str, float] = ("", 0.0)
         self._warming: dict[Key, asyncio.Task[Any]] = {}
 
     def ollama(self) -> ollama.AsyncClient:
@@ -70,14 +71,15 @@ class Runtime:
             if names:
                 await self._quietly(self.containers.enforce_disk(names), [])
 
-    @staticmethod
-    async def _quietly(work: Any, default: Any) -> Any:
+    async def _quietly(self, work: Any, default: Any) -> Any:
+        """The watch outlives any failure, and says so once a minute, not once a second."""
         try:
             return await work
-        except EngineError as exc:
-            log.warning("disk watch: %s", exc)
-        except Exception:  # noqa: BLE001 - the watch must outlive any one failure
-            log.exception("disk watch failed")
+        except Exception as exc:  # noqa: BLE001
+            line, now = str(exc) or type(exc).__name__, time.monotonic()
+            if line != self._watch_problem[0] or now - self._watch_problem[1] >= 60:
+                self._watch_problem = (line, now)
+                log.warning("disk watch: %s", line, exc_info=not isinstance(exc, EngineError))
         return default
 
     async def _reap_forever(self) -> None:

@@ -90,3 +90,21 @@ async def test_a_bot_in_a_container_leaves_data_a_plain_folder(tmp_path: Path, f
         folder = rt.containers.upload_dir("alice", "s")
         assert not os.path.ismount(folder) and (folder / "x").read_text() == "hi\n"
         assert not list(folder.parent.glob("*.disk"))
+
+
+async def test_the_disk_watch_says_once_that_docker_is_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    from core import Runtime
+    from tests.conftest import closed_port
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
+    rt = Runtime(make_settings(tmp_path, "http://127.0.0.1:9"))
+    rt.containers._last_used["llmt-someone"] = time.monotonic()  # a sandbox in use: weighed every second
+    try:
+        with caplog.at_level("WARNING", logger="core.runtime"):
+            rt.start_background()
+            await asyncio.sleep(3.5)
+    finally:
+        await rt.close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("disk watch")]
+    assert lines == ["disk watch: Docker request failed: Docker is not reachable: start the Docker engine "
+                     "(dockerd) or set DOCKER_HOST"]  # once, though it failed every second
