@@ -102,6 +102,8 @@ class Settings:
     ollama_think: bool | str | None = None
     ollama_num_ctx: int = 0  # 0: the model's own default
     ollama_keep_alive: str = ""
+    ollama_connect_timeout: float = 10.0  # seconds to reach the server
+    ollama_stall_timeout: float = 180.0  # seconds without a byte before a reply counts as stuck (cold loads are slow)
     # History
     database_url: str = "sqlite:///data/chat.db"
     history_window: int = 40
@@ -179,6 +181,8 @@ class Settings:
         take("OLLAMA_THINK", "ollama_think", _parse_think)
         take("OLLAMA_NUM_CTX", "ollama_num_ctx", _parse_int)
         take("OLLAMA_KEEP_ALIVE", "ollama_keep_alive", text)
+        take("OLLAMA_CONNECT_TIMEOUT", "ollama_connect_timeout", _parse_float)
+        take("OLLAMA_STALL_TIMEOUT", "ollama_stall_timeout", _parse_float)
         take("DATABASE_URL", "database_url", lambda n, r: _check_url(n, r, ("sqlite", "postgresql", "postgres", "mysql")))
         take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
         take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))

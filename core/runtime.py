@@ -7,6 +7,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import ollama
 
 from .config import Settings
@@ -47,7 +48,11 @@ class Runtime:
         """One client (one connection pool) per event loop."""
         loop = asyncio.get_running_loop()
         if self._ollama is None or self._ollama[0] is not loop:
-            self._ollama = (loop, ollama.AsyncClient(host=self.settings.ollama_host))
+            s = self.settings
+            # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
+            timeout = httpx.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
+                                    write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
+            self._ollama = (loop, ollama.AsyncClient(host=s.ollama_host, timeout=timeout))
         return self._ollama[1]
 
     def start_background(self) -> None:

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import ollama
 
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
@@ -115,6 +116,11 @@ class TurnRunner:
         except ollama.ResponseError as exc:
             await self._keep_partial(session_id, parts)
             raise self._model_error(exc) from exc
+        except httpx.ReadTimeout as exc:
+            await self._keep_partial(session_id, parts)
+            log.warning("ollama at %s sent nothing for %g s", settings.ollama_host, settings.ollama_stall_timeout)
+            raise OllamaUnavailable(f"The AI model stopped answering (nothing for {settings.ollama_stall_timeout:g} s). "
+                                    "Please try again.") from exc
         except OLLAMA_UNREACHABLE as exc:
             await self._keep_partial(session_id, parts)
             log.warning("ollama at %s failed: %r", settings.ollama_host, exc)

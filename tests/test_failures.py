@@ -1,6 +1,7 @@
 """Failures: a clear message, the user's message kept, nothing half-written stored as complete, next turn fine."""
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import docker
@@ -10,7 +11,7 @@ from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUna
 from core.containers import ContainerManager
 from core.terminal import Terminal
 from tests.conftest import closed_port, make_settings, remove_containers
-from tests.fake_ollama import FakeOllama, cut, error, stream_error, text, tool_calls
+from tests.fake_ollama import FakeOllama, cut, error, hang, stream_error, text, tool_calls
 
 pytestmark = pytest.mark.asyncio
 
@@ -59,6 +60,30 @@ async def test_connection_dropped_mid_stream(runtime: Runtime, fake_ollama: Fake
         assert await reply(chat, "try again") == "The answer is 42."
     retry = [m["content"] for m in fake_ollama.requests[1]["messages"][1:]]
     assert retry == ["what is the answer?", "try again"]  # the cut reply is never sent back
+
+
+@pytest.mark.parametrize("partial", ["", "Let me think about th"], ids=["before the reply", "mid-reply"])
+async def test_a_hung_ollama_ends_the_turn_and_frees_the_session(tmp_path: Path, docker_client: docker.DockerClient,
+                                                                 fake_ollama: FakeOllama, partial: str) -> None:
+    rt = Runtime(make_settings(tmp_path, fake_ollama.url, ollama_stall_timeout=1.0))
+    fake_ollama.script(hang(partial), text("Here now."))
+    loop = asyncio.get_running_loop()
+    try:
+        async with ChatSession(user="alice", session="hung", runtime=rt) as chat:
+            began = loop.time()
+            with pytest.raises(OllamaUnavailable) as info:
+                await asyncio.wait_for(reply(chat, "hello?"), 10)  # without a stall timeout: fails, not hangs
+            assert loop.time() - began < 3
+            assert str(info.value) == "The AI model stopped answering (nothing for 1 s). Please try again."
+            kept = [("assistant", partial, False)] if partial else []
+            assert stored(rt, chat) == [("user", "hello?", True), *kept]
+            assert chat.phase is None  # the session is free: the next message is answered
+            assert await reply(chat, "still there?") == "Here now."
+        assert [m["content"] for m in fake_ollama.requests[1]["messages"][1:]] == ["hello?", "still there?"]
+    finally:
+        fake_ollama.release()
+        await rt.close()
+        remove_containers(docker_client, rt.settings.vm_name_prefix)
 
 
 async def test_error_inside_the_stream(runtime: Runtime, fake_ollama: FakeOllama) -> None:
