@@ -116,6 +116,7 @@ class ContainerManager(Sandboxes):
         self._evicted: dict[str, int] = {}  # name -> bytes it used when it was stopped for going over VM_DISK
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
+        self._adoption: asyncio.Event | None = None  # set while adopt() sorts out what a restart found
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
@@ -223,6 +224,8 @@ class ContainerManager(Sandboxes):
     async def _ensure(self, user: str, session: str, *, allow_recreate: bool = True) -> str:
         """The running container of (user, session), by name: reused, restarted or created."""
         name = self.name(user, session)
+        if self._adoption is not None and not self._adoption.is_set():
+            await self._adoption.wait()  # never use a container that start-up clean-up is about to remove
         async with self._locks.hold(name):
             try:
                 state = await self._inspect(name)
@@ -493,6 +496,7 @@ class ContainerManager(Sandboxes):
         """Adopted containers count as used now, so the reaper removes them after one idle period."""
         adopted, removed = [], []
         now = time.monotonic()
+        self._adoption = done = asyncio.Event()
         try:
             for row in await self._list():
                 name = _name(row)
@@ -506,6 +510,8 @@ class ContainerManager(Sandboxes):
                     removed.append(name)
         except DOCKER_ERRORS as exc:
             raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+        finally:
+            done.set()
         self._census = True
         return adopted, removed
 

@@ -234,3 +234,34 @@ async def test_the_runtime_reaps_idle_sandboxes_in_the_background(settings, dock
         await rt.close()
         from tests.conftest import remove_containers
         remove_containers(docker_client, settings.vm_name_prefix)
+
+
+async def test_a_paused_sandbox_is_unpaused_before_the_command(runtime: Runtime,
+                                                              docker_client: docker.DockerClient) -> None:
+    await run(runtime, "true")
+    container = docker_client.containers.get(runtime.containers.name("alice", "s1"))
+    container.pause()
+    started = time.monotonic()
+    result = await run(runtime, "echo awake", timeout=5)
+    assert (result.exit_code, result.stdout, result.timed_out) == (0, "awake\n", False)
+    assert time.monotonic() - started < 3
+    container.reload()
+    assert container.status == "running"
+
+
+async def test_start_up_adoption_and_the_first_command_never_race(runtime: Runtime,
+                                                                 docker_client: docker.DockerClient) -> None:
+    users = ["u1", "u2", "u3", "u4", "u5"]
+    for user in users:
+        await run(runtime, "true", user=user)
+    changed = Runtime(runtime.settings.replace(vm_pids=128))  # a restart with another configuration
+    try:
+        adoption = asyncio.create_task(changed.containers.adopt())
+        results = await asyncio.gather(*(changed.terminal.execute(u, "s1", "echo fresh") for u in users))
+        await adoption
+        assert [r.stdout for r in results] == ["fresh\n"] * 5
+        for user in users:
+            container = docker_client.containers.get(changed.containers.name(user, "s1"))
+            assert container.attrs["HostConfig"]["PidsLimit"] == 128
+    finally:
+        await changed.close()
