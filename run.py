@@ -11,29 +11,22 @@ import argparse
 import asyncio
 import sys
 
-import ollama
-
 from core import ChatSession, ConfigError, EngineError, Settings, get_runtime
-from core.errors import OLLAMA_UNREACHABLE
 from core.events import TextDelta, ToolFinished, ToolStarted
+from core.preflight import run_checks
 
 DEFAULT_PROMPT = "Use the execute_terminal tool to run `uname -a`, then tell me in one sentence what it printed."
 
 
 async def smoke(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
+    failing = [check for check in await run_checks(settings, token=False) if not check.ok]
+    for check in failing:  # the preflight's own line for each missing dependency, as the bot prints them
+        print(check.message, file=sys.stderr)
+    if failing:
+        return 1
     rt = get_runtime(settings)
     try:
-        try:
-            await rt.ollama().show(rt.model)
-        except ollama.ResponseError as exc:
-            if exc.status_code == 404:
-                return fail(f"The model {rt.model!r} is not pulled: run `ollama pull {rt.model}` (or set OLLAMA_MODEL).")
-            return fail(f"Ollama answered with an error: {exc.error}")
-        except OLLAMA_UNREACHABLE:
-            return fail(f"Ollama is not reachable at {settings.ollama_host}: start it with `ollama serve` (or set OLLAMA_HOST).")
-        if not await rt.containers.ping():
-            return fail("Docker is not reachable: start the Docker engine (dockerd) or set DOCKER_HOST.")
         async with ChatSession(user=args.user, session=args.session) as chat:
             print(f"> {args.prompt}", flush=True)
             async for event in chat.events(args.prompt):

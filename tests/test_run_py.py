@@ -61,3 +61,10 @@ def test_run_py_without_docker_says_what_to_start(tmp_path: Path, fake_ollama: F
     done = run_py(tmp_path, OLLAMA_HOST=fake_ollama.url, DOCKER_HOST=f"tcp://127.0.0.1:{closed_port()}")
     assert done.returncode != 0 and "Docker is not reachable" in done.stderr
     assert done.stderr.strip().count("\n") == 0 and "Traceback" not in done.stderr
+
+
+def test_run_py_without_the_image_says_how_to_get_it(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    done = run_py(tmp_path, OLLAMA_HOST=fake_ollama.url, VM_IMAGE="llmbot-no-such-image:never")
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == ("the image llmbot-no-such-image:never is not on this engine and cannot be pulled: "
+                                   "run `docker pull llmbot-no-such-image:never`, build it, or set VM_IMAGE")
