@@ -22,7 +22,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Sequence
 
 import aiodocker
 import aiohttp
@@ -89,6 +90,20 @@ def explain(exc: BaseException) -> str:
         return UNREACHABLE
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return UNREACHABLE if "connect" in text.lower() else text
+
+
+@contextmanager
+def reported_as_unavailable(what: str = "Docker request failed", refused: str | None = None) -> Iterator[None]:
+    """Any failure of Docker's inside becomes one line for the user: SandboxUnavailable, or with
+    `refused`, SandboxFileError when the engine answered but refused (a file it cannot read or write)."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        if refused is None:
+            raise SandboxUnavailable(f"{what}: {explain(exc)}") from exc
+        raise SandboxFileError(f"{refused}: {explain(exc)}") from exc
+    except DOCKER_ERRORS as exc:
+        raise SandboxUnavailable(f"{what}: {explain(exc)}") from exc
 
 
 def _is_gone(exc: BaseException) -> bool:
@@ -227,7 +242,7 @@ class ContainerManager(Sandboxes):
         if self._adoption is not None and not self._adoption.is_set():
             await self._adoption.wait()  # never use a container that start-up clean-up is about to remove
         async with self._locks.hold(name):
-            try:
+            with reported_as_unavailable("The sandbox could not be started"):
                 state = await self._inspect(name)
                 if state is not None and not self._owned_by(state, user, session):
                     raise SandboxUnavailable("This conversation's sandbox name is taken by another one; "
@@ -248,10 +263,6 @@ class ContainerManager(Sandboxes):
                         state = None
                 if state is None:
                     await self._create(name, user, session)
-            except SandboxUnavailable:
-                raise
-            except DOCKER_ERRORS as exc:
-                raise SandboxUnavailable(f"The sandbox could not be started: {explain(exc)}") from exc
             self._last_used[name] = time.monotonic()
             self._up.add(name)
             return name
@@ -411,24 +422,22 @@ class ContainerManager(Sandboxes):
     async def prepare_data(self, user: str, session: str) -> Path:
         """The session's /data folder, on its own VM_DISK-sized disk image where this host allows."""
         folder = self.upload_dir(user, session)
-        if self.settings.vm_data_host_dir:  # the bot runs in a container: its mounts would not reach dockerd
-            os.makedirs(folder, exist_ok=True)
-            self._disk_problem("/data has no hard size when the bot runs in a container (VM_DATA_HOST_DIR)")
-            return folder
         async with self._locks.hold(("data", str(folder))):
-            problem = await asyncio.get_running_loop().run_in_executor(
-                self._disk_pool, datadisk.prepare, folder, self.settings.vm_disk)
+            problem = await asyncio.get_running_loop().run_in_executor(self._disk_pool, self._prepare, folder)
         self._disk_problem(problem)
         return folder
 
     def prepare_data_sync(self, user: str, session: str) -> Path:
         """The same, for synchronous callers (ChatSession.upload_document)."""
         folder = self.upload_dir(user, session)
-        if self.settings.vm_data_host_dir:
-            os.makedirs(folder, exist_ok=True)
-            return folder
-        self._disk_problem(datadisk.prepare(folder, self.settings.vm_disk))
+        self._disk_problem(self._prepare(folder))
         return folder
+
+    def _prepare(self, folder: Path) -> str | None:
+        if self.settings.vm_data_host_dir:  # the bot runs in a container: its mounts would not reach dockerd
+            os.makedirs(folder, exist_ok=True)
+            return "/data has no hard size when the bot runs in a container (VM_DATA_HOST_DIR)"
+        return datadisk.prepare(folder, self.settings.vm_disk)
 
     def _disk_problem(self, problem: str | None) -> None:
         if problem and not self._disk_warned:
@@ -455,10 +464,8 @@ class ContainerManager(Sandboxes):
         VM_DISK where it has its own disk). A command running there ends with the reason.
         """
         limit, removed = self.settings.vm_disk, []
-        try:
+        with reported_as_unavailable():
             owners = {_name(r): r["Labels"] for r in await self._list()}
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         for name in names & set(owners):
             labels = owners[name]
             folder = self.upload_dir(labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", ""))
@@ -484,12 +491,10 @@ class ContainerManager(Sandboxes):
     async def remove(self, user: str, session: str) -> bool:
         name = self.name(user, session)
         async with self._locks.hold(name):  # never in the middle of a start-up of the same sandbox
-            try:
+            with reported_as_unavailable():
                 if await self._inspect(name) is None:
                     return False
                 await self._delete(name)
-            except DOCKER_ERRORS as exc:
-                raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
             return True
 
     async def adopt(self) -> tuple[list[str], list[str]]:
@@ -498,18 +503,17 @@ class ContainerManager(Sandboxes):
         now = time.monotonic()
         self._adoption = done = asyncio.Event()
         try:
-            for row in await self._list():
-                name = _name(row)
-                if row["Labels"].get(f"{LABEL}.config") == self.config_hash() and row["State"] == "running":
-                    self._last_used.setdefault(name, now)
-                    self._owner[name] = row["Labels"].get(f"{LABEL}.user", "")
-                    adopted.append(name)
-                else:
-                    async with self._locks.hold(name):
-                        await self._delete(name)
-                    removed.append(name)
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
+            with reported_as_unavailable():
+                for row in await self._list():
+                    name = _name(row)
+                    if row["Labels"].get(f"{LABEL}.config") == self.config_hash() and row["State"] == "running":
+                        self._last_used.setdefault(name, now)
+                        self._owner[name] = row["Labels"].get(f"{LABEL}.user", "")
+                        adopted.append(name)
+                    else:
+                        async with self._locks.hold(name):
+                            await self._delete(name)
+                        removed.append(name)
         finally:
             done.set()
         self._census = True
@@ -519,7 +523,7 @@ class ContainerManager(Sandboxes):
         limit = self.settings.vm_idle_timeout if idle_seconds is None else idle_seconds
         now = time.monotonic()
         removed = []
-        try:
+        with reported_as_unavailable():
             rows = await self._list()
             present = {_name(r) for r in rows}
             for name in [n for n in self._last_used if n not in present]:
@@ -536,16 +540,12 @@ class ContainerManager(Sandboxes):
                         await self._delete(name)
                     removed.append(name)
                     log.info("removed idle sandbox %s", name)
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         return removed
 
     async def info(self) -> list[SandboxInfo]:
         now = time.monotonic()
-        try:
+        with reported_as_unavailable():
             rows = await self._list()
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         return [SandboxInfo(_name(r), r["Labels"].get(f"{LABEL}.user", "?"), r["Labels"].get(f"{LABEL}.session", "?"),
                             r["State"], self.idle_for(_name(r), now)) for r in rows]
 
@@ -592,7 +592,7 @@ class ContainerManager(Sandboxes):
 
     async def _exit_code(self, execution: Any) -> int:
         deadline = time.monotonic() + EXIT_CODE_WAIT
-        try:
+        with reported_as_unavailable("Lost contact with Docker while the command ran"):
             while True:
                 state = await execution.inspect()
                 if not state.get("Running") and state.get("ExitCode") is not None:
@@ -600,8 +600,6 @@ class ContainerManager(Sandboxes):
                 if time.monotonic() > deadline:
                     break
                 await asyncio.sleep(0.02)
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
         raise SandboxUnavailable("The command's output ended but Docker never reported how it exited.")
 
     # -- files ------------------------------------------------------------
@@ -614,16 +612,12 @@ class ContainerManager(Sandboxes):
             raise SandboxFileError(f"{path} is {stat.get('size')} bytes, over the {max_bytes}-byte limit.")
         too_big = SandboxFileError(f"{path} is over the {max_bytes}-byte limit.")
         body = bytearray()
-        try:  # streamed with a cap: the file may have grown since the stat
+        with reported_as_unavailable(refused=f"{path} could not be read"):  # streamed with a cap: it may have grown
             async with self.docker._query(f"containers/{name}/archive", params={"path": path}) as response:  # noqa: SLF001
                 async for chunk in response.content.iter_chunked(1 << 16):
                     body += chunk
                     if len(body) > max_bytes + TAR_OVERHEAD:
                         raise too_big
-        except aiodocker.DockerError as exc:
-            raise SandboxFileError(f"{path} could not be read: {explain(exc)}") from exc
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         with tarfile.open(fileobj=io.BytesIO(bytes(body))) as archive:
             member = next((m for m in archive.getmembers() if m.isreg()), None)
             handle = archive.extractfile(member) if member is not None else None
@@ -640,13 +634,11 @@ class ContainerManager(Sandboxes):
         aiodocker's own query reads an error's JSON body, which a HEAD answer never has.
         """
         docker = self.docker
-        try:
+        with reported_as_unavailable():
             await docker._check_version()  # noqa: SLF001
             url = docker._canonicalize_url(f"containers/{name}/archive", versioned_api=True)  # noqa: SLF001
             async with docker.session.head(url, params={"path": path}) as response:
                 status, header = response.status, response.headers.get("X-Docker-Container-Path-Stat", "")
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
         if status == 404:
             raise SandboxFileError(f"{path} does not exist in the sandbox.")
         if status >= 400 or not header:
@@ -663,12 +655,8 @@ class ContainerManager(Sandboxes):
             member.size, member.mode, member.mtime = len(data), 0o644, int(time.time())
             tar.addfile(member, io.BytesIO(data))
         name = await self._ensure(user, session, allow_recreate=False)
-        try:
+        with reported_as_unavailable(refused=f"{path} could not be written"):
             await self.docker.containers.container(name).put_archive(folder, buffer.getvalue())
-        except aiodocker.DockerError as exc:
-            raise SandboxFileError(f"{path} could not be written: {explain(exc)}") from exc
-        except DOCKER_ERRORS as exc:
-            raise SandboxUnavailable(f"Docker request failed: {explain(exc)}") from exc
 
 
 def _name(row: dict[str, Any]) -> str:
