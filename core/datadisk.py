@@ -16,24 +16,16 @@ import fcntl
 import logging
 import os
 import struct
-import subprocess
 import threading
 from pathlib import Path
+
+from .hostmount import mounts, run
 
 log = logging.getLogger(__name__)
 
 
 def image_for(folder: Path) -> Path:
     return folder.with_name(folder.name + ".disk")
-
-
-def _run(*command: str) -> str | None:
-    """None on success, else the command's complaint in one line."""
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
-    if done.returncode == 0:
-        return None
-    return (done.stderr or done.stdout).strip().splitlines()[-1][:200] if (done.stderr or done.stdout) else \
-        f"{command[0]} failed ({done.returncode})"
 
 
 # The loop-device calls `mount -o loop` makes, made directly: mount(8) looks through every loop
@@ -92,7 +84,7 @@ def _template(root: Path, size: int) -> Path:
             with open(part, "wb") as handle:
                 handle.truncate(size)  # sparse: costs the host only what is written
             # One inode per 4 KB: a folder of many small files fills its bytes before its inodes.
-            problem = _run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-i", "4096",
+            problem = run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-i", "4096",
                            "-E", "nodiscard,lazy_itable_init=1,root_owner=0:0", str(part))
             if problem:
                 part.unlink(missing_ok=True)
@@ -158,15 +150,15 @@ def _move_into_image(folder: Path, image: Path) -> str | None:
     except OSError as exc:
         return f"could not mount the disk image for /data: {exc}"
     try:
-        problem = _run("cp", "-a", f"{folder}/.", str(staging))
+        problem = run("cp", "-a", f"{folder}/.", str(staging))
     finally:
-        _run("umount", str(staging))
+        run("umount", str(staging))
         staging.rmdir()
     if problem:
         return f"the files in /data do not fit its size, so it was left without one: {problem}"
     for entry in folder.iterdir():
         if entry.is_dir() and not entry.is_symlink():
-            _run("rm", "-rf", "--one-file-system", str(entry))
+            run("rm", "-rf", "--one-file-system", str(entry))
         else:
             entry.unlink()
     return None
@@ -183,7 +175,7 @@ def used_bytes(folder: Path) -> int | None:
 def destroy(folder: Path) -> None:
     """Unmount and delete the image; the caller removes the folder."""
     if os.path.ismount(folder):
-        problem = _run("umount", str(folder))
+        problem = run("umount", str(folder))
         if problem:
             log.warning("could not unmount %s: %s", folder, problem)
             return
@@ -195,8 +187,7 @@ def unmount_under(root: Path) -> None:
     if not root.exists():
         return
     prefix = str(root.resolve()) + "/"
-    for line in Path("/proc/self/mounts").read_text().splitlines():
-        point = line.split()[1].encode().decode("unicode_escape")
+    for point, _options in mounts():
         if point.startswith(prefix):
-            _run("umount", "-l", point)
+            run("umount", "-l", point)
 

@@ -18,22 +18,37 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
-def mount_flags(path: Path) -> set[str] | None:
-    """The options of the mount that holds `path` (the longest mount point above it), or None."""
+def mounts() -> list[tuple[str, set[str]]]:
+    """Every mount point of this process with its options, from /proc/self/mounts."""
     try:
         lines = Path("/proc/self/mounts").read_text().splitlines()
     except OSError:
-        return None
-    best: tuple[int, set[str]] | None = None
-    target = str(path.resolve())
+        return []
+    table = []
     for line in lines:
         fields = line.split()
-        if len(fields) < 4:
-            continue
-        point = fields[1].encode().decode("unicode_escape")  # spaces come as \040
+        if len(fields) >= 4:
+            table.append((fields[1].encode().decode("unicode_escape"), set(fields[3].split(","))))  # \040: space
+    return table
+
+
+def run(*command: str) -> str | None:
+    """Run a mount-type command: None on success, else its complaint in one line."""
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    said = (done.stderr or done.stdout).strip()
+    return said.splitlines()[-1][:200] if said else f"{command[0]} failed ({done.returncode})"
+
+
+def mount_flags(path: Path) -> set[str] | None:
+    """The options of the mount that holds `path` (the longest mount point above it), or None."""
+    best: tuple[int, set[str]] | None = None
+    target = str(path.resolve())
+    for point, options in mounts():
         if target == point or target.startswith(point.rstrip("/") + "/"):
             if best is None or len(point) >= best[0]:
-                best = (len(point), set(fields[3].split(",")))
+                best = (len(point), options)
     return best[1] if best else None
 
 
@@ -48,8 +63,8 @@ def ensure_nosuid(path: Path) -> str | None:
     target = str(path)
     for command in (["mount", "--bind", target, target],
                     ["mount", "-o", "remount,bind,nosuid,nodev", target]):
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            return f"could not make {path} a nosuid,nodev mount ({done.stderr.strip()[:200]}): see README, Security"
+        problem = run(*command)
+        if problem:
+            return f"could not make {path} a nosuid,nodev mount ({problem}): see README, Security"
     log.info("mounted %s onto itself with nosuid,nodev", path)
     return None
