@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.bench_engine import IMAGE, cleanup, settings_for  # noqa: E402
+from bench.bench_engine import IMAGE, cleanup, settings_for, summary  # noqa: E402
 from bot.discord_bot import create_bot  # noqa: E402,F401 - the bot's modules count in the process's memory
 from core.datadisk import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
@@ -159,10 +159,7 @@ async def main() -> int:
         await bench_load(Path(tmp), args.sessions, reps)
         await bench_cold(Path(tmp), args.sessions)
         unmount_under(Path(tmp))
-    print("\nsummary")
-    for name, ratio, target, ok in RESULTS:
-        print(f"  {name:26s} {ratio:7.3f}  target {target:9s} {'OK' if ok else 'MISSED'}")
-    return 0 if all(ok for *_, ok in RESULTS) else 1
+    return summary(RESULTS)
 
 
 if __name__ == "__main__":
