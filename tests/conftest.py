@@ -83,7 +83,7 @@ def settings(tmp_path: Path, fake_ollama: FakeOllama) -> Settings:
 
 def remove_containers(client: docker.DockerClient, prefix: str) -> None:
     """A test deployment's sandboxes and its network (Docker has only a few dozen address pools)."""
-    for container in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}):
+    for container in client.containers.list(all=True, filters={"label": f"llmbot.app={prefix}"}, sparse=True):
         try:
             container.remove(force=True)
         except docker.errors.NotFound:
