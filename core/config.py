@@ -108,6 +108,7 @@ class Settings:
     database_url: str = "sqlite:///data/chat.db"
     history_window: int = 40
     max_tool_rounds: int = 8
+    max_tool_calls_per_round: int = 8  # calls run per model message; the rest are answered "not run"
     # Sandbox containers
     vm_image: str = "python:3.11-slim"
     vm_network: bool = True
@@ -186,6 +187,7 @@ class Settings:
         take("DATABASE_URL", "database_url", lambda n, r: _check_url(n, r, ("sqlite", "postgresql", "postgres", "mysql")))
         take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
         take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))
+        take("MAX_TOOL_CALLS_PER_ROUND", "max_tool_calls_per_round", lambda n, r: _parse_int(n, r, 1))
         take("VM_IMAGE", "vm_image", text)
         take("VM_NETWORK", "vm_network", _parse_bool)
         take("VM_MEMORY", "vm_memory", _parse_size)

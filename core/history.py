@@ -37,6 +37,9 @@ T = TypeVar("T")
 SERVER_DB_THREADS = 4  # PostgreSQL and MySQL take concurrent writers
 
 
+INTERRUPTED_RESULT = "interrupted: the assistant was restarted before this command finished"
+
+
 def _now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)
 
@@ -208,27 +211,58 @@ class History:
                 self.add_message(session_id, **row)
 
     def window(self, session_id: int, limit: int) -> list[dict[str, Any]]:
-        """The last `limit` complete messages, in Ollama's shape, oldest first.
+        """About the last `limit` complete messages, in Ollama's shape, oldest first: always a valid request.
 
-        The window never opens on a tool result whose call fell outside it, and
-        prefers to open on a user message, so every request is well formed.
+        It always holds the latest user message: when the current turn alone is longer than
+        `limit` (a model calling many tools), whole tool rounds are left out from the middle,
+        never the user's message nor the latest round. It never opens on a tool result whose
+        call fell outside it, prefers to open on a user message, and gives any call that has
+        no result (a crash in between) an "interrupted" result.
         """
-        rows = list(Message.select(Message.role, Message.content, Message.tool_calls, Message.tool_name)
-                    .where((Message.session == session_id) & (Message.complete == True))  # noqa: E712
-                    .order_by(Message.id.desc()).limit(limit).tuples())
+        complete = (Message.session == session_id) & (Message.complete == True)  # noqa: E712
+        columns = (Message.id, Message.role, Message.content, Message.tool_calls, Message.tool_name)
+        rows = list(Message.select(*columns).where(complete).order_by(Message.id.desc()).limit(limit).tuples())
         rows.reverse()
-        start = next((i for i, r in enumerate(rows) if r[0] == "user"), None)
-        if start is None:
-            start = next((i for i, r in enumerate(rows) if r[0] != "tool"), len(rows))
-        out = []
-        for role, content, tool_calls, tool_name in rows[start:]:
+        last_user = (Message.select(fn.MAX(Message.id)).where(complete & (Message.role == "user")).scalar())
+        if last_user is not None and rows and rows[0][0] > last_user:
+            turn = list(Message.select(*columns).where(complete & (Message.id >= last_user))
+                        .order_by(Message.id).tuples())
+            rows = _fit_turn(turn, limit)
+        else:
+            start = next((i for i, r in enumerate(rows) if r[1] == "user"), None)
+            if start is None:
+                start = next((i for i, r in enumerate(rows) if r[1] != "tool"), len(rows))
+            rows = rows[start:]
+        out: list[dict[str, Any]] = []
+        for _id, role, content, tool_calls, tool_name in rows:
             message: dict[str, Any] = {"role": role, "content": content or ""}
             if tool_calls:
                 message["tool_calls"] = json.loads(tool_calls)
             if tool_name:
                 message["tool_name"] = tool_name
             out.append(message)
-        return out
+        return _with_results(out)
+
+    def repair_interrupted(self, session_id: int) -> int:
+        """Store the missing results of a tool round a crash cut short; the number added.
+
+        Only the session's last round can be cut short (results are written before anything
+        else happens in a session), so the rows are appended right where they belong.
+        """
+        with self._write():
+            call_row = (Message.select().where((Message.session == session_id) & Message.tool_calls.is_null(False))
+                        .order_by(Message.id.desc()).first())
+            if call_row is None:
+                return 0
+            after = list(Message.select(Message.role, Message.complete)
+                         .where((Message.session == session_id) & (Message.id > call_row.id)).tuples())
+            if any(role != "tool" and complete for role, complete in after):
+                return 0  # the round was followed by more conversation: only the window repairs it
+            calls = json.loads(call_row.tool_calls)
+            answered = sum(1 for role, _ in after if role == "tool")
+            for call in calls[answered:]:
+                self.add_message(session_id, "tool", INTERRUPTED_RESULT, tool_name=_call_name(call))
+            return max(len(calls) - answered, 0)
 
     # -- audit and retention ---------------------------------------------
     def add_audit(self, user: str, session: str, command: str, *, exit_code: int | None, duration: float,
@@ -259,3 +293,59 @@ class History:
     def messages(self, session_id: int) -> list[Message]:
         """Every stored row of a session, oldest first (for tests and export)."""
         return list(Message.select().where(Message.session == session_id).order_by(Message.id))
+
+
+Row = tuple[int, str, str, "str | None", "str | None"]
+
+
+def _fit_turn(turn: list[Row], limit: int) -> list[Row]:
+    """The current turn (its user message first) in about `limit` rows: the user message, then the
+    latest whole tool rounds that fit, the very latest always, even when it alone is longer."""
+    head, rounds = turn[:1], []
+    for row in turn[1:]:
+        if row[1] != "tool" or not rounds:
+            rounds.append([row])
+        else:
+            rounds[-1].append(row)
+    kept: list[list[Row]] = []
+    budget = limit - len(head)
+    for unit in reversed(rounds):
+        if kept and len(unit) > budget:
+            break
+        kept.append(unit)
+        budget -= len(unit)
+    return head + [row for unit in reversed(kept) for row in unit]
+
+
+def _call_name(call: Any) -> str | None:
+    function = call.get("function") if isinstance(call, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def _with_results(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every tool call followed by exactly one result, and no result without a call: what a crash
+    left half-done gets "interrupted" results, stray results are left out."""
+    out: list[dict[str, Any]] = []
+    pending: list[Any] = []
+
+    def close_round() -> None:
+        for call in pending:
+            message = {"role": "tool", "content": INTERRUPTED_RESULT}
+            name = _call_name(call)
+            if name:
+                message["tool_name"] = name
+            out.append(message)
+        pending.clear()
+
+    for message in messages:
+        if message["role"] == "tool":
+            if pending:
+                pending.pop(0)
+                out.append(message)
+            continue
+        close_round()
+        out.append(message)
+        pending.extend(message.get("tool_calls") or [])
+    close_round()
+    return out

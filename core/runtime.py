@@ -14,6 +14,7 @@ from .config import Settings
 from .containers import ContainerManager
 from .errors import EngineError
 from .history import History
+from .model_client import ModelClient
 from .registry import Key, SessionRegistry
 from .terminal import Terminal
 from .tool_loop import TurnRunner
@@ -52,7 +53,7 @@ class Runtime:
             # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
             timeout = httpx.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
                                     write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
-            self._ollama = (loop, ollama.AsyncClient(host=s.ollama_host, timeout=timeout))
+            self._ollama = (loop, ModelClient(host=s.ollama_host, timeout=timeout))
         return self._ollama[1]
 
     def start_background(self) -> None:

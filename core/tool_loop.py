@@ -19,7 +19,7 @@ from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailab
 from .events import Done, Replaced, TextDelta, ThinkingDelta, ToolFinished, ToolQueued, ToolStarted
 from .prompt import system_prompt
 from .registry import Generation, Phase
-from .tools import ToolArgumentError, parse_call, tool_schemas
+from .tools import ModelCall, ToolArgumentError, parse_call, tool_schemas
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CANCELLED_RESULT = "cancelled: the user sent a new message before this command finished, so it was stopped."
 NOT_RUN_RESULT = "not run: the user sent a new message first."
+NOT_RUN_AFTER_ERROR = "not run: the command before it could not be run."
+OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the results above, then send "
+                   "the remaining commands in your next message if they are still needed.")
+UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
 ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a final answer.)"
 
 
@@ -50,6 +54,10 @@ class TurnRunner:
         try:
             if gen.previous is not None and gen.previous.task is not None:
                 await asyncio.gather(gen.previous.task, return_exceptions=True)
+            repaired = await self.rt.history.run(self.rt.history.repair_interrupted, session_id)
+            if repaired:
+                log.info("session %s/%s: %d tool calls had no result (a crash?); stored as interrupted",
+                         user, session, repaired)
             await self._store(session_id, "user", text)
             await self._loop(gen, session_id, user, session)
             emit(TurnEnd())
@@ -80,15 +88,13 @@ class TurnRunner:
                 await self._store(session_id, "assistant", content)
                 gen.queue.put_nowait(Done(content))
                 return
-            stored_calls = [{"function": {"name": c.function.name, "arguments": dict(c.function.arguments or {})}}
-                            for c in calls]
-            await self._store(session_id, "assistant", content, tool_calls=stored_calls)
+            await self._store(session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
-            await self._run_tools(gen, session_id, user, session, stored_calls)
+            await self._run_tools(gen, session_id, user, session, calls)
             rounds += 1
 
     async def _stream(self, gen: Generation, session_id: int, messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None) -> tuple[str, list[Any]]:
+                      tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
         """The model's whole answer for one request, streamed to the queue as it comes."""
         settings = self.rt.settings
         kwargs: dict[str, Any] = {"model": self.rt.model, "messages": messages, "stream": True}
@@ -101,7 +107,7 @@ class TurnRunner:
         if settings.ollama_keep_alive:
             kwargs["keep_alive"] = settings.ollama_keep_alive
         parts: list[str] = []
-        calls: list[Any] = []
+        calls: list[ModelCall] = []
         try:
             stream = await self.rt.ollama().chat(**kwargs)
             async for chunk in stream:
@@ -112,7 +118,9 @@ class TurnRunner:
                     parts.append(message.content)
                     gen.queue.put_nowait(TextDelta(message.content))
                 if message.tool_calls:
-                    calls.extend(message.tool_calls)
+                    malformed = getattr(chunk, "malformed", {})
+                    calls.extend(ModelCall(c.function.name, dict(c.function.arguments or {}), malformed.get(i))
+                                 for i, c in enumerate(message.tool_calls))
         except ollama.ResponseError as exc:
             await self._keep_partial(session_id, parts)
             raise self._model_error(exc) from exc
@@ -129,6 +137,10 @@ class TurnRunner:
             raise OllamaUnavailable(
                 f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) or set OLLAMA_HOST."
             ) from exc
+        except ValueError as exc:  # a line that is not JSON, or a chunk that is not a chat message
+            await self._keep_partial(session_id, parts)
+            log.warning("ollama at %s sent an unreadable chunk: %s", settings.ollama_host, str(exc)[:500])
+            raise ModelError(UNREADABLE) from exc
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
@@ -148,39 +160,55 @@ class TurnRunner:
             await self._store(session_id, "assistant", "".join(parts), complete=False)
 
     async def _run_tools(self, gen: Generation, session_id: int, user: str, session: str,
-                         calls: list[dict[str, Any]]) -> None:
-        for index, call in enumerate(calls):
-            name, arguments = call["function"]["name"], call["function"]["arguments"]
-            gen.queue.put_nowait(ToolStarted(name, arguments if isinstance(arguments, dict) else {}))
+                         calls: list[ModelCall]) -> None:
+        """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order. Every call gets exactly one
+        result row, whatever happens, so the history stays a valid request."""
+        cap = self.rt.settings.max_tool_calls_per_round
+        for index, call in enumerate(calls[:cap]):
+            gen.queue.put_nowait(ToolStarted(call.name, call.arguments))
             try:
-                parsed = parse_call(name, arguments)
+                if call.problem:
+                    raise ToolArgumentError(call.problem)
+                parsed = parse_call(call.name, call.arguments)
             except ToolArgumentError as exc:
-                await self._store(session_id, "tool", str(exc), tool_name=name)
-                gen.queue.put_nowait(ToolFinished(name, str(exc), error=True))
+                await self._store(session_id, "tool", str(exc), tool_name=call.name)
+                gen.queue.put_nowait(ToolFinished(call.name, str(exc), error=True))
                 continue
             began = asyncio.get_running_loop().time()
             try:
                 result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout,
                                                         on_queued=lambda n: gen.queue.put_nowait(ToolQueued(n)))
             except asyncio.CancelledError:
-                rows = [{"role": "tool", "content": CANCELLED_RESULT, "tool_name": name}]
-                rows += [{"role": "tool", "content": NOT_RUN_RESULT, "tool_name": c["function"]["name"]}
-                         for c in calls[index + 1:]]
+                rows = self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT)
                 await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
                 await asyncio.shield(self._audit(user, session, parsed.command, None, began, cancelled=True))
                 raise
             except EngineError as exc:
                 await self._audit(user, session, parsed.command, None, began)
-                # Keep the history valid (every call has a result), then tell the caller.
-                await self._store(session_id, "tool", f"error: {exc}", tool_name=name)
-                for c in calls[index + 1:]:
-                    await self._store(session_id, "tool", NOT_RUN_RESULT, tool_name=c["function"]["name"])
-                gen.queue.put_nowait(ToolFinished(name, str(exc), error=True))
+                rows = self._unrun(calls, index, f"error: {exc}", NOT_RUN_AFTER_ERROR)
+                await self.rt.history.run(self.rt.history.add_messages, session_id, rows)
+                gen.queue.put_nowait(ToolFinished(call.name, str(exc), error=True))
                 raise
             await self._audit(user, session, parsed.command, result, began)
             output = result.for_model()
-            await self._store(session_id, "tool", output, tool_name=name)
-            gen.queue.put_nowait(ToolFinished(name, output, result.exit_code, result.timed_out))
+            await self._store(session_id, "tool", output, tool_name=call.name)
+            gen.queue.put_nowait(ToolFinished(call.name, output, result.exit_code, result.timed_out))
+        if len(calls) > cap:
+            log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
+                     len(calls), len(calls) - cap)
+            await self.rt.history.run(self.rt.history.add_messages, session_id, self._unrun(calls, cap - 1, None, ""))
+
+    def _unrun(self, calls: list[ModelCall], stopped: int, stopped_result: str | None,
+               rest_result: str) -> list[dict[str, Any]]:
+        """Result rows for call `stopped` (when given) and every call after it."""
+        cap = self.rt.settings.max_tool_calls_per_round
+        rows = []
+        if stopped_result is not None:
+            rows.append({"role": "tool", "content": stopped_result, "tool_name": calls[stopped].name})
+        for index in range(stopped + 1, len(calls)):
+            content = rest_result if index < cap else OVER_CAP_RESULT.format(cap=cap)
+            rows.append({"role": "tool", "content": content, "tool_name": calls[index].name})
+        return rows
 
     async def _audit(self, user: str, session: str, command: str, result: "CommandResult | None", began: float,
                      *, cancelled: bool = False) -> None:

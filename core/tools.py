@@ -1,7 +1,6 @@
 """The tools the model may call: their schema and the checks on what it sends."""
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +36,19 @@ def tool_schemas(settings: Settings) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
+class ModelCall:
+    """One tool call as the model sent it; `problem` says why it cannot run when its shape was wrong."""
+
+    name: str
+    arguments: dict[str, Any]
+    problem: str | None = None
+
+    def stored(self) -> dict[str, Any]:
+        """Ollama's request shape (arguments always an object, so the next request stays valid)."""
+        return {"function": {"name": self.name, "arguments": self.arguments}}
+
+
+@dataclass(frozen=True)
 class TerminalCall:
     command: str
     timeout: int | None
@@ -46,15 +58,13 @@ class ToolArgumentError(ValueError):
     """The model's call cannot run; the message goes back to the model as the tool result."""
 
 
-def parse_call(name: str, arguments: Any) -> TerminalCall:
-    """Check one tool call; raise ToolArgumentError with a message the model can act on."""
+def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall:
+    """Check one tool call; raise ToolArgumentError with a message the model can act on.
+
+    Arguments that were not an object never get here: core/model_client.py decodes JSON strings
+    and turns anything else into a ModelCall.problem."""
     if name != EXECUTE_TERMINAL:
         raise ToolArgumentError(f"error: unknown tool {name!r}. The only tool is {EXECUTE_TERMINAL}(command, timeout?).")
-    if isinstance(arguments, str):  # some models send the arguments as a JSON string
-        try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
-        except json.JSONDecodeError:
-            raise ToolArgumentError("error: the arguments are not valid JSON; send {\"command\": \"...\"}.") from None
     if not isinstance(arguments, dict):
         raise ToolArgumentError("error: the arguments must be an object like {\"command\": \"ls -la\"}.")
     command = arguments.get("command")

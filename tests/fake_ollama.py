@@ -39,6 +39,7 @@ class Response:
     status: int = 200
     error: str | None = None  # with status != 200: an HTTP error; with 200: an error line in the stream
     ending: str = "done"  # "done", "error", "cut", "hang"
+    raw: list[str] = field(default_factory=list)  # lines sent verbatim after the content (malformed output)
 
 
 Script = Union[Response, Callable[[dict[str, Any]], Response]]
@@ -66,6 +67,54 @@ def cut(after_text: str) -> Response:
 
 def hang(after_text: str = "") -> Response:
     return Response(content=after_text, ending="hang")
+
+
+def raw_lines(*lines: str, content: str = "") -> Response:
+    """Content, then exactly these NDJSON lines (whatever they hold), then the usual done line."""
+    return Response(content=content, raw=list(lines))
+
+
+def chunk_line(message: Any, **extra: Any) -> str:
+    """One streamed line with this `message` value, however malformed."""
+    return json.dumps({"model": "qwen3:8b", "created_at": _now(), "message": message, "done": False, **extra})
+
+
+def request_problems(body: dict[str, Any]) -> list[str]:
+    """Why a real server or model would reject or misread this /api/chat request; [] when valid.
+
+    The rules real chat templates rely on: the system prompt first, every assistant tool call
+    followed by exactly one tool result (before anything else), no result without a call,
+    arguments that are JSON objects, and at least one user message.
+    """
+    problems: list[str] = []
+    messages = body.get("messages") or []
+    if not messages or messages[0].get("role") != "system":
+        problems.append("the request does not open with the system prompt")
+    if not any(m.get("role") == "user" for m in messages):
+        problems.append("no user message")
+    pending = 0
+    for i, m in enumerate(messages):
+        role = m.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            problems.append(f"message {i}: unknown role {role!r}")
+        if not isinstance(m.get("content", ""), str):
+            problems.append(f"message {i}: content is not a string")
+        if role == "tool":
+            if pending == 0:
+                problems.append(f"message {i}: a tool result without a call")
+            else:
+                pending -= 1
+            continue
+        if pending:
+            problems.append(f"message {i}: {pending} tool call(s) before it have no result")
+            pending = 0
+        for call in m.get("tool_calls") or []:
+            if not isinstance(call.get("function", {}).get("arguments"), dict):
+                problems.append(f"message {i}: tool call arguments are not an object")
+            pending += 1
+    if pending:
+        problems.append(f"the last {pending} tool call(s) have no result")
+    return problems
 
 
 def command_agent(body: dict[str, Any]) -> Response:
@@ -227,6 +276,8 @@ class FakeOllama:
             await send(self._chunk(model, {"role": "assistant", "content": piece}))
         if answer.calls:
             await send(self._chunk(model, {"role": "assistant", "content": "", "tool_calls": self._calls(answer)}))
+        for line in answer.raw:
+            await response.write((line + "\n").encode())
         if answer.ending == "error":
             await response.write((json.dumps({"error": answer.error}) + "\n").encode())
         elif answer.ending == "cut":
