@@ -139,6 +139,7 @@ class History:
             db.create_tables(MODELS, safe=True)
         threads = 1 if url.startswith("sqlite") else SERVER_DB_THREADS
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="history")
+        self._closed = False
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Call one of this store's methods on its own threads, without blocking the event loop."""
@@ -153,7 +154,11 @@ class History:
         return self.db.atomic()
 
     def close(self) -> None:
-        """Finish queued work, then close the pool's connection (peewee's are per thread) and the caller's."""
+        """Finish queued work, then close the pool's connection (peewee's are per thread) and the caller's.
+        Closing twice is harmless."""
+        if self._closed:
+            return
+        self._closed = True
         self._executor.submit(self._close_connection).result()
         self._executor.shutdown(wait=True)
         self._close_connection()

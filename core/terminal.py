@@ -141,6 +141,9 @@ class Terminal:
         self.sandboxes = sandboxes
         self.settings = sandboxes.settings
         self.gate = CommandGate(self.settings.max_running_commands)
+        # Commands whose contact with Docker broke before they could be killed: sandbox name -> start
+        # time. They are killed before the sandbox's next command, once Docker answers again.
+        self._unkilled: dict[str, int] = {}
 
     async def execute(self, user: str, session: str, command: str, timeout: int | None = None, *,
                       on_queued: Callable[[int], None] | None = None) -> CommandResult:
@@ -152,6 +155,8 @@ class Terminal:
         async with self.sandboxes.in_use(user, session):
             async with self.gate.slot(on_queued):
                 name = self.sandboxes.name(user, session)
+                if name in self._unkilled:
+                    await self._kill(user, session, self._unkilled.pop(name))
                 before = self.sandboxes.eviction_message(name)  # it went over after its last command
                 result = await self._run(user, session, command, limit)
                 during = self.sandboxes.eviction_message(name)
@@ -194,6 +199,11 @@ class Terminal:
             if runner is not None:
                 await asyncio.shield(self._stop(user, session, runner, marker))
             raise
+        except SandboxUnavailable:
+            # The output stream broke (Docker went away): the command may still run in the sandbox.
+            if marker.start is not None and not await self._kill(user, session, marker.start):
+                self._unkilled[self.sandboxes.name(user, session)] = marker.start
+            raise
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
                              timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total)
 
@@ -213,13 +223,7 @@ class Terminal:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
         else:
-            try:
-                await asyncio.wait_for(
-                    self.sandboxes.exec(user, session, ["sh", "-c", KILL, "sh", str(start)], _discard,
-                                        recreate=False),
-                    timeout=GRACE_SECONDS * 2)
-            except (EngineError, asyncio.TimeoutError) as exc:
-                log.warning("could not kill a command of %s/%s: %s", user, session, exc)
+            await self._kill(user, session, start)
         if runner.done():
             return None if runner.cancelled() or runner.exception() else runner.result()
         try:
@@ -229,6 +233,18 @@ class Terminal:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             return None
+
+
+    async def _kill(self, user: str, session: str, start: int) -> bool:
+        """Stop, then kill, every process started in the sandbox since `start`; False if it could not."""
+        try:
+            await asyncio.wait_for(
+                self.sandboxes.exec(user, session, ["sh", "-c", KILL, "sh", str(start)], _discard, recreate=False),
+                timeout=GRACE_SECONDS * 2)
+            return True
+        except (EngineError, asyncio.TimeoutError) as exc:
+            log.warning("could not kill a command of %s/%s: %s", user, session, exc)
+            return False
 
 
 class _Marker:

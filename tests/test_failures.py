@@ -10,8 +10,10 @@ import pytest
 from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUnavailable
 from core.containers import ContainerManager
 from core.terminal import Terminal
-from tests.conftest import closed_port, make_settings, remove_containers
-from tests.fake_ollama import FakeOllama, cut, error, hang, stream_error, text, tool_calls
+from core.events import ToolFinished, ToolStarted
+from tests.conftest import closed_port, make_settings, open_runtime, remove_containers
+from tests.fake_ollama import FakeOllama, cut, error, hang, request_problems, stream_error, text, tool_calls
+from tests.socket_proxy import SocketProxy
 
 pytestmark = pytest.mark.asyncio
 
@@ -144,3 +146,62 @@ async def test_unexpected_errors_never_leak_a_traceback(runtime: Runtime, fake_o
         with pytest.raises(EngineError) as info:
             await reply(chat, "hi")
     assert "internal detail" not in str(info.value) and "log" in str(info.value)
+
+
+async def test_lost_contact_with_docker_during_a_command(tmp_path: Path, fake_ollama: FakeOllama,
+                                                         docker_client: docker.DockerClient,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    proxy = await SocketProxy().start()  # Docker reached through a connection the test can cut
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "sleep 30"})),
+                       tool_calls(("execute_terminal", {"command": "echo back"})), text("Docker is back."))
+    async with open_runtime(make_settings(tmp_path, fake_ollama.url), docker_client) as rt:
+        async with ChatSession(user="alice", session="lost", runtime=rt) as chat:
+            events: list[object] = []
+            started = asyncio.Event()
+
+            async def turn() -> None:
+                async for event in chat.events("wait a while"):
+                    events.append(event)
+                    if isinstance(event, ToolStarted):
+                        started.set()
+
+            task = asyncio.create_task(turn())
+            await asyncio.wait_for(started.wait(), 60)
+            await asyncio.sleep(1)  # sleep 30 is running in the sandbox
+            await proxy.cut()
+            with pytest.raises(SandboxUnavailable) as info:
+                await asyncio.wait_for(task, 20)
+            line = str(info.value)
+            assert line.startswith("Lost contact with Docker while the command ran") and "\n" not in line
+            assert [(e.output, e.error) for e in events if isinstance(e, ToolFinished)] == [(line, True)]
+            assert stored(rt, chat) == [("user", "wait a while", True), ("assistant", "", True),
+                                        ("tool", f"error: {line}", True)]
+
+            await proxy.restore()
+            assert await reply(chat, "is it back?") == "Docker is back."
+            assert request_problems(fake_ollama.requests[1]) == []
+            # The command that lost its connection was killed before the next one ran.
+            container = docker_client.containers.get(rt.containers.name("alice", "lost"))
+            assert b"sleep 30" not in container.exec_run("ps").output
+    await proxy.cut()
+
+
+async def test_a_new_upload_dir_is_what_the_sandbox_sees(tmp_path: Path, fake_ollama: FakeOllama,
+                                                         docker_client: docker.DockerClient) -> None:
+    first = make_settings(tmp_path, fake_ollama.url, upload_dir=str(tmp_path / "old"))
+    async with open_runtime(first, docker_client) as rt:
+        async with ChatSession(user="alice", session="moved", runtime=rt) as chat:
+            await chat.save_upload("old.txt", b"old")
+            assert (await rt.terminal.execute("alice", "moved", "ls /data")).stdout == "old.txt\n"
+        # A restart with another UPLOAD_DIR (the containers stay; open_runtime removes them only at the end)
+        await rt.close()
+        moved = first.replace(upload_dir=str(tmp_path / "new"))
+        rt2 = Runtime(moved)
+        try:
+            async with ChatSession(user="alice", session="moved", runtime=rt2) as chat:
+                assert await chat.save_upload("report.csv", b"a,b\n") == "/data/report.csv"
+                result = await rt2.terminal.execute("alice", "moved", "ls /data; cat /data/report.csv")
+                assert result.stdout == "report.csv\na,b\n"
+        finally:
+            await rt2.close()
