@@ -586,7 +586,7 @@ class ContainerManager(Sandboxes):
             except DOCKER_ERRORS as exc:
                 if attempt == 2 or not _is_gone(exc):
                     raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
-                log.warning("sandbox %s is gone (%s); recreating", name, explain(exc))
+                log.warning("sandbox %s cannot run commands (%s); starting it again", name, explain(exc))
                 self._up.discard(name)
         raise AssertionError("unreachable")
 

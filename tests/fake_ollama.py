@@ -172,9 +172,14 @@ class FakeOllama:
             return len(self._queue)
 
     def release(self) -> None:
-        """Let every hanging stream finish."""
+        """Let every hanging stream finish (streams scripted to hang later hang again)."""
         if self._loop is not None and self._release is not None:
-            self._loop.call_soon_threadsafe(self._release.set)
+            self._loop.call_soon_threadsafe(self._rotate_release)
+
+    def _rotate_release(self) -> None:
+        assert self._release is not None
+        self._release.set()
+        self._release = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> "FakeOllama":
@@ -286,7 +291,8 @@ class FakeOllama:
             return response
         elif answer.ending == "hang":
             assert self._release is not None
-            await self._release.wait()
+            release = self._release
+            await release.wait()
             await response.write((json.dumps(self._final(model, answer)) + "\n").encode())
         else:
             await response.write((json.dumps(self._final(model, answer)) + "\n").encode())

@@ -6,12 +6,8 @@ SQLite) and checks what the next request the server received looks like.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
-import pickle
 import signal
-import sys
 from pathlib import Path
 
 import docker
@@ -22,11 +18,11 @@ from core import ChatSession, ModelError, Runtime
 from core.events import ToolFinished, ToolStarted
 from core.history import INTERRUPTED_RESULT, History
 from core.tool_loop import OVER_CAP_RESULT, UNREADABLE
+from tests import crash_child
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, chunk_line, raw_lines, request_problems, text, tool_calls
 
 pytestmark = pytest.mark.asyncio
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def rows(rt: Runtime, chat: ChatSession) -> list[tuple[str, str, bool]]:
@@ -88,40 +84,23 @@ async def test_a_turn_longer_than_the_window_keeps_the_user_message_and_whole_ro
 
 
 # -- item 3: what a crash leaves half-done ----------------------------------------------------
-CHILD = """
-import asyncio, base64, os, pickle
-from core import ChatSession, Runtime
-from core.events import ToolStarted
-
-async def main():
-    rt = Runtime(pickle.loads(base64.b64decode(os.environ["TEST_SETTINGS"])))
-    async with ChatSession(user="alice", session="crash", runtime=rt) as chat:
-        async for event in chat.events("run both"):
-            if isinstance(event, ToolStarted) and "sleep" in event.command:
-                print("running", flush=True)
-
-asyncio.run(main())
-"""
-
-
 async def test_a_bot_killed_mid_command_leaves_a_valid_history(
         tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
     settings = make_settings(tmp_path, fake_ollama.url)
     fake_ollama.script(tool_calls(("execute_terminal", {"command": "echo first"}),
                                   ("execute_terminal", {"command": "sleep 60"})),
                        text("Back again."), text("And again."))
-    env = {**os.environ, "TEST_SETTINGS": base64.b64encode(pickle.dumps(settings)).decode(), "PYTHONPATH": str(ROOT)}
-    child = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, cwd=ROOT, env=env,
-                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    child = crash_child.spawn(settings, "alice", "crash", "run both")
     try:
-        line = await asyncio.wait_for(child.stdout.readline(), 60)
-        assert line == b"running\n", (line, await child.stderr.read())
+        line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
+        assert line == b"running\n", (line, child.stderr.read())
         await asyncio.sleep(1)  # the command is under way in the sandbox
         child.send_signal(signal.SIGKILL)
-        assert await child.wait() == -signal.SIGKILL
+        assert await asyncio.to_thread(child.wait) == -signal.SIGKILL
     finally:
         if child.returncode is None:
             child.kill()
+            child.wait()
 
     # A new process on the same database and the same Docker engine.
     async with open_runtime(settings, docker_client) as rt:
