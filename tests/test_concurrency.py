@@ -135,7 +135,7 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
         await wait_until(lambda: rt.terminal.gate.running == 1)
 
         await rt.containers.start("alice", "new")  # ...but it is busy: the idle one makes room
-        alive = {c.name for c in docker_client.containers.list(filters={"label": "llmbot.user=alice"})}
+        alive = {c.name for c in docker_client.containers.list(filters={"label": ["llmbot.user=alice", f"llmbot.app={settings.vm_name_prefix}"]})}
         assert alive == {names["busy"], names["new"]}
         assert docker_client.containers.get(rt.containers.name("bob", "other")).status == "running"
 
@@ -148,7 +148,7 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
                                       "have (2). Try again when one of them finishes.")
         assert (await long_command).stdout == "survived\n"
         await blocker
-        alive = {c.name for c in docker_client.containers.list(filters={"label": "llmbot.user=alice"})}
+        alive = {c.name for c in docker_client.containers.list(filters={"label": ["llmbot.user=alice", f"llmbot.app={settings.vm_name_prefix}"]})}
         assert alive == {names["busy"], names["new"]}
         # the files of a removed sandbox stay: coming back recreates it with its /data
         (rt.containers.upload_dir("alice", "idle") / "kept.txt").write_text("still here")
