@@ -88,7 +88,7 @@ async def turn(chat: ChatSession, message: str) -> Seen:
             elif isinstance(event, ToolFinished):
                 seen.tools.append(event)
     except EngineError as exc:
-        seen.error = str(exc)
+        seen.error = exc.user_message  # what the bot shows; the operator's detail goes to the log
     return seen
 
 

@@ -23,7 +23,7 @@ NO_MENTIONS = discord.AllowedMentions.none()
 @dataclass
 class _Tool:
     command: str
-    status: str = "running"  # queued, running, ok, failed, timeout, error
+    status: str = "running"  # queued, running, ok, failed, timeout, error, stopped
     exit_code: int | None = None
     ahead: int = 0  # while queued: commands before it
 
@@ -37,21 +37,37 @@ class _Tool:
             return f"-# ⏱️ {cmd} timed out"
         if self.status == "error":
             return f"-# ⚠️ {cmd} could not run"
+        if self.status == "stopped":
+            return f"-# ⏹️ {cmd} stopped"
         mark = "✅" if self.status == "ok" else "❌"
         return f"-# {mark} {cmd} → exit {self.exit_code}"
+
+
+@dataclass
+class _Notice:
+    """A line of its own: a notice or an error, never glued to the answer's text."""
+
+    text: str
+
+
+NO_ANSWER = "-# (no answer)"
 
 
 class ReplyStream:
     """Renders a reply into one or more messages, paced per channel."""
 
     def __init__(self, channel: Any, reply_to: discord.Message | None, pacer: ChannelPacer, *,
-                 show_thinking: bool = False, limit: int = LIMIT, min_interval: float = 1.0) -> None:
+                 show_thinking: bool = False, limit: int = LIMIT, min_interval: float = 1.0,
+                 view: discord.ui.View | None = None) -> None:
         self.channel = channel
         self.reply_to = reply_to
         self.pacer = pacer
         self.show_thinking = show_thinking
         self.limit = limit
-        self.parts: list[str | _Tool] = []
+        self.parts: list[str | _Tool | _Notice] = []
+        self.ignored = False  # the engine ignored the message (a reply was already streaming)
+        self.view = view  # controls shown on the first message while the reply runs (the Stop button)
+        self._view_shown = False
         self.thinking = ""
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
@@ -71,8 +87,7 @@ class ReplyStream:
 
     def add_line(self, line: str) -> None:
         """A line of its own (notices, errors)."""
-        self.parts.append(line)
-        self.parts.append("")
+        self.parts.append(_Notice(line))
         self._touch()
 
     def add_thinking(self, text: str) -> None:
@@ -101,23 +116,35 @@ class ReplyStream:
                 break
         self._touch()
 
+    def stop_tools(self) -> None:
+        """Commands still shown as running or queued were killed with the reply."""
+        for part in self.parts:
+            if isinstance(part, _Tool) and part.status in ("queued", "running"):
+                part.status = "stopped"
+        self._touch()
+
+    def finish(self) -> None:
+        """The model's answer is complete: an empty one still shows that it came."""
+        if not self.text.strip():
+            self.add_line(NO_ANSWER)
+
     @property
     def text(self) -> str:
         return "".join(p for p in self.parts if isinstance(p, str))
 
     def render(self) -> str:
-        lines: list[str] = []
-        if self.show_thinking and self.thinking and not self.text.strip():
-            lines.append(thinking_line(self.thinking))
-        body = ""
+        """Thinking (collapsed, when shown) above; text, tool lines and notices each on lines of their own."""
+        blocks: list[str] = []
+        if self.show_thinking and self.thinking.strip():
+            blocks.append(thinking_line(self.thinking))
         for part in self.parts:
             if isinstance(part, _Tool):
-                body = body.rstrip("\n") + ("\n" if body.strip() else "") + part.line() + "\n"
-            else:
-                body += part
-        if body.strip():
-            lines.append(body.strip("\n"))
-        return "\n".join(lines)
+                blocks.append(part.line())
+            elif isinstance(part, _Notice):
+                blocks.append(part.text)
+            elif part.strip():
+                blocks.append(part.strip("\n"))
+        return "\n".join(blocks)
 
     # -- showing it ---------------------------------------------------------
     def _touch(self) -> None:
@@ -146,8 +173,12 @@ class ReplyStream:
             await self.pacer.acquire(self.channel.id)
             try:
                 if index < len(self.messages):
+                    extra: dict[str, Any] = {}
+                    if index == 0 and self._closed and self._view_shown:
+                        extra["view"] = None  # the last edit of the first message also takes the button away
+                        self._view_shown = False
                     # discord.py 2 returns the edited message instead of updating the old object.
-                    edited = await self.messages[index].edit(content=chunk, allowed_mentions=NO_MENTIONS)
+                    edited = await self.messages[index].edit(content=chunk, allowed_mentions=NO_MENTIONS, **extra)
                     if isinstance(edited, discord.Message):
                         self.messages[index] = edited
                     self._shown[index] = chunk
@@ -159,12 +190,20 @@ class ReplyStream:
                 log.warning("could not update a reply in channel %s: %s", self.channel.id, exc)
 
     async def _send(self, content: str, *, first: bool) -> discord.Message:
+        extra: dict[str, Any] = {}
+        if first and self.view is not None and not self._closed:
+            extra["view"] = self.view
         if first and self.reply_to is not None:
             try:
-                return await self.reply_to.reply(content, allowed_mentions=NO_MENTIONS, mention_author=False)
+                message = await self.reply_to.reply(content, allowed_mentions=NO_MENTIONS, mention_author=False,
+                                                    **extra)
+                self._view_shown = bool(extra)
+                return message
             except discord.HTTPException:
                 pass  # the message was deleted: send it plainly
-        return await self.channel.send(content, allowed_mentions=NO_MENTIONS)
+        message = await self.channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
+        self._view_shown = bool(extra)
+        return message
 
     async def close(self) -> None:
         """Show the final state, whatever the pacing, and stop the flusher."""
@@ -178,3 +217,14 @@ class ReplyStream:
         else:
             self._dirty.set()
         await self._flusher
+        if self.view is not None:
+            self.view.stop()
+            if self._view_shown and self.messages:  # the final text needed no edit of the first message
+                await self.pacer.acquire(self.channel.id)
+                try:
+                    edited = await self.messages[0].edit(view=None, allowed_mentions=NO_MENTIONS)
+                    if isinstance(edited, discord.Message):
+                        self.messages[0] = edited
+                    self._view_shown = False
+                except discord.HTTPException as exc:
+                    log.warning("could not remove the Stop button in channel %s: %s", self.channel.id, exc)

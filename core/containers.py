@@ -402,9 +402,9 @@ class ContainerManager(Sandboxes):
         idle = [_name(c) for c in mine if not self.busy(_name(c)) and not self._locks.busy(_name(c))]
         idle.sort(key=lambda n: self._last_used.get(n, 0.0))
         if len(idle) < excess:
-            raise SandboxUnavailable(
-                f"You already have {len(mine)} sandboxes busy running commands, the most one person may have "
-                f"({cap}). Try again when one of them finishes.")
+            line = (f"You already have {len(mine)} sandboxes busy running commands, the most one person may have "
+                    f"({cap}). Try again when one of them finishes.")
+            raise SandboxUnavailable(line, user=line)
         for victim in idle[:excess]:
             log.info("removing %s to make room for %s (at most %d sandboxes per user)", victim, name, cap)
             await self._delete(victim)
@@ -564,13 +564,15 @@ class ContainerManager(Sandboxes):
                     on_output(message.stream, message.data)
         except DOCKER_ERRORS as exc:
             reason = self.eviction_message(self.name(user, session))
-            raise SandboxUnavailable(reason or f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
+            if reason:
+                raise SandboxUnavailable(reason, user=reason) from exc
+            raise SandboxUnavailable(f"Lost contact with Docker while the command ran: {explain(exc)}") from exc
         try:
             return await self._exit_code(execution)
         except SandboxUnavailable as exc:
             reason = self.eviction_message(self.name(user, session))
             if reason:
-                raise SandboxUnavailable(reason) from exc
+                raise SandboxUnavailable(reason, user=reason) from exc
             raise
 
     async def _exec_create(self, user: str, session: str, argv: list[str], recreate: bool) -> Any:

@@ -8,19 +8,40 @@ OLLAMA_UNREACHABLE: tuple[type[BaseException], ...] = (ConnectionError, httpx.HT
 
 
 class EngineError(Exception):
-    """Base of every failure a ChatSession reports; `str(e)` is safe to show a user."""
+    """Base of every failure a ChatSession reports.
+
+    `str(e)` is the whole story for operators and logs (hosts, models, Docker's words);
+    `e.user_message` is what a user may read: the line given as `user=`, else the class's
+    own short line, else `str(e)` when that is already fit for anyone.
+    """
+
+    user_line: str | None = None
+
+    def __init__(self, detail: str, *, user: str | None = None) -> None:
+        super().__init__(detail)
+        self._user = user
+
+    @property
+    def user_message(self) -> str:
+        return self._user or self.user_line or str(self)
 
 
 class OllamaUnavailable(EngineError):
     """Ollama could not be reached, or the connection dropped mid-reply."""
 
+    user_line = "The AI model is unavailable right now; try again in a minute."
+
 
 class ModelError(EngineError):
     """Ollama answered with an error (model missing, bad request, server failure)."""
 
+    user_line = "The AI model could not answer right now; try again in a minute."
+
 
 class SandboxUnavailable(EngineError):
     """The Docker engine could not be reached or refused to run the session's container."""
+
+    user_line = "Commands cannot run right now (the sandbox is unavailable); try again in a minute."
 
 
 class SandboxFileError(EngineError):

@@ -66,10 +66,16 @@ class Replaced:
 
 
 @dataclass(frozen=True)
+class Stopped:
+    """This reply was stopped on purpose (ChatSession.stop, e.g. a Stop button); a running command was killed."""
+
+
+@dataclass(frozen=True)
 class Done:
     """The reply is complete; `text` is the final answer as stored."""
 
     text: str
 
 
-Event = TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | Ignored | Replacing | Replaced | Done
+Event = (TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | Ignored | Replacing | Replaced
+         | Stopped | Done)

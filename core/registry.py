@@ -26,6 +26,7 @@ class Generation:
     previous: "Generation | None" = None
     phase: Phase = Phase.STREAMING
     replaced: bool = False
+    stopped: bool = False  # cancelled on purpose (a Stop button), not replaced by a newer message
     task: "asyncio.Task[Any] | None" = None
     queue: "asyncio.Queue[Any]" = field(default_factory=asyncio.Queue)
 
@@ -69,9 +70,13 @@ class SessionRegistry:
     def active(self) -> dict[Key, Phase]:
         return {key: gen.phase for key, gen in self._active.items() if gen.running}
 
-    async def cancel(self, key: Key) -> None:
-        """Stop whatever runs in the session (used by /reset) and wait for it to clean up."""
+    async def cancel(self, key: Key, *, stopped: bool = False) -> bool:
+        """Stop whatever runs in the session (/reset, a Stop button) and wait for it to clean up;
+        False when nothing was running. `stopped` tells the turn it was stopped on purpose."""
         current = self._active.get(key)
-        if current is not None and current.task is not None and not current.task.done():
-            current.task.cancel()
-            await asyncio.gather(current.task, return_exceptions=True)
+        if current is None or current.task is None or current.task.done():
+            return False
+        current.stopped = current.stopped or stopped
+        current.task.cancel()
+        await asyncio.gather(current.task, return_exceptions=True)
+        return True

@@ -14,6 +14,7 @@ from .config import Settings
 from .containers import ContainerManager
 from .errors import EngineError
 from .history import History
+from .incidents import Incidents
 from .model_client import ModelClient
 from .registry import Key, SessionRegistry
 from .terminal import Terminal
@@ -37,6 +38,7 @@ class Runtime:
         self.containers = ContainerManager(settings)
         self.terminal = Terminal(self.containers)
         self.registry = SessionRegistry()
+        self.incidents = Incidents()
         self.uploads = UploadStore(settings.upload_max_file_bytes, settings.upload_max_session_bytes)
         self.turns = TurnRunner(self)
         self._ollama: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None

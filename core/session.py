@@ -106,6 +106,11 @@ class ChatSession:
             if isinstance(event, TextDelta):
                 yield event.text
 
+    async def stop(self) -> bool:
+        """Stop the reply now running in this session (a Stop button): a running command is killed,
+        the partial reply kept as incomplete. False when nothing was running."""
+        return await self.runtime.registry.cancel(self.key, stopped=True)
+
     # -- management -------------------------------------------------------
     async def history(self) -> list[dict[str, Any]]:
         """Every stored message of this conversation, oldest first."""

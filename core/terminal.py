@@ -161,7 +161,7 @@ class Terminal:
                 result = await self._run(user, session, command, limit)
                 during = self.sandboxes.eviction_message(name)
         if during:  # stopped under this very command: that is its outcome
-            raise SandboxUnavailable(during)
+            raise SandboxUnavailable(during, user=during)
         if before:
             result.note = before
         return result
@@ -182,16 +182,21 @@ class Terminal:
 
         runner: asyncio.Future[int] | None = None
         try:
+            budget_open = True  # the timeout below can be rescheduled only while its block runs
             async with asyncio.timeout(None) as budget:
                 def on_start() -> None:
+                    # Runs inside the exec's stream: raising here would orphan the started process.
                     nonlocal started
                     started = loop.time()
-                    if not budget.expired() and runner is not None and not runner.cancelled():
+                    if budget_open and not budget.expired() and runner is not None and not runner.cancelled():
                         budget.reschedule(started + limit)
 
                 runner = asyncio.ensure_future(self.sandboxes.exec(
                     user, session, ["sh", "-c", WRAPPER, "sh", command], sink, on_start=on_start))
-                exit_code: int | None = await asyncio.shield(runner)
+                try:
+                    exit_code: int | None = await asyncio.shield(runner)
+                finally:
+                    budget_open = False
         except TimeoutError:
             timed_out = True
             exit_code = await self._stop(user, session, runner, marker)

@@ -16,7 +16,8 @@ import httpx
 import ollama
 
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
-from .events import Done, Replaced, TextDelta, ThinkingDelta, ToolFinished, ToolQueued, ToolStarted
+from .incidents import DOCKER, OLLAMA
+from .events import Done, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued, ToolStarted
 from .prompt import system_prompt
 from .registry import Generation, Phase
 from .tools import ModelCall, ToolArgumentError, parse_call, tool_schemas
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 CANCELLED_RESULT = "cancelled: the user sent a new message before this command finished, so it was stopped."
 NOT_RUN_RESULT = "not run: the user sent a new message first."
+STOPPED_RESULT = "stopped: the user pressed Stop before this command finished, so it was killed."
+NOT_RUN_STOPPED = "not run: the user pressed Stop first."
 NOT_RUN_AFTER_ERROR = "not run: the command before it could not be run."
 OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the results above, then send "
                    "the remaining commands in your next message if they are still needed.")
@@ -64,9 +67,12 @@ class TurnRunner:
         except asyncio.CancelledError:
             if gen.replaced:
                 emit(Replaced())
+            elif gen.stopped:
+                emit(Stopped())
             emit(TurnEnd())
             raise
         except EngineError as exc:
+            self.rt.incidents.failed(exc)
             emit(TurnEnd(exc))
         except Exception:  # noqa: BLE001 - no traceback reaches a user
             log.exception("turn failed in session %s/%s", user, session)
@@ -126,24 +132,27 @@ class TurnRunner:
             raise self._model_error(exc) from exc
         except httpx.ReadTimeout as exc:
             await self._keep_partial(session_id, parts)
-            log.warning("ollama at %s sent nothing for %g s", settings.ollama_host, settings.ollama_stall_timeout)
+            log.debug("ollama at %s sent nothing for %g s", settings.ollama_host, settings.ollama_stall_timeout)
             raise OllamaUnavailable(f"The AI model stopped answering (nothing for {settings.ollama_stall_timeout:g} s). "
-                                    "Please try again.") from exc
+                                    "Please try again.", user="The AI model stopped answering. Please try again.") from exc
         except OLLAMA_UNREACHABLE as exc:
             await self._keep_partial(session_id, parts)
-            log.warning("ollama at %s failed: %r", settings.ollama_host, exc)
+            log.debug("ollama at %s failed: %r", settings.ollama_host, exc)
             if parts:
-                raise OllamaUnavailable("The connection to Ollama dropped in the middle of the reply. Please try again.") from exc
+                raise OllamaUnavailable("The connection to Ollama dropped in the middle of the reply. Please try again.",
+                                        user="The connection to the AI model dropped in the middle of the reply. "
+                                             "Please try again.") from exc
             raise OllamaUnavailable(
                 f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) or set OLLAMA_HOST."
             ) from exc
         except ValueError as exc:  # a line that is not JSON, or a chunk that is not a chat message
             await self._keep_partial(session_id, parts)
             log.warning("ollama at %s sent an unreadable chunk: %s", settings.ollama_host, str(exc)[:500])
-            raise ModelError(UNREADABLE) from exc
+            raise ModelError(UNREADABLE, user=UNREADABLE) from exc
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
+        self.rt.incidents.succeeded(OLLAMA)
         return "".join(parts), calls
 
     def _model_error(self, exc: ollama.ResponseError) -> ModelError:
@@ -179,16 +188,18 @@ class TurnRunner:
                 result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout,
                                                         on_queued=lambda n: gen.queue.put_nowait(ToolQueued(n)))
             except asyncio.CancelledError:
-                rows = self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT)
+                rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
+                        else self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT))
                 await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
                 await asyncio.shield(self._audit(user, session, parsed.command, None, began, cancelled=True))
                 raise
             except EngineError as exc:
                 await self._audit(user, session, parsed.command, None, began)
-                rows = self._unrun(calls, index, f"error: {exc}", NOT_RUN_AFTER_ERROR)
+                rows = self._unrun(calls, index, f"error: {exc.user_message}", NOT_RUN_AFTER_ERROR)
                 await self.rt.history.run(self.rt.history.add_messages, session_id, rows)
-                gen.queue.put_nowait(ToolFinished(call.name, str(exc), error=True))
+                gen.queue.put_nowait(ToolFinished(call.name, exc.user_message, error=True))
                 raise
+            self.rt.incidents.succeeded(DOCKER)
             await self._audit(user, session, parsed.command, result, began)
             output = result.for_model()
             await self._store(session_id, "tool", output, tool_name=call.name)

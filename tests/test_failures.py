@@ -119,7 +119,7 @@ async def test_docker_unreachable_during_a_tool_call(runtime: Runtime, fake_olla
         assert "Docker is not reachable" in str(info.value)
         rows = stored(runtime, chat)
         assert [r[0] for r in rows] == ["user", "assistant", "tool"]
-        assert "Docker is not reachable" in rows[2][1]
+        assert rows[2][1] == "error: " + SandboxUnavailable.user_line  # the model reads what a user may read
         assert await reply(chat, "just talk then") == "Plain answer."
     roles = [m["role"] for m in fake_ollama.requests[1]["messages"]]
     assert roles == ["system", "user", "assistant", "tool", "user"]
@@ -174,9 +174,11 @@ async def test_lost_contact_with_docker_during_a_command(tmp_path: Path, fake_ol
                 await asyncio.wait_for(task, 20)
             line = str(info.value)
             assert line.startswith("Lost contact with Docker while the command ran") and "\n" not in line
-            assert [(e.output, e.error) for e in events if isinstance(e, ToolFinished)] == [(line, True)]
+            told = info.value.user_message
+            assert told == SandboxUnavailable.user_line
+            assert [(e.output, e.error) for e in events if isinstance(e, ToolFinished)] == [(told, True)]
             assert stored(rt, chat) == [("user", "wait a while", True), ("assistant", "", True),
-                                        ("tool", f"error: {line}", True)]
+                                        ("tool", f"error: {told}", True)]
 
             await proxy.restore()
             assert await reply(chat, "is it back?") == "Docker is back."

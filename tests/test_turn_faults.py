@@ -222,3 +222,34 @@ async def test_a_broken_stream_is_one_line_and_keeps_the_partial(runtime: Runtim
         assert await reply(chat, "again") == "Whole answer."
     assert_valid(fake_ollama.requests[1], "again")
     assert [m["content"] for m in fake_ollama.requests[1]["messages"][1:]] == ["tell me", "again"]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.3], ids=["as it starts", "a moment later"])
+async def test_a_turn_stopped_as_its_command_starts_leaves_nothing_running(
+        runtime: Runtime, fake_ollama: FakeOllama, docker_client: docker.DockerClient, delay: float) -> None:
+    # Once, the timeout's start hook raised when the turn was cancelled before the exec had begun,
+    # orphaning the command: it ran on, unsupervised, in the sandbox.
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "sleep 60"})))
+    async with ChatSession(user="alice", session=f"early{delay}") as chat:
+        seen: list[object] = []
+
+        async def turn() -> None:
+            async for event in chat.events("go"):
+                seen.append(event)
+
+        task = asyncio.create_task(turn())
+        await until_tool_phase(chat)
+        await asyncio.sleep(delay)
+        assert await chat.stop()
+        await task
+        assert type(seen[-1]).__name__ == "Stopped"
+        sandbox = docker_client.containers.get(runtime.containers.name("alice", f"early{delay}"))
+        assert b"sleep 60" not in sandbox.exec_run("ps").output
+
+
+async def until_tool_phase(chat: ChatSession) -> None:
+    for _ in range(600):
+        if chat.phase is not None and chat.phase.value == "tool":
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("the turn never reached its command")

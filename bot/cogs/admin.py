@@ -205,6 +205,10 @@ class Admin(commands.Cog):
             f"Sandboxes running: {len(running)}",
             f"Replies in progress: {len(self.rt.registry.active())}",
         ]
+        for incident in self.rt.incidents.open():  # what users were told "unavailable" about, in full
+            since = datetime.fromtimestamp(incident.since, timezone.utc).replace(tzinfo=None)
+            lines.append(f"🔴 {incident.part} failing since {_stamp(since)} ({incident.count}×): "
+                         f"{incident.detail[:300]}")
         await self._say(interaction, "\n".join(lines))
 
     @admin.command(name="model", description="Switch the model for everyone")

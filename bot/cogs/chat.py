@@ -4,16 +4,19 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import discord
 from discord.ext import commands
 
 from core import ChatSession, EngineError
-from core.events import (Ignored, Replaced, Replacing, TextDelta, ThinkingDelta, ToolFinished,
+from core.events import (Done, Ignored, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                          ToolQueued, ToolStarted)
+from core.registry import Phase
 
-from ..access import channel_ids, refusal
+from ..access import channel_ids, is_admin, refusal
+from ..controls import StopView
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
 
@@ -23,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 BUSY_REACTION = "⏳"
 REFUSAL_QUIET_SECONDS = 600
+ANSWERED_MEMORY = 5000  # reply messages remembered, to know whose conversation a replied-to answer is in
+REPLY_QUOTE_LIMIT = 1500  # characters of a replied-to message quoted into the turn
 
 
 class Chat(commands.Cog):
@@ -31,6 +36,9 @@ class Chat(commands.Cog):
         self.pacer = ChannelPacer(bot.runtime.settings.edits_per_5s)
         self.min_edit_interval = 1.0  # per reply; the channel's pacer is the hard limit
         self._refused: dict[tuple[int, int], float] = {}
+        self._waiting: dict[tuple[str, str], list[tuple[discord.Message, str]]] = {}
+        self.streams: dict[tuple[str, str], ReplyStream] = {}  # the reply each session is showing now
+        self._answered: OrderedDict[int, int] = OrderedDict()  # the bot's recent reply messages -> who asked
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -78,8 +86,72 @@ class Chat(commands.Cog):
                 saved = await uploads.save_attachments(message, chat) if uploads else []  # type: ignore[attr-defined]
                 if saved:
                     text = f"[uploaded: {', '.join(saved)}]\n{text}" if text else ""
-            if text:
-                await self.respond(message, chat, text)
+            if not text:
+                return
+            text = await self.with_reply_context(message, text)
+            if chat.phase is Phase.STREAMING:  # a reply is streaming here: this one waits its turn
+                await self._wait(chat.key, message, text)
+                return
+            await self.respond(message, chat, text)
+            await self._answer_waiting(chat)
+
+    # -- messages that arrive while a reply streams -------------------------------
+    async def _wait(self, key: tuple[str, str], message: discord.Message, text: str) -> None:
+        """Queued in order, marked ⏳; the reply streaming now answers them when it ends."""
+        self._waiting.setdefault(key, []).append((message, text))
+        await self._react(message, BUSY_REACTION)
+
+    async def _answer_waiting(self, chat: ChatSession) -> None:
+        """Answer what waited during the reply that just ended: all of it together, in one turn."""
+        while self._waiting.get(chat.key):
+            batch = self._waiting.pop(chat.key)
+            for waiting, _ in batch:
+                await self._unreact(waiting, BUSY_REACTION)
+            text = "\n\n".join(t for _, t in batch)
+            stream = await self.respond(batch[-1][0], chat, text)
+            if stream.ignored:  # another reply started streaming first: it answers them when it ends
+                self._waiting[chat.key] = batch + self._waiting.get(chat.key, [])
+                for waiting, _ in batch:
+                    await self._react(waiting, BUSY_REACTION)
+                return
+
+    # -- the replied-to message -----------------------------------------------------
+    async def with_reply_context(self, message: discord.Message, text: str) -> str:
+        """A reply to someone else's message (or to the bot's answer to someone else) brings that
+        message into the turn as a quote, so the model sees what "this" refers to."""
+        quoted = await self._referenced(message)
+        if quoted is None or not (quoted.content or "").strip():
+            return text
+        me = self.bot.user
+        if me is not None and quoted.author.id == me.id:
+            asked_by = self._answered.get(quoted.id)
+            if asked_by is None:
+                asked = await self._referenced(quoted)
+                asked_by = asked.author.id if asked is not None else None
+            if asked_by == message.author.id:
+                return text  # the bot's answer to this same person: already in their history
+        body = quoted.content.strip()
+        if me is not None:
+            body = re.sub(rf"<@!?{me.id}>", "", body).strip()
+        if len(body) > REPLY_QUOTE_LIMIT:
+            body = body[:REPLY_QUOTE_LIMIT] + "…"
+        who = "you (the assistant)" if me is not None and quoted.author.id == me.id else quoted.author.display_name
+        quote = "\n".join("> " + line for line in body.splitlines())
+        return f"[replying to a message from {who}]\n{quote}\n\n{text}"
+
+    async def _referenced(self, message: discord.Message) -> discord.Message | None:
+        ref = message.reference
+        if ref is None or ref.message_id is None:
+            return None
+        if isinstance(ref.resolved, discord.Message):
+            return ref.resolved
+        cached = self.bot._connection._get_message(ref.message_id)
+        if cached is not None:
+            return cached
+        try:
+            return await message.channel.fetch_message(ref.message_id)
+        except (discord.HTTPException, AttributeError):
+            return None
 
     async def refuse(self, message: discord.Message, line: str) -> None:
         """One quiet line, then silence for a while, so a refused user is told but not spammed."""
@@ -96,14 +168,25 @@ class Chat(commands.Cog):
             pass
 
     # -- the reply --------------------------------------------------------------
+    def may_stop(self, user: discord.abc.User) -> bool:
+        perms = getattr(user, "guild_permissions", None)
+        return is_admin(self.settings, user_id=user.id, manage_guild=bool(perms and perms.manage_guild))
+
     async def respond(self, message: discord.Message, chat: ChatSession, text: str) -> ReplyStream:
+        async def stop(who: discord.abc.User) -> None:
+            log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
+            await chat.stop()
+
+        view = StopView(message.author.id, self.may_stop, stop)
         stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking,
-                             min_interval=self.min_edit_interval)
+                             min_interval=self.min_edit_interval, view=view)
+        self.streams[chat.key] = stream
         try:
             async with message.channel.typing():
                 async for event in chat.events(text):
                     if isinstance(event, Ignored):
-                        await self._react(message, BUSY_REACTION)
+                        stream.ignored = True
+                        await self._wait(chat.key, message, text)
                         return stream
                     if isinstance(event, TextDelta):
                         stream.add_text(event.text)
@@ -118,24 +201,48 @@ class Chat(commands.Cog):
                     elif isinstance(event, Replacing):
                         stream.add_line("-# ↩️ Stopped my previous reply to answer this instead.")
                     elif isinstance(event, Replaced):
+                        stream.stop_tools()
                         stream.add_line("-# ⏹️ Stopped: a newer message took over.")
+                    elif isinstance(event, Stopped):
+                        stream.stop_tools()
+                        who = view.stopped_by
+                        stream.add_line(f"-# ⏹️ Stopped by {who.display_name}." if who else "-# ⏹️ Stopped.")
+                    elif isinstance(event, Done):
+                        stream.finish()
         except EngineError as exc:
-            log.warning("reply failed in channel %s: %s", message.channel.id, exc)
-            stream.add_line(f"⚠️ {exc}")
+            log.debug("reply failed in channel %s: %s", message.channel.id, exc)  # incidents log the detail once
+            stream.stop_tools()
+            stream.add_line(f"⚠️ {exc.user_message}")
         except discord.HTTPException as exc:
             log.warning("discord refused an update in channel %s: %s", message.channel.id, exc)
         except Exception:  # noqa: BLE001 - no traceback ever reaches Discord
             log.exception("unexpected failure while replying in channel %s", message.channel.id)
+            stream.stop_tools()
             stream.add_line("⚠️ Something went wrong on my side; the details are in the bot's log.")
         finally:
+            if self.streams.get(chat.key) is stream:
+                del self.streams[chat.key]
             await stream.close()
+            for sent in stream.messages:
+                self._answered[sent.id] = message.author.id
+            while len(self._answered) > ANSWERED_MEMORY:
+                self._answered.popitem(last=False)
         return stream
 
     async def _react(self, message: discord.Message, emoji: str) -> None:
         try:
             await message.add_reaction(emoji)
-        except discord.HTTPException:
-            pass
+        except Exception as exc:  # noqa: BLE001 - a reaction is a courtesy: never lose a message over one
+            log.debug("could not react in channel %s: %r", message.channel.id, exc)
+
+    async def _unreact(self, message: discord.Message, emoji: str) -> None:
+        me = self.bot.user
+        if me is None:
+            return
+        try:
+            await message.remove_reaction(emoji, me)
+        except Exception as exc:  # noqa: BLE001 - as above
+            log.debug("could not remove a reaction in channel %s: %r", message.channel.id, exc)
 
 
 async def setup(bot: "LLMBot") -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import types
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -35,11 +36,28 @@ def with_reaction_type(original: Any) -> Any:
     return parse
 
 
+def keeping_components(original: Any) -> Any:
+    """dpytest 0.7 drops a sent message's components (buttons); Discord shows them: keep them."""
+    async def send_message(self: Any, channel_id: int, *, params: Any) -> dict:
+        channel = sys._getframe(1).f_locals.get("channel")  # noqa: F841 - dpytest reads its caller's locals
+        data = await original(self, channel_id, params=params)
+        components = (params.payload or {}).get("components")
+        if components:
+            data["components"] = components
+            for stored in dpy_backend._cur_config.messages.get(int(channel_id), []):
+                if stored.get("id") == data.get("id"):
+                    stored["components"] = components
+        return data
+    return send_message
+
+
 @pytest.fixture(autouse=True)
 def fake_cdn(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
-    monkeypatch.setattr(discord.state.ConnectionState, "parse_message_reaction_add",
-                        with_reaction_type(discord.state.ConnectionState.parse_message_reaction_add))
+    monkeypatch.setattr(dpy_backend.FakeHttp, "send_message", keeping_components(dpy_backend.FakeHttp.send_message))
+    for parser in ("parse_message_reaction_add", "parse_message_reaction_remove"):
+        monkeypatch.setattr(discord.state.ConnectionState, parser,
+                            with_reaction_type(getattr(discord.state.ConnectionState, parser)))
 
 
 async def start_bot(runtime: Runtime) -> commands.Bot:

@@ -10,8 +10,8 @@ import docker
 import pytest
 from discord.ext import commands
 
-from core import ChatSession, Runtime
-from tests.fake_ollama import FakeOllama, text
+from core import ChatSession, ModelError, Runtime
+from tests.fake_ollama import FakeOllama, error, text
 
 pytestmark = pytest.mark.asyncio
 CHANNEL = 555000111
@@ -188,6 +188,23 @@ async def test_status_reports_ollama_down(bot: commands.Bot, fake_ollama: FakeOl
     fake_ollama.stop()
     said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
     assert "Ollama: 🔴 unreachable" in said
+
+
+async def test_status_says_what_users_were_told_is_down(bot: commands.Bot, runtime: Runtime,
+                                                       fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(error(404, 'model "qwen3:8b" not found, try pulling it first'), text("Back."))
+    async with ChatSession(user="9", session="1", runtime=runtime) as chat:
+        with pytest.raises(ModelError):
+            async for _ in chat.chat_stream("hi"):
+                pass
+        said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+        down = [line for line in said.split("\n") if line.startswith("🔴 Ollama failing since")]
+        assert len(down) == 1 and down[0].endswith("(1×): The model 'qwen3:8b' is not on the Ollama server: "
+                                                   "run `ollama pull qwen3:8b`.")
+        async for _ in chat.chat_stream("again"):
+            pass
+        said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+        assert "failing since" not in said  # the next good answer closes the incident
 
 
 @pytest.mark.parametrize("path, kwargs", [(("reset",), {}), (("sessions",), {}), (("admin", "status"), {})],
