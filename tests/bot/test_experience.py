@@ -17,6 +17,7 @@ from core import Runtime
 from core.tool_loop import STOPPED_RESULT
 from tests.bot.conftest import channel_messages
 from tests.bot.test_chat_cog import settle
+from tests.test_concurrency import wait_until
 from tests.fake_ollama import FakeOllama, cut, text, tool_calls
 
 pytestmark = pytest.mark.asyncio
@@ -49,14 +50,6 @@ class Press:
         self.response = Response()
 
 
-async def until(condition: Any, timeout: float = 30) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if condition():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("timed out waiting")
-
-
 async def test_the_stop_button_stops_the_reply_and_kills_its_command(
         bot: commands.Bot, fake_ollama: FakeOllama, runtime: Runtime, docker_client: Any) -> None:
     fake_ollama.script(tool_calls(("execute_terminal", {"command": "sleep 60"})), text("Fresh start."))
@@ -64,8 +57,8 @@ async def test_the_stop_button_stops_the_reply_and_kills_its_command(
     channel, author, other = config.channels[0], config.members[0], config.members[1]
     key = (str(author.id), str(channel.id))
     turn = asyncio.create_task(dpytest.message(f"<@{bot.user.id}> long job", channel=channel, member=author))
-    await until(lambda: runtime.registry.phase(key) is not None and runtime.registry.phase(key).value == "tool")
-    await until(lambda: bool(channel_messages(channel, bot)))
+    await wait_until(lambda: runtime.registry.phase(key) is not None and runtime.registry.phase(key).value == "tool")
+    await wait_until(lambda: bool(channel_messages(channel, bot)))
     running = channel_messages(channel, bot)[-1]
     assert running.content == "-# ⚙️ running `sleep 60`…" and buttons(running) == ["Stop"]
 
