@@ -228,13 +228,15 @@ class History:
         columns = (Message.id, Message.role, Message.content, Message.tool_calls, Message.tool_name)
         rows = list(Message.select(*columns).where(complete).order_by(Message.id.desc()).limit(limit).tuples())
         rows.reverse()
-        last_user = (Message.select(fn.MAX(Message.id)).where(complete & (Message.role == "user")).scalar())
-        if last_user is not None and rows and rows[0][0] > last_user:
+        start = next((i for i, r in enumerate(rows) if r[1] == "user"), None)
+        # A user row in the tail is the latest one; without one, the current turn may be longer than the tail.
+        last_user = None if start is not None or not rows else (
+            Message.select(fn.MAX(Message.id)).where(complete & (Message.role == "user")).scalar())
+        if last_user is not None:
             turn = list(Message.select(*columns).where(complete & (Message.id >= last_user))
                         .order_by(Message.id).tuples())
             rows = _fit_turn(turn, limit)
         else:
-            start = next((i for i, r in enumerate(rows) if r[1] == "user"), None)
             if start is None:
                 start = next((i for i, r in enumerate(rows) if r[1] != "tool"), len(rows))
             rows = rows[start:]
@@ -255,16 +257,15 @@ class History:
         else happens in a session), so the rows are appended right where they belong.
         """
         with self._write():
-            call_row = (Message.select().where((Message.session == session_id) & Message.tool_calls.is_null(False))
-                        .order_by(Message.id.desc()).first())
-            if call_row is None:
+            mine = Message.session == session_id
+            # The last complete row that is not a result: the round's call, if a round was cut short.
+            last = (Message.select(Message.id, Message.tool_calls)
+                    .where(mine & (Message.complete == True) & (Message.role != "tool"))  # noqa: E712
+                    .order_by(Message.id.desc()).first())
+            if last is None or not last.tool_calls:
                 return 0
-            after = list(Message.select(Message.role, Message.complete)
-                         .where((Message.session == session_id) & (Message.id > call_row.id)).tuples())
-            if any(role != "tool" and complete for role, complete in after):
-                return 0  # the round was followed by more conversation: only the window repairs it
-            calls = json.loads(call_row.tool_calls)
-            answered = sum(1 for role, _ in after if role == "tool")
+            answered = Message.select().where(mine & (Message.id > last.id) & (Message.role == "tool")).count()
+            calls = json.loads(last.tool_calls)
             for call in calls[answered:]:
                 self.add_message(session_id, "tool", INTERRUPTED_RESULT, tool_name=_call_name(call))
             return max(len(calls) - answered, 0)

@@ -42,10 +42,8 @@ class TolerantChatResponse(ollama.ChatResponse):
             message["content"] = ""
         message.setdefault("role", "assistant")
         calls = message.get("tool_calls")
-        if isinstance(calls, dict):
-            calls = [calls]
         if calls is not None and not isinstance(calls, list):
-            calls = [calls]
+            calls = [calls]  # one call sent bare, not in a list
         malformed: dict[int, str] = {}
         if calls is not None:
             repaired = []

@@ -54,12 +54,9 @@ class Chat(commands.Cog):
             return True
         if any(user.id == me.id for user in message.mentions):
             return True
-        ref = message.reference
-        if ref is not None:
-            resolved = ref.resolved if isinstance(ref.resolved, discord.Message) else (
-                self.bot._connection._get_message(ref.message_id) if ref.message_id else None)
-            if resolved is not None and resolved.author.id == me.id:
-                return True
+        replied_to = self._known_reference(message)
+        if replied_to is not None and replied_to.author.id == me.id:
+            return True
         return bool(channel_ids(message.channel) & self.settings.auto_reply_channel_ids)
 
     def clean_text(self, message: discord.Message) -> str:
@@ -139,17 +136,22 @@ class Chat(commands.Cog):
         quote = "\n".join("> " + line for line in body.splitlines())
         return f"[replying to a message from {who}]\n{quote}\n\n{text}"
 
-    async def _referenced(self, message: discord.Message) -> discord.Message | None:
+    def _known_reference(self, message: discord.Message) -> discord.Message | None:
+        """The replied-to message if Discord sent it along or it is cached, in this channel only."""
         ref = message.reference
         if ref is None or ref.message_id is None:
             return None
-        if isinstance(ref.resolved, discord.Message):
-            return ref.resolved
-        cached = self.bot._connection._get_message(ref.message_id)
-        if cached is not None:
-            return cached
+        found = ref.resolved if isinstance(ref.resolved, discord.Message) \
+            else self.bot._connection._get_message(ref.message_id)
+        return found if found is not None and found.channel.id == message.channel.id else None
+
+    async def _referenced(self, message: discord.Message) -> discord.Message | None:
+        """The replied-to message, fetched from Discord when it is not at hand."""
+        found = self._known_reference(message)
+        if found is not None or message.reference is None or message.reference.message_id is None:
+            return found
         try:
-            return await message.channel.fetch_message(ref.message_id)
+            return await message.channel.fetch_message(message.reference.message_id)
         except (discord.HTTPException, AttributeError):
             return None
 
