@@ -5,6 +5,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from core.config import Settings
+from core.places import Place
 
 REFUSED = "Sorry, I'm not available to you here."
 NO_DMS = "Sorry, I don't answer direct messages on this server's setup. Mention me in a channel instead."
@@ -17,6 +18,15 @@ def channel_ids(channel: Any) -> set[int]:
     if parent:
         ids.add(parent)
     return ids
+
+
+def place_of(channel: Any) -> Place:
+    """Where a message was sent, as the engine looks up persona and model: the channel (or
+    thread), a thread's parent channel, and the server (none for a DM)."""
+    guild = getattr(channel, "guild", None)
+    parent = getattr(channel, "parent_id", None)
+    return Place(channel=str(channel.id), parent=str(parent) if parent else None,
+                 server=str(guild.id) if guild is not None else None)
 
 
 def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), channel_ids: Iterable[int] = (),

@@ -99,6 +99,7 @@ class Settings:
     # Ollama
     ollama_host: str = "http://localhost:11434"
     ollama_model: str = "qwen3:8b"
+    system_prompt: str = ""  # operator text added to the built-in instructions where no /admin prompt applies
     ollama_think: bool | str | None = None
     ollama_num_ctx: int = 0  # 0: the model's own default
     ollama_keep_alive: str = ""
@@ -179,6 +180,7 @@ class Settings:
         text = lambda _n, raw: raw.strip()  # noqa: E731
         take("OLLAMA_HOST", "ollama_host", lambda n, r: _check_url(n, r if "://" in r else "http://" + r.strip(), ("http", "https")))
         take("OLLAMA_MODEL", "ollama_model", text)
+        take("SYSTEM_PROMPT", "system_prompt", _parse_prompt)
         take("OLLAMA_THINK", "ollama_think", _parse_think)
         take("OLLAMA_NUM_CTX", "ollama_num_ctx", _parse_int)
         take("OLLAMA_KEEP_ALIVE", "ollama_keep_alive", text)
@@ -225,6 +227,13 @@ class Settings:
                 f"COMMAND_TIMEOUT ({settings.command_timeout}) must not exceed COMMAND_TIMEOUT_MAX ({settings.command_timeout_max})"
             )
         return settings
+
+
+def _parse_prompt(name: str, raw: str) -> str:
+    value = raw.strip().replace("\\n", "\n")  # one line in .env may stand for several
+    if len(value) > 4000:
+        raise ConfigError(f"{name} must be at most 4000 characters, got {len(value)}")
+    return value
 
 
 def _check_name(name: str, raw: str) -> str:

@@ -59,31 +59,36 @@ def _same_model(wanted: str, have: str) -> bool:
     return have in (wanted, with_tag)
 
 
+async def model_problem(client: ollama.AsyncClient, model: str) -> tuple[str | None, bool]:
+    """Why `model` cannot serve this bot (not pulled, or no tool calling), or None; and whether
+    the server reported capabilities at all (older Ollama versions do not)."""
+    listed = await client.list()
+    names = [m.model for m in listed.models if m.model]
+    if not any(_same_model(model, name) for name in names):
+        return (f"the model {model!r} is not pulled: run `ollama pull {model}` (pulled: "
+                + (", ".join(names) or "none") + ")"), False
+    shown = await client.show(model)
+    capabilities = getattr(shown, "capabilities", None)
+    if capabilities is not None and "tools" not in capabilities:
+        return (f"the model {model!r} cannot call tools ({', '.join(capabilities) or 'no capabilities'}): "
+                "choose a tool-capable model, e.g. qwen3:8b or llama3.1:8b"), True
+    return None, capabilities is not None
+
+
 async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     model = model or settings.ollama_model
     client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
     try:
-        listed = await client.list()
+        problem, known = await model_problem(client, model)
     except OLLAMA_UNREACHABLE:
         return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
                                       "or set OLLAMA_HOST", fatal=False)
     except ollama.ResponseError as exc:
         return Check("ollama", False, f"Ollama at {settings.ollama_host} answered with an error: {exc.error}",
                      fatal=False)
-    names = [m.model for m in listed.models if m.model]
-    if not any(_same_model(model, name) for name in names):
-        return Check("ollama", False, f"the model {model!r} is not pulled: run `ollama pull {model}` "
-                                      "(or set OLLAMA_MODEL to one of: " + (", ".join(names) or "none") + ")",
-                     fatal=False)
-    try:
-        shown = await client.show(model)
-    except (ollama.ResponseError, *OLLAMA_UNREACHABLE) as exc:
-        return Check("ollama", False, f"could not inspect {model!r}: {exc}", fatal=False)
-    capabilities = getattr(shown, "capabilities", None)
-    if capabilities is not None and "tools" not in capabilities:
-        return Check("ollama", False, f"the model {model!r} cannot call tools: choose a tool-capable model "
-                                      "(e.g. qwen3:8b or llama3.1:8b) in OLLAMA_MODEL", fatal=False)
-    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if capabilities else ""))
+    if problem:
+        return Check("ollama", False, problem + " (OLLAMA_MODEL)", fatal=False)
+    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known else ""))
 
 
 async def check_docker(settings: Settings) -> Check:

@@ -12,10 +12,12 @@ import ollama
 
 from .config import Settings
 from .containers import ContainerManager
-from .errors import EngineError
+from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .history import History
 from .incidents import Incidents
 from .model_client import ModelClient
+from .places import Places
+from .preflight import model_problem
 from .registry import Key, SessionRegistry
 from .terminal import Terminal
 from .tool_loop import TurnRunner
@@ -33,8 +35,8 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.model = settings.ollama_model  # the admin command may switch it at run time
         self.history = History(settings.database_url)
+        self.places = Places(self.history, settings)  # persona and model per channel and server
         self.containers = ContainerManager(settings)
         self.terminal = Terminal(self.containers)
         self.registry = SessionRegistry()
@@ -57,6 +59,27 @@ class Runtime:
                                     write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
             self._ollama = (loop, ModelClient(host=s.ollama_host, timeout=timeout))
         return self._ollama[1]
+
+    async def switch_model(self, scope: str, model: str | None, *, by: str) -> None:
+        """Use `model` for turns in `scope` from the next one on (None: as the wider place says),
+        after checking that the Ollama server has it and that it can call tools."""
+        if model is not None:
+            try:
+                problem, _known = await asyncio.wait_for(model_problem(self.ollama(), model),
+                                                         self.settings.ollama_connect_timeout + 5)
+            except (*OLLAMA_UNREACHABLE, asyncio.TimeoutError) as exc:
+                raise OllamaUnavailable(f"Ollama is not reachable at {self.settings.ollama_host} ({exc!r}), "
+                                        "so the model was not changed.",
+                                        user="The AI model server is unreachable, so the model was not changed.") \
+                    from exc
+            except ollama.ResponseError as exc:
+                line = f"Ollama could not describe {model!r}: {str(exc.error)[:200]}; the model was not changed."
+                raise ModelError(line, user=line) from exc
+            if problem:  # an admin reads this: the model's name and what it lacks, nothing of the host
+                line = problem[0].upper() + problem[1:] + "; the model was not changed."
+                raise ModelError(line, user=line)
+        await self.places.set(scope, by=by, model=model)
+        log.info("model for %s set to %s by %s", scope, model or "(inherited)", by)
 
     def start_background(self) -> None:
         """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""

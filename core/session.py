@@ -9,6 +9,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable
 from .config import Settings
 from .errors import EngineError
 from .events import Event, Ignored, Replacing, TextDelta
+from .places import Place
 from .registry import Phase
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
@@ -21,10 +22,12 @@ class ChatSession:
     the same pair resumes both.
     """
 
-    def __init__(self, user: str | int, session: str | int, *, settings: Settings | None = None,
-                 runtime: Runtime | None = None) -> None:
+    def __init__(self, user: str | int, session: str | int, *, place: Place | None = None,
+                 settings: Settings | None = None, runtime: Runtime | None = None) -> None:
         self.user = str(user)
         self.session = str(session)
+        # Where persona and model come from; by default the session is its own channel.
+        self.place = place or Place(channel=self.session)
         self._settings = settings
         self._runtime = runtime
         self.session_id: int | None = None
@@ -82,7 +85,8 @@ class ChatSession:
         if generation is None:
             yield Ignored()
             return
-        task = asyncio.create_task(rt.turns.run(generation, self.session_id, self.user, self.session, text),
+        task = asyncio.create_task(rt.turns.run(generation, self.session_id, self.user, self.session, text,
+                                                 self.place),
                                    name=f"turn-{self.user}-{self.session}")
         rt.registry.attach(generation, task)
         if generation.previous is not None:

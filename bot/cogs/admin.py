@@ -13,16 +13,19 @@ from discord.ext import commands
 
 from core import ChatSession, EngineError
 from core.errors import OLLAMA_UNREACHABLE
+from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
 from core.uploads import human_size
 
-from ..access import channel_ids, is_admin, refusal
+from ..access import channel_ids, is_admin, place_of, refusal
 from ..formatting import inline_code
+from ..guide import help_text
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
 
 log = logging.getLogger(__name__)
 REFUSAL = "Only server managers and the bot's admins can use /admin."
+ONLY_BOT_ADMINS = "Only the bot's admins (ADMIN_USER_IDS) can change the default for every server and DM."
 UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
 
 
@@ -32,6 +35,35 @@ def _stamp(moment: datetime) -> str:
 
 
 AUDIT_ROWS = 15
+
+
+def _source(scope: str) -> str:
+    """Where a setting in effect comes from, as an admin reads it."""
+    kind, _, ref = scope.partition(":")
+    return {"channel": f"set for <#{ref}>", "server": "set for this server", EVERYWHERE: "the bot-wide default",
+            "SYSTEM_PROMPT": "SYSTEM_PROMPT in the bot's settings",
+            "OLLAMA_MODEL": "OLLAMA_MODEL in the bot's settings"}.get(kind, scope)
+
+
+def _quoted(text: str, limit: int = 1800) -> str:
+    """Operator text shown back as a block quote (safe whatever backticks it holds)."""
+    text = text if len(text) <= limit else text[:limit] + "…"
+    return "\n".join("> " + line for line in text.splitlines())
+
+
+class PersonaForm(discord.ui.Modal, title="Persona"):
+    """/admin prompt set without text: a form with room for several lines, holding the current text."""
+
+    def __init__(self, cog: "Admin", target: tuple[str, str], current: str) -> None:
+        super().__init__()
+        self.cog, self.target = cog, target
+        self.text = discord.ui.TextInput(label=f"Persona for {target[1]}"[:45], style=discord.TextStyle.paragraph,
+                                         default=current or None, max_length=PROMPT_MAX_CHARS, required=True)
+        self.add_item(self.text)
+
+    async def on_submit(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await self.cog.save_prompt(interaction, self.target, self.text.value)
 
 
 def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
@@ -52,10 +84,11 @@ class Admin(commands.Cog):
     def rt(self):  # type: ignore[no-untyped-def]
         return self.bot.runtime
 
-    async def _admit(self, interaction: discord.Interaction) -> bool:
+    async def _admit(self, interaction: discord.Interaction, *, defer: bool = True) -> bool:
         """Acknowledge at once (Discord gives 3 s, and Docker or the database may take longer under
-        load), then apply the same access lists as chat: False, with the refusal said, when refused."""
-        if not interaction.response.is_done():
+        load), then apply the same access lists as chat: False, with the refusal said, when refused.
+        Without `defer` the caller answers itself (a modal must be the first answer)."""
+        if defer and not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         channel = getattr(interaction, "channel", None)
         line = refusal(self.rt.settings, user_id=interaction.user.id,
@@ -124,6 +157,24 @@ class Admin(commands.Cog):
                  + ("🟢 sandbox running" if running.get((i.user, i.session)) == "running" else "⚪ no sandbox")
                  for i in infos[:25]]
         await self._say(interaction, "\n".join(lines))
+
+    @app_commands.command(name="help", description="How to talk to the assistant and what it can do")
+    async def help(self, interaction: discord.Interaction) -> None:
+        if not await self._admit(interaction):
+            return
+        channel = getattr(interaction, "channel", None)
+        place = place_of(channel) if channel is not None else Place(
+            channel=str(interaction.channel_id),
+            server=str(interaction.guild.id) if interaction.guild is not None else None)
+        ids = channel_ids(channel) if channel is not None else {interaction.channel_id}
+        me = self.bot.user
+        text = help_text(self.rt.settings, bot_name=me.display_name if me else "the bot",
+                         in_dm=interaction.guild is None,
+                         auto_reply_here=bool(ids & self.rt.settings.auto_reply_channel_ids),
+                         model=(await self.rt.places.model(place)).value,
+                         has_persona=bool((await self.rt.places.prompt(place)).value),
+                         admin=self._allowed(interaction))
+        await self._say(interaction, text)
 
     # -- admins -------------------------------------------------------------------------
     @admin.command(name="sessions", description="All conversations with a running reply or sandbox")
@@ -196,10 +247,14 @@ class Admin(commands.Cog):
         if not self._allowed(interaction):
             return await self._say(interaction, REFUSAL)
         models = await self._models()
+        model = (await self.rt.places.model(Place())).value
+        overrides = sum(1 for scope, row in (await self.rt.places.overrides()).items()
+                        if row.model and scope != EVERYWHERE)
         docker_ok = await self.rt.containers.ping()
         running = [s for s in (await self._running()).values() if s == "running"] if docker_ok else []
         lines = [
-            f"Model: `{self.rt.model}`" + ("" if models is None or self.rt.model in models else " (not pulled!)"),
+            f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
+            + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
             f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'} at {self.rt.settings.ollama_host}",
             f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}",
             f"Sandboxes running: {len(running)}",
@@ -211,26 +266,132 @@ class Admin(commands.Cog):
                          f"{incident.detail[:300]}")
         await self._say(interaction, "\n".join(lines))
 
-    @admin.command(name="model", description="Switch the model for everyone")
-    @app_commands.describe(name="A model the Ollama server has pulled")
-    async def admin_model(self, interaction: discord.Interaction, name: str) -> None:
-        if not await self._admit(interaction):
-            return
+    # -- model and persona per place ------------------------------------------------
+    def _scope(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None,
+               everywhere: bool) -> tuple[str, str] | str:
+        """The place a change applies to, and how to name it; or the line saying why not.
+        A server's managers change their server and its channels; the bot-wide default
+        (DMs, and servers without their own) is for ADMIN_USER_IDS only."""
+        if everywhere or interaction.guild is None:
+            if interaction.user.id not in self.rt.settings.admin_user_ids:
+                return ONLY_BOT_ADMINS
+            return EVERYWHERE, "every server and DM (the default)"
+        if channel is not None:
+            if getattr(getattr(channel, "guild", None), "id", None) != interaction.guild.id:
+                return "Pick a channel of this server."
+            return channel_scope(channel.id), f"<#{channel.id}>"
+        return server_scope(interaction.guild.id), "this server"
+
+    async def _settings_admit(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None,
+                              everywhere: bool, *, defer: bool = True) -> tuple[str, str] | None:
+        if not await self._admit(interaction, defer=defer):
+            return None
         if not self._allowed(interaction):
-            return await self._say(interaction, REFUSAL)
-        models = await self._models()
-        if models is None:
-            return await self._say(interaction, "Ollama is unreachable, so the model was not changed.")
-        if name not in models:
-            return await self._say(interaction, f"The Ollama server has no model `{name}`; pull it first.")
-        old, self.rt.model = self.rt.model, name
-        log.info("model switched from %s to %s by %s", old, name, interaction.user.id)
-        await self._say(interaction, f"Model switched from `{old}` to `{name}`.")
+            await self._say(interaction, REFUSAL)
+            return None
+        scope = self._scope(interaction, channel, everywhere)
+        if isinstance(scope, str):
+            await self._say(interaction, scope)
+            return None
+        return scope
+
+    def _place(self, interaction: discord.Interaction, scope: str) -> Place:
+        """The place whose settings in effect /admin … show reports for `scope`."""
+        kind, _, ref = scope.partition(":")
+        server = str(interaction.guild.id) if interaction.guild is not None else None
+        if kind == "channel":
+            return Place(channel=ref, server=server)
+        return Place(server=ref) if kind == "server" else Place()
+
+    @admin.command(name="model", description="Show or switch the model, for this server, one channel, or everywhere")
+    @app_commands.describe(name='A tool-capable model the Ollama server has pulled; "default" to inherit again',
+                           channel="Only in this channel (default: the whole server)",
+                           everywhere="The default for every server and DM (the bot's admins only)")
+    async def admin_model(self, interaction: discord.Interaction, name: str | None = None,
+                          channel: discord.abc.GuildChannel | None = None, everywhere: bool = False) -> None:
+        target = await self._settings_admit(interaction, channel, everywhere)
+        if target is None:
+            return
+        scope, label = target
+        place = self._place(interaction, scope)
+        before = await self.rt.places.model(place)
+        if name is None:
+            return await self._say(interaction, f"Model for {label}: `{before.value}` ({_source(before.source)}).")
+        by = str(interaction.user.id)
+        try:
+            await self.rt.switch_model(scope, None if name.strip().lower() == "default" else name.strip(), by=by)
+        except EngineError as exc:
+            return await self._say(interaction, f"⚠️ {exc.user_message}")
+        after = await self.rt.places.model(place)
+        log.info("model for %s: %s -> %s by %s", scope, before.value, after.value, by)
+        await self._say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
+                                     f"({_source(after.source)}); it applies from the next message.")
 
     @admin_model.autocomplete("name")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         models = await self._models() or []
         return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
+
+    prompt = app_commands.Group(name="prompt", description="The persona: operator text added to the instructions",
+                                parent=admin)
+
+    @prompt.command(name="set", description="Set the persona for this server, one channel, or everywhere")
+    @app_commands.describe(text="The persona and house rules (leave empty to edit the current one in a form)",
+                           channel="Only in this channel (default: the whole server)",
+                           everywhere="The default for every server and DM (the bot's admins only)")
+    async def prompt_set(self, interaction: discord.Interaction,
+                         text: app_commands.Range[str, 1, PROMPT_MAX_CHARS] | None = None,
+                         channel: discord.abc.GuildChannel | None = None, everywhere: bool = False) -> None:
+        target = await self._settings_admit(interaction, channel, everywhere, defer=text is not None)
+        if target is None:
+            return
+        if text is None:  # a form with room for several lines, holding what is set now
+            own = await self.rt.places.own(target[0])
+            return await interaction.response.send_modal(
+                PersonaForm(self, target, own.prompt if own is not None and own.prompt else ""))
+        await self.save_prompt(interaction, target, text)
+
+    async def save_prompt(self, interaction: discord.Interaction, target: tuple[str, str], text: str) -> None:
+        scope, label = target
+        try:
+            await self.rt.places.set(scope, by=str(interaction.user.id), prompt=text)
+        except EngineError as exc:
+            return await self._say(interaction, f"⚠️ {exc.user_message}")
+        log.info("persona for %s set by %s (%d characters)", scope, interaction.user.id, len(text.strip()))
+        await self._say(interaction, f"Persona for {label} saved; it applies from the next message:\n"
+                                     + _quoted(text.strip()))
+
+    @prompt.command(name="show", description="Show the persona in effect for this server, one channel, or everywhere")
+    @app_commands.describe(channel="This channel's (default: the whole server's)",
+                           everywhere="The default for every server and DM")
+    async def prompt_show(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None = None,
+                          everywhere: bool = False) -> None:
+        target = await self._settings_admit(interaction, channel, everywhere)
+        if target is None:
+            return
+        scope, label = target
+        choice = await self.rt.places.prompt(self._place(interaction, scope))
+        if not choice.value:
+            return await self._say(interaction, f"No persona for {label}: only the built-in instructions apply.")
+        await self._say(interaction, f"Persona for {label} ({_source(choice.source)}):\n" + _quoted(choice.value))
+
+    @prompt.command(name="clear", description="Remove the persona set for this server, one channel, or everywhere")
+    @app_commands.describe(channel="This channel's (default: the whole server's)",
+                           everywhere="The default for every server and DM (the bot's admins only)")
+    async def prompt_clear(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None = None,
+                           everywhere: bool = False) -> None:
+        target = await self._settings_admit(interaction, channel, everywhere)
+        if target is None:
+            return
+        scope, label = target
+        own = await self.rt.places.own(scope)
+        if own is None or not own.prompt:
+            return await self._say(interaction, f"{label[0].upper() + label[1:]} has no persona of its own.")
+        await self.rt.places.set(scope, by=str(interaction.user.id), prompt=None)
+        log.info("persona for %s cleared by %s", scope, interaction.user.id)
+        after = await self.rt.places.prompt(self._place(interaction, scope))
+        rest = f" Now in effect: {_source(after.source)}." if after.value else " Only the built-in instructions apply."
+        await self._say(interaction, f"Persona for {label} removed.{rest}")
 
     async def _models(self) -> list[str] | None:
         try:

@@ -15,7 +15,7 @@ from core.events import (Done, Ignored, Replaced, Replacing, Stopped, TextDelta,
                          ToolQueued, ToolStarted)
 from core.registry import Phase
 
-from ..access import channel_ids, is_admin, refusal
+from ..access import channel_ids, is_admin, place_of, refusal
 from ..controls import StopView
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
@@ -77,7 +77,8 @@ class Chat(commands.Cog):
             await self.refuse(message, refused)
             return
         text = self.clean_text(message)
-        async with ChatSession(user=message.author.id, session=message.channel.id, runtime=self.bot.runtime) as chat:
+        async with ChatSession(user=message.author.id, session=message.channel.id, place=place_of(message.channel),
+                               runtime=self.bot.runtime) as chat:
             if message.attachments:
                 uploads = self.bot.get_cog("Uploads")
                 saved = await uploads.save_attachments(message, chat) if uploads else []  # type: ignore[attr-defined]

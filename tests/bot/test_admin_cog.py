@@ -21,16 +21,22 @@ class Response:
     def __init__(self) -> None:
         self.sent: list[tuple[str, dict[str, Any]]] = []
         self.deferred = False
+        self.modal: discord.ui.Modal | None = None
         self.acknowledged_at: float | None = None  # loop time of the first answer Discord sees
         self.answered_at: float | None = None  # loop time of the last message
 
     def is_done(self) -> bool:
-        return self.deferred or bool(self.sent)
+        return self.deferred or bool(self.sent) or self.modal is not None
 
     def _stamp(self) -> None:
         now = asyncio.get_running_loop().time()
         self.acknowledged_at = self.acknowledged_at or now
         self.answered_at = now
+
+    async def send_modal(self, modal: discord.ui.Modal) -> None:
+        assert not self.is_done(), "a modal must be the interaction's first answer"
+        self._stamp()
+        self.modal = modal
 
     async def send_message(self, content: str = "", **kwargs: Any) -> None:
         assert not self.is_done(), "an interaction is answered once; later messages are follow-ups"
@@ -56,10 +62,11 @@ class Followup:
 class Interaction:
     """What a slash-command callback reads from discord.Interaction."""
 
-    def __init__(self, user_id: int, *, manage_guild: bool = False, namespace: dict | None = None) -> None:
+    def __init__(self, user_id: int, *, manage_guild: bool = False, namespace: dict | None = None,
+                 guild: int | None = 1, channel: int = CHANNEL) -> None:
         self.user = types.SimpleNamespace(id=user_id, guild_permissions=discord.Permissions(manage_guild=manage_guild))
-        self.guild = types.SimpleNamespace(id=1)
-        self.channel_id = CHANNEL
+        self.guild = types.SimpleNamespace(id=guild) if guild is not None else None
+        self.channel_id = channel
         self.response = Response()
         self.followup = Followup(self.response)
         self.namespace = types.SimpleNamespace(**(namespace or {}))
@@ -126,21 +133,23 @@ ADMIN_COMMANDS = [
     (("admin", "sessions"), {}),
     (("admin", "status"), {}),
     (("admin", "model"), {"name": "qwen3:8b"}),
+    (("admin", "prompt", "set"), {"text": "You are a pirate."}),
+    (("admin", "prompt", "show"), {}),
+    (("admin", "prompt", "clear"), {}),
     (("admin", "reset"), {"user": types.SimpleNamespace(id=9), "channel": "111"}),
     (("admin", "stop"), {"user": types.SimpleNamespace(id=9), "channel": "111"}),
 ]
 
 
-@pytest.mark.parametrize("path, kwargs", ADMIN_COMMANDS, ids=[p[1] for p, _ in ADMIN_COMMANDS])
+@pytest.mark.parametrize("path, kwargs", ADMIN_COMMANDS, ids=[" ".join(p[1:]) for p, _ in ADMIN_COMMANDS])
 async def test_members_without_rights_are_refused_every_admin_command(bot: commands.Bot, runtime: Runtime,
                                                                      path: tuple, kwargs: dict) -> None:
     sid = runtime.history.open_session("9", "111")
     runtime.history.add_message(sid, "user", "precious")
-    before = runtime.model
     said = await call(bot, path, Interaction(12345, manage_guild=False), **kwargs)
     assert said.startswith("Only server managers")
     assert runtime.history.window(sid, 10) == [{"role": "user", "content": "precious"}]
-    assert runtime.model == before
+    assert await runtime.places.overrides() == {}
 
 
 async def test_managers_and_listed_admins_may_use_admin(bot: commands.Bot, runtime: Runtime,
@@ -168,22 +177,6 @@ async def test_admin_sessions_reset_and_stop(bot: commands.Bot, runtime: Runtime
     assert not docker_client.containers.list(all=True, filters={"name": runtime.containers.name("9", "111")})
 
 
-async def test_model_switch_with_autocomplete(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama) -> None:
-    fake_ollama.models = ["qwen3:8b", "llama3.1:8b", "mistral-nemo:12b"]
-    cog = bot.get_cog("Admin")
-    choices = await cog._model_choices(Interaction(1, manage_guild=True), "lla")
-    assert [c.value for c in choices] == ["llama3.1:8b"]
-    said = await call(bot, ("admin", "model"), Interaction(1, manage_guild=True), name="llama3.1:8b")
-    assert "switched from `qwen3:8b` to `llama3.1:8b`" in said and runtime.model == "llama3.1:8b"
-    fake_ollama.script(text("from llama"))
-    async with ChatSession(user=1, session=2, runtime=runtime) as chat:
-        async for _ in chat.chat_stream("hi"):
-            pass
-    assert fake_ollama.requests[-1]["model"] == "llama3.1:8b"
-    said = await call(bot, ("admin", "model"), Interaction(1, manage_guild=True), name="no-such-model")
-    assert "no model `no-such-model`" in said and runtime.model == "llama3.1:8b"
-
-
 async def test_status_reports_ollama_down(bot: commands.Bot, fake_ollama: FakeOllama) -> None:
     fake_ollama.stop()
     said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
@@ -200,7 +193,7 @@ async def test_status_says_what_users_were_told_is_down(bot: commands.Bot, runti
         said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
         down = [line for line in said.split("\n") if line.startswith("🔴 Ollama failing since")]
         assert len(down) == 1 and down[0].endswith("(1×): The model 'qwen3:8b' is not on the Ollama server: "
-                                                   "run `ollama pull qwen3:8b`.")
+                                                   "run `ollama pull qwen3:8b` or pick another with /admin model.")
         async for _ in chat.chat_stream("again"):
             pass
         said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))

@@ -1,0 +1,46 @@
+"""What /help says: how to talk to the bot here, built from the settings that decide it."""
+from __future__ import annotations
+
+from core.config import Settings
+from core.uploads import human_size
+
+
+def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here: bool, model: str,
+              has_persona: bool, admin: bool) -> str:
+    """The whole /help answer (under Discord's 2000 characters)."""
+    if in_dm:
+        how = "Just write here: every message in this DM goes to me."
+    elif auto_reply_here:
+        how = f"In this channel I answer every message; elsewhere, mention @{bot_name} or reply to me."
+    else:
+        how = f"Mention @{bot_name} in a message, or reply to one of my messages."
+    if not in_dm and settings.allow_dms:
+        how += " You can also DM me."
+    network = "with internet access" if settings.vm_network else "without internet access"
+    lines = [
+        "**Talking to me**",
+        f"• {how} Each channel is a separate conversation, and I remember it across restarts.",
+        "• Reply to any message (and mention me) to ask about it: I see the message you replied to.",
+        "• While I answer, **Stop** ends my reply and any command I am running. Messages you send "
+        "meanwhile get ⏳ and are answered together right after.",
+        "",
+        "**What I can do**",
+        f"• Run shell commands in your own Linux sandbox for this conversation ({network}). Files, "
+        "installed packages and background jobs stay between messages.",
+        f"• Each command stops after {settings.command_timeout} s (at most {settings.command_timeout_max} s "
+        f"when I ask for more); the sandbox has {human_size(settings.vm_memory)} of memory and "
+        f"{human_size(settings.vm_disk)} of disk.",
+        f"• Attach files to a message to put them in `/data`, where I can read them (up to "
+        f"{human_size(settings.upload_max_file_bytes)} each).",
+        "",
+        "**Commands**",
+        "• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, "
+        "`files` deletes your files too).",
+        "• `/sessions`: your conversations.",
+    ]
+    if admin:
+        lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin audit`, `/admin sessions`, "
+                     "`/admin reset`, `/admin stop`: for server managers.")
+    persona = " with a persona set by the operators" if has_persona else ""
+    lines += ["", f"Here I use the model `{model}`{persona}."]
+    return "\n".join(lines)
