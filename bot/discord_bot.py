@@ -16,7 +16,10 @@ import discord
 from discord.ext import commands
 
 from core import ConfigError, Runtime, Settings, get_runtime
+from core.places import EVERYWHERE, Place
 from core.preflight import print_checks, run_checks
+
+from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("bot.cogs.chat", "bot.cogs.uploads", "bot.cogs.admin")
@@ -36,6 +39,16 @@ class _BotMixin:
         except (discord.DiscordException, NotImplementedError) as exc:
             log.warning("could not sync slash commands: %s", exc)
         self.runtime.start_background()
+
+    async def on_ready(self) -> None:
+        """The operator's sign that the bot is up, and where (it runs again after a reconnect)."""
+        s = self.runtime.settings
+        model = await self.runtime.places.model(Place())
+        overrides = sum(1 for scope, row in (await self.runtime.places.overrides()).items()
+                        if row.model and scope != EVERYWHERE)
+        log.info("ready as %s (id %s) in %d servers; model %s%s; Ollama at %s", self.user,  # type: ignore[attr-defined]
+                 getattr(self.user, "id", "?"), len(self.guilds), model.value,  # type: ignore[attr-defined]
+                 f" ({overrides} server/channel overrides)" if overrides else "", s.ollama_host)
 
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: the chat cog's listener handles messages, slash commands the rest."""
@@ -80,8 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Bad configuration: {exc}", file=sys.stderr)
         return 2
-    discord.utils.setup_logging(level=getattr(logging, args.log_level or settings.log_level), root=True)
-    logging.getLogger("discord.gateway").setLevel(logging.WARNING)
+    setup_logging(args.log_level or settings.log_level, log_content=settings.log_content)
 
     checks = asyncio.run(run_checks(settings))
     if args.check:

@@ -151,6 +151,7 @@ class Settings:
     edits_per_5s: int = 4
     shard_count: int = 0
     log_level: str = "INFO"
+    log_content: bool = False  # message text in the log (at DEBUG): for debugging a private deployment only
 
     def replace(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests and the admin model switch use it)."""
@@ -221,6 +222,7 @@ class Settings:
         take("DISCORD_EDITS_PER_5S", "edits_per_5s", lambda n, r: _parse_int(n, r, 1))
         take("SHARD_COUNT", "shard_count", _parse_int)
         take("LOG_LEVEL", "log_level", _parse_log_level)
+        take("LOG_CONTENT", "log_content", _parse_bool)
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.command_timeout > settings.command_timeout_max:
             raise ConfigError(

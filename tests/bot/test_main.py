@@ -34,6 +34,7 @@ def test_check_passes_when_everything_is_there(tmp_path: Path, fake_ollama: Fake
     assert done.returncode == 0, done.stdout + done.stderr
     assert [line.split()[1] for line in done.stdout.splitlines()] == ["token", "ollama", "docker", "database"]
     assert TOKEN not in done.stdout + done.stderr
+    assert done.stderr == ""  # no third-party request lines around the results
 
 
 def test_check_names_what_is_missing(tmp_path: Path) -> None:

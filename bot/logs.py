@@ -1,0 +1,30 @@
+"""The bot's logging: an operator's lines at INFO, detail at DEBUG, and message text only on request.
+
+What users write (and what the model answers) reaches the log only with LOG_CONTENT=true:
+discord.py's HTTP and gateway loggers print whole payloads at DEBUG, peewee prints every SQL
+statement with its parameters, and the engine's own `llmbot.content` logger prints messages.
+"""
+from __future__ import annotations
+
+import logging
+
+import discord
+
+CONTENT_LOGGERS = ("discord.http", "discord.gateway", "discord.webhook", "discord.state", "peewee", "llmbot.content")
+CHATTY_LOGGERS = ("httpx", "httpcore")  # a line per request to Ollama at INFO, connection events at DEBUG
+
+
+def setup_logging(level: str, *, log_content: bool = False) -> None:
+    """Call once, before the bot is built."""
+    discord.utils.setup_logging(level=getattr(logging, level), root=True)
+    # The bot never joins voice: the "PyNaCl/davey is not installed" warnings only alarm operators.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
+    for name in CHATTY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    floor = max(logging.INFO, getattr(logging, level))
+    for name in CONTENT_LOGGERS:
+        # NOTSET follows the root level: at DEBUG the content shows, which is what was asked for.
+        logging.getLogger(name).setLevel(logging.NOTSET if log_content else floor)
+    # Its INFO lines are per-connection chatter; warnings (reconnect trouble) still show.
+    logging.getLogger("discord.gateway").setLevel(logging.NOTSET if log_content else max(logging.WARNING, floor))
