@@ -17,6 +17,7 @@ import logging
 import os
 import posixpath
 import re
+import socket
 import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +32,7 @@ import aiohttp
 from . import datadisk
 from .config import Settings
 from .errors import SandboxFileError, SandboxUnavailable
-from .hostmount import ensure_nosuid
+from .hostmount import ensure_nosuid, host_path, own_container_id
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
 from .uploads import human_size, remove_folder
@@ -132,6 +133,8 @@ class ContainerManager(Sandboxes):
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
         self._adoption: asyncio.Event | None = None  # set while adopt() sorts out what a restart found
+        self._discovered: str | None = None  # UPLOAD_DIR on the Docker host, found from the bot's own container
+        self._discovery_done = False
 
     # -- naming -----------------------------------------------------------
     def name(self, user: str, session: str) -> str:
@@ -150,7 +153,7 @@ class ContainerManager(Sandboxes):
         if not self._root_ready:
             root.mkdir(parents=True, exist_ok=True)
             root.chmod(0o700)
-            if self.settings.vm_data_nosuid and not self.settings.vm_data_host_dir:
+            if self.settings.vm_data_nosuid and not self.data_host_root:
                 problem = ensure_nosuid(root)  # then every sandbox's /data bind mount is nosuid,nodev too
                 if problem:
                     log.warning("%s", problem)
@@ -171,17 +174,58 @@ class ContainerManager(Sandboxes):
             os.replace(old, new)
             log.info("moved %s to %s (exact folder names)", old, new)
 
+    @property
+    def data_host_root(self) -> str | None:
+        """UPLOAD_DIR as the Docker host sees it, when the bot runs in a container: VM_DATA_HOST_DIR,
+        or what discover_host_root() found. None when the bot and the engine share the filesystem."""
+        return self.settings.vm_data_host_dir or self._discovered
+
+    async def discover_host_root(self) -> None:
+        """In a container, find where the host keeps UPLOAD_DIR from the container's own mounts, so
+        `docker compose` works from any folder and no path needs writing down. Once per process."""
+        if self._discovery_done or self.settings.vm_data_host_dir:
+            return
+        try:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+        except OSError:
+            mountinfo = ""
+        container = own_container_id(mountinfo, socket.gethostname())
+        if container is None:
+            self._discovery_done = True
+            return
+        try:
+            state = await self.docker.containers.container(container).show()
+        except (SandboxUnavailable, aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            log.debug("could not inspect the bot's own container %s: %r", container[:12], exc)
+            return  # the engine is down: try again with the next sandbox
+        except aiodocker.DockerError as exc:
+            if exc.status != 404:
+                log.debug("could not inspect the bot's own container %s: %s", container[:12], explain(exc))
+                return  # the engine is down: try again with the next sandbox
+            self._discovery_done = True  # a container of another engine (Docker in Docker): paths are shared
+            return
+        self._discovery_done = True
+        local = Path(self.settings.upload_dir).resolve()
+        self._discovered = host_path(state.get("Mounts") or [], local)
+        if self._discovered:
+            log.info("the bot runs in container %s; the Docker host keeps UPLOAD_DIR at %s",
+                     container[:12], self._discovered)
+        else:
+            log.warning("the bot runs in container %s, but UPLOAD_DIR (%s) is not on a mount from the host: "
+                        "sandboxes would see an empty /data. Mount it from the host (docker-compose.yml mounts "
+                        "./data) or set VM_DATA_HOST_DIR", container[:12], local)
+
     def _host_dir(self, user: str, session: str) -> str:
         local = self.upload_dir(user, session)
-        if not self.settings.vm_data_host_dir:
+        if not self.data_host_root:
             return str(local)
         # The bot runs in a container: the engine needs the host's path of the same folder.
         relative = local.relative_to(self._data_root())
-        return str(Path(self.settings.vm_data_host_dir) / relative)
+        return str(Path(self.data_host_root) / relative)
 
     def config_hash(self) -> str:
         s = self.settings
-        key = (f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{s.vm_data_host_dir}|"
+        key = (f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{self.data_host_root or ''}|"
                f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|v2")
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
@@ -239,6 +283,7 @@ class ContainerManager(Sandboxes):
     async def _ensure(self, user: str, session: str, *, allow_recreate: bool = True) -> str:
         """The running container of (user, session), by name: reused, restarted or created."""
         name = self.name(user, session)
+        await self.discover_host_root()
         if self._adoption is not None and not self._adoption.is_set():
             await self._adoption.wait()  # never use a container that start-up clean-up is about to remove
         async with self._locks.hold(name):
@@ -421,6 +466,7 @@ class ContainerManager(Sandboxes):
     # -- /data and the disk quota -----------------------------------------
     async def prepare_data(self, user: str, session: str) -> Path:
         """The session's /data folder, on its own VM_DISK-sized disk image where this host allows."""
+        await self.discover_host_root()
         folder = self.upload_dir(user, session)
         async with self._locks.hold(("data", str(folder))):
             problem = await asyncio.get_running_loop().run_in_executor(self._disk_pool, self._prepare, folder)
@@ -434,9 +480,9 @@ class ContainerManager(Sandboxes):
         return folder
 
     def _prepare(self, folder: Path) -> str | None:
-        if self.settings.vm_data_host_dir:  # the bot runs in a container: its mounts would not reach dockerd
+        if self.data_host_root:  # the bot runs in a container: its mounts would not reach dockerd
             os.makedirs(folder, exist_ok=True)
-            return "/data has no hard size when the bot runs in a container (VM_DATA_HOST_DIR)"
+            return "/data has no hard size when the bot runs in a container"
         return datadisk.prepare(folder, self.settings.vm_disk)
 
     def _disk_problem(self, problem: str | None) -> None:
@@ -446,6 +492,7 @@ class ContainerManager(Sandboxes):
 
     async def delete_data(self, user: str, session: str) -> None:
         """Delete the session's /data now: its image and its folder (the sandbox must be gone)."""
+        await self.discover_host_root()
         folder = self.upload_dir(user, session)
         async with self._locks.hold(("data", str(folder))):
             await asyncio.get_running_loop().run_in_executor(self._disk_pool, datadisk.destroy, folder)
@@ -503,6 +550,7 @@ class ContainerManager(Sandboxes):
         now = time.monotonic()
         self._adoption = done = asyncio.Event()
         try:
+            await self.discover_host_root()
             with reported_as_unavailable():
                 for row in await self._list():
                     name = _name(row)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -68,3 +69,35 @@ def ensure_nosuid(path: Path) -> str | None:
             return f"could not make {path} a nosuid,nodev mount ({problem}): see README, Security"
     log.info("mounted %s onto itself with nosuid,nodev", path)
     return None
+
+
+# -- the bot in a container: where the host keeps UPLOAD_DIR ---------------------------------
+_CONTAINER_FILE = re.compile(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)\b")
+
+
+def own_container_id(mountinfo: str, hostname: str) -> str | None:
+    """This process's container id, when it runs in a Docker container: the engine bind-mounts
+    /etc/hostname from the container's own folder (/var/lib/docker/containers/<id>/hostname);
+    failing that, a default hostname is the id's first 12 hex digits."""
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 4 and fields[4] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+            match = _CONTAINER_FILE.search(fields[3])
+            if match:
+                return match.group(1)
+    return hostname if re.fullmatch(r"[0-9a-f]{12}", hostname) else None
+
+
+def host_path(mounts: list[dict], local: Path) -> str | None:
+    """Where the engine's host keeps `local` (a path inside this container), from the container's
+    Mounts as `docker inspect` lists them; None when `local` is on no mount from the host."""
+    best: tuple[int, str] | None = None
+    for mount in mounts:
+        destination, source = mount.get("Destination", ""), mount.get("Source", "")
+        if not destination or not source:
+            continue
+        inside = Path(destination)
+        if local == inside or inside in local.parents:
+            if best is None or len(destination) > best[0]:
+                best = (len(destination), str(Path(source) / local.relative_to(inside)))
+    return best[1] if best else None

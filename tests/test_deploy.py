@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 from dotenv import dotenv_values
 
 from core.config import Settings
@@ -47,27 +48,29 @@ def test_every_setting_has_a_one_line_meaning() -> None:
         assert j >= 0 and lines[j].startswith("# ") and not lines[j].startswith("# ---"), f"no meaning for {line}"
 
 
-def compose_config() -> dict:
+def compose_config(cwd: Path = ROOT) -> dict:
     docker = shutil.which("docker")
     ok = docker and subprocess.run([docker, "compose", "version"], capture_output=True).returncode == 0
     require(None if ok else "needs the docker compose plugin (.ci/run installs it)")
     done = subprocess.run([docker, "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"],
-                          capture_output=True, text=True, cwd=ROOT, env={"PATH": "/usr/bin:/bin:/usr/local/bin",
-                                                                         "PWD": str(ROOT)})
+                          capture_output=True, text=True, cwd=cwd, env={"PATH": "/usr/bin:/bin:/usr/local/bin",
+                                                                        "PWD": str(cwd)})
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
 
-def test_compose_file_validates_and_wires_the_services() -> None:
-    config = compose_config()
+@pytest.mark.parametrize("folder", ["project", "elsewhere"])
+def test_compose_file_validates_and_wires_the_services(folder: str, tmp_path: Path) -> None:
+    config = compose_config(ROOT if folder == "project" else tmp_path)
     services = config["services"]
     assert set(services) == {"ollama", "bot"}
     assert any(v["type"] == "volume" and v["target"] == "/root/.ollama" for v in services["ollama"]["volumes"])
     bot = services["bot"]
     assert bot["environment"]["OLLAMA_HOST"] == "http://ollama:11434"
-    assert bot["environment"]["VM_DATA_HOST_DIR"] == f"{ROOT}/data/uploads"
-    targets = {v["target"] for v in bot["volumes"]}
-    assert {"/var/run/docker.sock", "/app/data"} <= targets
+    # nothing that depends on the caller's folder: the bot finds the host path of /app/data itself
+    assert "VM_DATA_HOST_DIR" not in bot["environment"] and bot["environment"]["UPLOAD_DIR"] == "/app/data/uploads"
+    sources = {v["target"]: v["source"] for v in bot["volumes"]}
+    assert sources["/app/data"] == str(ROOT / "data") and sources["/var/run/docker.sock"] == "/var/run/docker.sock"
     assert "ollama" in config["volumes"]
 
 

@@ -1,0 +1,132 @@
+"""README's run command on a fresh Debian 12 (issue 10, item 8), and the bot in a container finding
+where the host keeps its uploads.
+
+A pristine debootstrap root (tests/images/fresh-debian.sh: no Python at all) is mounted under an
+overlay, the project is copied in, and `bash scripts/run --check` runs there through chroot with
+nothing of this machine on PATH: it must install python3-venv, make .venv with Debian's own
+Python, install the requirements from PyPI, and run the preflight. The root that results is then
+imported as an image and run as the bot's container: from inside, with only the Docker socket and
+a bind mount of a host folder at /app/data, the bot must find that folder's host path and give a
+real sandbox the file written there.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import docker
+import pytest
+
+from tests.conftest import TEST_IMAGE, remove_containers, require
+
+ROOT = Path(__file__).resolve().parents[1]
+FRESH_ROOT = Path(os.environ.get("FRESH_DEBIAN_ROOT", "/var/cache/llmbot/fresh-debian"))
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this network's TLS may need this machine's CA
+
+PROBE = """
+import asyncio, json
+from core import Settings
+from core.containers import ContainerManager
+from core.terminal import Terminal
+
+async def main():
+    manager = ContainerManager(Settings(upload_dir="/app/data/uploads", vm_image={image!r}, vm_network=False,
+                                        vm_name_prefix={prefix!r}))
+    folder = await manager.prepare_data("alice", "general")
+    (folder / "note.txt").write_text("written by the bot in its container")
+    result = await Terminal(manager).execute("alice", "general", "cat /data/note.txt")
+    print(json.dumps({{"host_root": manager.data_host_root, "seen": result.stdout, "exit": result.exit_code}}))
+    await manager.remove("alice", "general")
+    await manager.close()
+
+asyncio.run(main())
+"""
+
+
+def sh(*command: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(command, capture_output=True, text=True, **kwargs)  # type: ignore[call-overload]
+
+
+@pytest.fixture
+def fresh_debian(tmp_path: Path) -> Iterator[Path]:
+    """A writable copy-on-write view of the pristine root, with the project in /src."""
+    require(None if (FRESH_ROOT / "usr/bin/apt-get").exists() else
+            f"needs a fresh Debian root at {FRESH_ROOT} (bash tests/images/fresh-debian.sh)")
+    require(None if os.geteuid() == 0 else "needs root (overlay mount, chroot)")
+    assert not (FRESH_ROOT / "usr/bin/python3").exists(), "the pristine root must not have Python yet"
+    upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "merged"
+    for folder in (upper, work, merged):
+        folder.mkdir()
+    mounted = sh("mount", "-t", "overlay", "overlay", "-o",
+                 f"lowerdir={FRESH_ROOT},upperdir={upper},workdir={work}", str(merged))
+    assert mounted.returncode == 0, mounted.stderr
+    try:
+        files = sh("git", "ls-files", "-co", "--exclude-standard", cwd=ROOT).stdout.split()
+        for name in files:
+            if name.startswith("data/") or not (ROOT / name).is_file():
+                continue
+            (merged / "src" / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, merged / "src" / name)
+        shutil.copy(Path("/etc/resolv.conf").resolve(), merged / "etc/resolv.conf")
+        if HOST_CA.exists():
+            (merged / "etc/ssl/certs").mkdir(parents=True, exist_ok=True)
+            shutil.copy(HOST_CA, merged / "etc/ssl/certs/ci-host-ca.pem")
+        assert sh("mount", "-t", "proc", "proc", str(merged / "proc")).returncode == 0
+        yield merged
+    finally:
+        sh("umount", str(merged / "proc"))
+        sh("umount", str(merged))
+
+
+def test_readme_run_command_works_on_a_fresh_debian_and_the_bot_finds_its_uploads_in_a_container(
+        fresh_debian: Path, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "| run the bot | `bash scripts/run` |" in readme
+    env = {"PATH": CLEAN_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    if HOST_CA.exists():
+        env["PIP_CERT"] = "/etc/ssl/certs/ci-host-ca.pem"
+    env.update({k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")})
+    done = sh("chroot", str(fresh_debian), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
+              "bash", "/src/scripts/run", "--check", timeout=900)
+    lines = done.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [["FAIL", "token"], ["FAIL", "ollama"], ["FAIL", "docker"],
+                                                    ["ok", "database"]], done.stdout + done.stderr
+    assert done.returncode == 1  # no token: the preflight says so, in one line each
+    assert "Traceback" not in done.stderr
+    config = (fresh_debian / "src/.venv/pyvenv.cfg").read_text()
+    assert "home = /usr/bin" in config, config  # Debian's own Python, not this machine's
+    assert (fresh_debian / "usr/lib/python3.11/venv/__init__.py").exists()  # python3-venv was installed
+    again = sh("chroot", str(fresh_debian), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
+               "bash", "/src/scripts/run", "--check", timeout=120)
+    assert again.stdout == done.stdout and "Installing" not in again.stderr  # nothing installed twice
+
+    # The same root as the bot's container: only the socket and a host folder at /app/data.
+    image = f"llmbot-fresh-{uuid.uuid4().hex[:8]}"
+    prefix = f"llmt{uuid.uuid4().hex[:8]}"
+    hostdata = tmp_path / "hostdata"
+    hostdata.mkdir()
+    sh("umount", str(fresh_debian / "proc"))
+    imported = subprocess.run(f"tar -C {fresh_debian} -cf - . | docker import - {image}", shell=True,
+                              capture_output=True, text=True)
+    assert imported.returncode == 0, imported.stderr
+    try:
+        probe = tmp_path / "probe.py"
+        probe.write_text(PROBE.format(image=TEST_IMAGE, prefix=prefix))
+        output = docker_client.containers.run(
+            image, ["/src/.venv/bin/python", "/probe.py"], working_dir="/src", environment={"PYTHONPATH": "/src"},
+            volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+                     str(hostdata): {"bind": "/app/data", "mode": "rw"},
+                     str(probe): {"bind": "/probe.py", "mode": "ro"}},
+            remove=True, stderr=True)
+        result = json.loads(output.decode().strip().splitlines()[-1])
+        assert result == {"host_root": f"{hostdata}/uploads", "seen": "written by the bot in its container",
+                          "exit": 0}
+    finally:
+        remove_containers(docker_client, prefix)
+        docker_client.images.remove(image, force=True)
