@@ -29,6 +29,15 @@ def place_of(channel: Any) -> Place:
                  server=str(guild.id) if guild is not None else None)
 
 
+DM_UPLOAD_LIMIT = 10 * 1024 ** 2  # what a bot may attach in a DM
+
+
+def upload_limit(channel: Any) -> int:
+    """The most the bot may attach to one message here: the server's limit (boosts raise it), 10 MB in DMs."""
+    guild = getattr(channel, "guild", None)
+    return int(getattr(guild, "filesize_limit", 0) or DM_UPLOAD_LIMIT) if guild is not None else DM_UPLOAD_LIMIT
+
+
 def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), channel_ids: Iterable[int] = (),
             is_dm: bool = False) -> str | None:
     """None when allowed; otherwise the one line to show. Blocked ids always win.

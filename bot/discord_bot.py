@@ -70,6 +70,9 @@ def create_bot(settings: Settings | None = None, runtime: Runtime | None = None)
     """The bot, not connected; `setup_hook` loads the cogs when it starts."""
     runtime = runtime or get_runtime(settings)
     settings = runtime.settings
+    # The bot never joins voice: the "PyNaCl/davey is not installed" warnings only alarm operators.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
     intents = discord.Intents.default()
     intents.message_content = True
     options = dict(command_prefix=commands.when_mentioned, intents=intents, help_command=None,

@@ -17,9 +17,6 @@ CHATTY_LOGGERS = ("httpx", "httpcore")  # a line per request to Ollama at INFO, 
 def setup_logging(level: str, *, log_content: bool = False) -> None:
     """Call once, before the bot is built."""
     discord.utils.setup_logging(level=getattr(logging, level), root=True)
-    # The bot never joins voice: the "PyNaCl/davey is not installed" warnings only alarm operators.
-    discord.VoiceClient.warn_nacl = False
-    discord.VoiceClient.warn_dave = False
     for name in CHATTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
     floor = max(logging.INFO, getattr(logging, level))

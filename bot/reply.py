@@ -7,6 +7,7 @@ the final flush always carries the full text.
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +23,17 @@ NO_MENTIONS = discord.AllowedMentions.none()
 
 @dataclass
 class _Tool:
-    command: str
+    command: str  # for a file (send_file): its name
     status: str = "running"  # queued, running, ok, failed, timeout, error, stopped
     exit_code: int | None = None
     ahead: int = 0  # while queued: commands before it
+    kind: str = "command"  # or "file"
 
     def line(self) -> str:
+        if self.kind == "file":
+            name = inline_code(self.command or "(no name)")
+            return {"running": f"-# 📎 sending {name}…", "ok": f"-# 📎 {name} attached below",
+                    "stopped": f"-# ⏹️ {name} not sent"}.get(self.status, f"-# ⚠️ {name} not sent")
         cmd = inline_code(self.command or "(no command)")
         if self.status == "queued":
             return f"-# ⏳ queued behind {self.ahead} command{'' if self.ahead == 1 else 's'}…"
@@ -65,6 +71,7 @@ class ReplyStream:
         self.show_thinking = show_thinking
         self.limit = limit
         self.parts: list[str | _Tool | _Notice] = []
+        self.files: list[tuple[str, bytes, str]] = []  # (name, bytes, caption), attached at the end
         self.ignored = False  # the engine ignored the message (a reply was already streaming)
         self.view = view  # controls shown on the first message while the reply runs (the Stop button)
         self._view_shown = False
@@ -95,9 +102,13 @@ class ReplyStream:
         if self.show_thinking:
             self._touch()
 
-    def tool_started(self, command: str) -> None:
-        self.parts.append(_Tool(command))
+    def tool_started(self, command: str, kind: str = "command") -> None:
+        self.parts.append(_Tool(command, kind=kind))
         self._touch()
+
+    def add_file(self, name: str, data: bytes, caption: str = "") -> None:
+        """A file for the user: attached to the reply's last message when the reply ends."""
+        self.files.append((name, data, caption))
 
     def tool_queued(self, ahead: int) -> None:
         """The current command waits for a free slot behind `ahead` others (0: it runs now)."""
@@ -211,12 +222,16 @@ class ReplyStream:
         self._closing.set()
         if self._flusher is None:
             if not self.render().strip():
+                if self.files:
+                    await self._attach_files()
                 return
             self._dirty.set()
             self._flusher = asyncio.create_task(self._flush_forever())
         else:
             self._dirty.set()
         await self._flusher
+        if self.files:
+            await self._attach_files()
         if self.view is not None:
             self.view.stop()
             if self._view_shown and self.messages:  # the final text needed no edit of the first message
@@ -228,3 +243,29 @@ class ReplyStream:
                     self._view_shown = False
                 except discord.HTTPException as exc:
                     log.warning("could not remove the Stop button in channel %s: %s", self.channel.id, exc)
+
+    async def _attach_files(self) -> None:
+        """Attach the reply's files to its last message (images render inline); with no message yet,
+        or when Discord refuses the edit, they go in a message of their own."""
+        files = [discord.File(io.BytesIO(data), filename=name, description=caption[:1024] or None)
+                 for name, data, caption in self.files]
+        self.files = []
+        await self.pacer.acquire(self.channel.id)
+        if self.messages:
+            last = self.messages[-1]
+            try:
+                edited = await last.edit(attachments=[*last.attachments, *files], allowed_mentions=NO_MENTIONS)
+                if isinstance(edited, discord.Message):
+                    self.messages[-1] = edited
+                return
+            except discord.HTTPException as exc:
+                log.warning("could not attach files to a reply in channel %s: %s", self.channel.id, exc)
+                for file in files:
+                    file.reset()
+        try:
+            self.messages.append(await self.channel.send(files=files, allowed_mentions=NO_MENTIONS))
+        except discord.HTTPException as exc:
+            log.warning("could not send files in channel %s: %s", self.channel.id, exc)
+            await self.channel.send(f"⚠️ Discord refused the file{'s' if len(files) > 1 else ''} I made "
+                                    f"({', '.join(f.filename for f in files)}); they are still in /data.",
+                                    allowed_mentions=NO_MENTIONS)

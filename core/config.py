@@ -136,6 +136,10 @@ class Settings:
     upload_dir: str = "data/uploads"
     upload_max_file_bytes: int = 25 * 1024 ** 2
     upload_max_session_bytes: int = 200 * 1024 ** 2
+    # Files both ways
+    send_file_max_bytes: int = 25 * 1024 ** 2  # what send_file hands over, at most (the channel's own limit also holds)
+    vision_max_images: int = 4  # the latest images sent again to a vision model in later turns
+    inline_text_max_bytes: int = 16 * 1024  # text attachments up to this size are also quoted into the message
     # Discord
     discord_token: str = field(default="", repr=False)
     admin_user_ids: frozenset[int] = frozenset()
@@ -213,6 +217,9 @@ class Settings:
         take("UPLOAD_DIR", "upload_dir", text)
         take("UPLOAD_MAX_FILE_SIZE", "upload_max_file_bytes", _parse_size)
         take("UPLOAD_MAX_SESSION_SIZE", "upload_max_session_bytes", _parse_size)
+        take("SEND_FILE_MAX_BYTES", "send_file_max_bytes", _parse_size)
+        take("VISION_MAX_IMAGES", "vision_max_images", _parse_int)
+        take("INLINE_TEXT_MAX_BYTES", "inline_text_max_bytes", lambda n, r: 0 if r.strip() == "0" else _parse_size(n, r))
         take("DISCORD_TOKEN", "discord_token", text)
         for key in ("ADMIN_USER_IDS", "ALLOWED_USER_IDS", "BLOCKED_USER_IDS", "ALLOWED_ROLE_IDS",
                     "BLOCKED_ROLE_IDS", "ALLOWED_CHANNEL_IDS", "BLOCKED_CHANNEL_IDS", "AUTO_REPLY_CHANNEL_IDS"):

@@ -30,6 +30,11 @@ class ToolStarted:
     def command(self) -> str:
         return str(self.arguments.get("command", ""))
 
+    @property
+    def path(self) -> str:
+        """For send_file: the file asked for."""
+        return str(self.arguments.get("path", ""))
+
 
 @dataclass(frozen=True)
 class ToolQueued:
@@ -48,6 +53,23 @@ class ToolFinished:
     exit_code: int | None = None
     timed_out: bool = False
     error: bool = False
+
+
+@dataclass(frozen=True)
+class FileReady:
+    """send_file read a file from the sandbox: the caller hands it to the user (Discord: an attachment)."""
+
+    name: str
+    data: bytes = field(repr=False)
+    caption: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should know that is not part of the answer (e.g. the model cannot see images)."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -77,5 +99,5 @@ class Done:
     text: str
 
 
-Event = (TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | Ignored | Replacing | Replaced
-         | Stopped | Done)
+Event = (TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | FileReady | Notice | Ignored
+         | Replacing | Replaced | Stopped | Done)

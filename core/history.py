@@ -37,6 +37,7 @@ T = TypeVar("T")
 SERVER_DB_THREADS = 4  # PostgreSQL and MySQL take concurrent writers
 
 
+IMAGE_REFS = "image_refs"  # in a window message: /data paths of its images, replaced before a request
 INTERRUPTED_RESULT = "interrupted: the assistant was restarted before this command finished"
 
 
@@ -79,6 +80,7 @@ class Message(_Base):
     tool_name = CharField(max_length=64, null=True)
     # False for an assistant reply cut short by a failure: kept for the record, never sent to the model.
     complete = BooleanField(default=True)
+    images = TextField(null=True)  # a user message's images: JSON list of /data paths (never the bytes)
     created_at = DateTimeField(default=_now)
 
     class Meta:
@@ -137,6 +139,7 @@ class History:
         self.db = db
         with db.connection_context():
             db.create_tables(MODELS, safe=True)
+            _add_missing_columns(db)
         threads = 1 if url.startswith("sqlite") else SERVER_DB_THREADS
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="history")
         self._closed = False
@@ -200,12 +203,13 @@ class History:
     # -- messages ---------------------------------------------------------
     def add_message(self, session_id: int, role: str, content: str = "", *,
                     tool_calls: list[dict[str, Any]] | None = None, tool_name: str | None = None,
-                    complete: bool = True) -> int:
+                    complete: bool = True, images: list[str] | None = None) -> int:
         now = _now()
         with self._write():
             row = Message.create(session=session_id, role=role, content=content,
                                  tool_calls=json.dumps(tool_calls) if tool_calls else None,
-                                 tool_name=tool_name, complete=complete, created_at=now)
+                                 tool_name=tool_name, complete=complete, created_at=now,
+                                 images=json.dumps(images) if images else None)
             Session.update(last_active=now).where(Session.id == session_id).execute()
         return row.id
 
@@ -225,7 +229,7 @@ class History:
         no result (a crash in between) an "interrupted" result.
         """
         complete = (Message.session == session_id) & (Message.complete == True)  # noqa: E712
-        columns = (Message.id, Message.role, Message.content, Message.tool_calls, Message.tool_name)
+        columns = (Message.id, Message.role, Message.content, Message.tool_calls, Message.tool_name, Message.images)
         rows = list(Message.select(*columns).where(complete).order_by(Message.id.desc()).limit(limit).tuples())
         rows.reverse()
         start = next((i for i, r in enumerate(rows) if r[1] == "user"), None)
@@ -241,12 +245,14 @@ class History:
                 start = next((i for i, r in enumerate(rows) if r[1] != "tool"), len(rows))
             rows = rows[start:]
         out: list[dict[str, Any]] = []
-        for _id, role, content, tool_calls, tool_name in rows:
+        for _id, role, content, tool_calls, tool_name, images in rows:
             message: dict[str, Any] = {"role": role, "content": content or ""}
             if tool_calls:
                 message["tool_calls"] = json.loads(tool_calls)
             if tool_name:
                 message["tool_name"] = tool_name
+            if images:
+                message[IMAGE_REFS] = json.loads(images)  # the engine loads them, or drops the key
             out.append(message)
         return _with_results(out)
 
@@ -301,7 +307,7 @@ class History:
         return list(Message.select().where(Message.session == session_id).order_by(Message.id))
 
 
-Row = tuple[int, str, str, "str | None", "str | None"]
+Row = tuple[int, str, str, "str | None", "str | None", "str | None"]
 
 
 def _fit_turn(turn: list[Row], limit: int) -> list[Row]:
@@ -321,6 +327,14 @@ def _fit_turn(turn: list[Row], limit: int) -> list[Row]:
         kept.append(unit)
         budget -= len(unit)
     return head + [row for unit in reversed(kept) for row in unit]
+
+
+def _add_missing_columns(db: Any) -> None:
+    """Columns added since a database was made (create_tables never alters a table)."""
+    have = {c.name for c in db.get_columns("messages")}
+    if "images" not in have:
+        from playhouse.migrate import migrate, SchemaMigrator
+        migrate(SchemaMigrator.from_database(db).add_column("messages", "images", TextField(null=True)))
 
 
 def _call_name(call: Any) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
@@ -27,7 +28,8 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old /data folders
 DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DISK
 DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
-DISK_WATCH_ALL_SECONDS = 60.0  # every sandbox (background jobs write too) this often
+DISK_WATCH_ALL_SECONDS = 60.0
+CAPABILITIES_TTL = 300.0  # seconds a model's /api/show capabilities are trusted  # every sandbox (background jobs write too) this often
 
 
 class Runtime:
@@ -48,6 +50,26 @@ class Runtime:
         self._disk_watch: asyncio.Task[Any] | None = None
         self._watch_problem: tuple[str, float] = ("", 0.0)
         self._warming: dict[Key, asyncio.Task[Any]] = {}
+        self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
+        # Decoding pictures for vision models: CPU work, kept off the loop and off the default executor.
+        self.image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
+        self.told_no_vision: set[Key] = set()  # sessions told once that their model cannot see images
+
+    async def capabilities(self, model: str) -> frozenset[str]:
+        """What `model` can do, per Ollama's /api/show ("tools", "vision", …); cached for a few
+        minutes. Empty when the server does not say (older Ollama) or cannot be asked now."""
+        now = time.monotonic()
+        cached = self._capabilities.get(model)
+        if cached is not None and now - cached[0] < CAPABILITIES_TTL:
+            return cached[1]
+        try:
+            shown = await asyncio.wait_for(self.ollama().show(model), self.settings.ollama_connect_timeout + 5)
+        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError) as exc:
+            log.debug("could not ask Ollama what %s can do: %r", model, exc)
+            return frozenset()
+        found = frozenset(getattr(shown, "capabilities", None) or ())
+        self._capabilities[model] = (now, found)
+        return found
 
     def ollama(self) -> ollama.AsyncClient:
         """One client (one connection pool) per event loop."""
@@ -187,6 +209,7 @@ class Runtime:
                 await asyncio.gather(task, return_exceptions=True)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
         await self.containers.close()
+        self.image_pool.shutdown(wait=False, cancel_futures=True)
         self.history.close()
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Iterable
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from .config import Settings
 from .errors import EngineError
@@ -23,11 +24,14 @@ class ChatSession:
     """
 
     def __init__(self, user: str | int, session: str | int, *, place: Place | None = None,
-                 settings: Settings | None = None, runtime: Runtime | None = None) -> None:
+                 file_limit: int = 0, settings: Settings | None = None, runtime: Runtime | None = None) -> None:
         self.user = str(user)
         self.session = str(session)
         # Where persona and model come from; by default the session is its own channel.
         self.place = place or Place(channel=self.session)
+        # The most one reply's files (send_file) may weigh where they are delivered, e.g. a Discord
+        # channel's upload limit; 0: only SEND_FILE_MAX_BYTES.
+        self.file_limit = file_limit
         self._settings = settings
         self._runtime = runtime
         self.session_id: int | None = None
@@ -76,8 +80,9 @@ class ChatSession:
         return f"/data/{target.name}"
 
     # -- chat -------------------------------------------------------------
-    async def events(self, text: str) -> AsyncIterator[Event]:
-        """Everything a turn does, as events; raises EngineError with a message fit for a user."""
+    async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:
+        """Everything a turn does, as events; raises EngineError with a message fit for a user.
+        `images`: /data paths of pictures that came with the message (a vision model sees them)."""
         if not text or not text.strip():
             raise EngineError("The message is empty.")
         rt = self.runtime
@@ -86,7 +91,7 @@ class ChatSession:
             yield Ignored()
             return
         task = asyncio.create_task(rt.turns.run(generation, self.session_id, self.user, self.session, text,
-                                                 self.place),
+                                                 self.place, images=images, file_limit=self.file_limit),
                                    name=f"turn-{self.user}-{self.session}")
         rt.registry.attach(generation, task)
         if generation.previous is not None:
@@ -104,9 +109,9 @@ class ChatSession:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
 
-    async def chat_stream(self, text: str) -> AsyncIterator[str]:
+    async def chat_stream(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[str]:
         """The reply's text as it streams; nothing at all when the message was ignored."""
-        async for event in self.events(text):
+        async for event in self.events(text, images=images):
             if isinstance(event, TextDelta):
                 yield event.text
 
@@ -120,7 +125,8 @@ class ChatSession:
         """Every stored message of this conversation, oldest first."""
         rows = await self.runtime.history.run(self.runtime.history.messages, self.session_id)
         return [{"role": r.role, "content": r.content, "tool_calls": r.tool_calls, "tool_name": r.tool_name,
-                 "complete": r.complete, "created_at": r.created_at} for r in rows]
+                 "complete": r.complete, "images": json.loads(r.images) if r.images else [],
+                 "created_at": r.created_at} for r in rows]
 
     async def reset(self, *, keep_container: bool = False, delete_files: bool = False) -> int:
         """Stop any running reply, clear the history, and (unless kept) recreate the container.

@@ -8,25 +8,30 @@ tool call followed by its result, and no partial reply stored as complete.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import httpx
 import ollama
 
-from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
+from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError
 from .incidents import DOCKER, OLLAMA
-from .events import Done, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued, ToolStarted
+from . import images
+from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
+                     ToolStarted)
+from .history import IMAGE_REFS
 from .places import Place
 from .prompt import system_prompt
 from .registry import Generation, Phase
-from .tools import ModelCall, ToolArgumentError, parse_call, tool_schemas
+from .tools import (MAX_FILES_PER_REPLY, ModelCall, SendFileCall, TerminalCall, ToolArgumentError, parse_call,
+                    tool_schemas)
+from .uploads import human_size
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-    from .terminal import CommandResult
 
 log = logging.getLogger(__name__)
 content_log = logging.getLogger("llmbot.content")  # message text: silent unless LOG_CONTENT=true
@@ -38,6 +43,7 @@ NOT_RUN_STOPPED = "not run: the user pressed Stop first."
 NOT_RUN_AFTER_ERROR = "not run: the command before it could not be run."
 OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the results above, then send "
                    "the remaining commands in your next message if they are still needed.")
+NO_VISION = "The AI model here cannot see images; your picture is saved as {paths}, where commands can work with it."
 UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
 ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a final answer.)"
 
@@ -47,6 +53,19 @@ class TurnEnd:
     """The last item on a generation's queue."""
 
     error: EngineError | None = None
+
+
+@dataclass
+class Outcome:
+    """What one tool call came to: the result the model reads (in `finished`), how the log and the
+    audit describe it, and events for the caller (a file to hand over)."""
+
+    finished: ToolFinished
+    ending: str
+    exit_code: int | None = None
+    duration: float = 0.0
+    output_bytes: int = 0
+    events: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -63,6 +82,11 @@ class Turn:
     commands: list[str] = field(default_factory=list)  # "`cmd` → exit 0" as the log shows them
     prompt_tokens: int = 0
     answer_tokens: int = 0
+    file_limit: int = 0  # bytes one reply's files may hold in all, where the caller delivers them (0: no own limit)
+    vision: bool = False  # the model reads images
+    pictures: dict[str, str | None] = field(default_factory=dict)  # /data path -> base64 for the model, this turn
+    files_sent: int = 0
+    file_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def ran(self, command: str, ending: str) -> None:
@@ -85,21 +109,25 @@ class TurnRunner:
         self.rt = runtime
 
     async def run(self, gen: Generation, session_id: int, user: str, session: str, text: str,
-                  place: Place | None = None) -> None:
-        turn = Turn(gen, session_id, user, session)
+                  place: Place | None = None, *, images: Sequence[str] = (), file_limit: int = 0) -> None:
+        turn = Turn(gen, session_id, user, session, file_limit=file_limit)
         emit = gen.queue.put_nowait
         ending = "failed"
         try:
             place = place or Place(channel=session)
             turn.model = (await self.rt.places.model(place)).value
             turn.persona = (await self.rt.places.prompt(place)).value
+            turn.vision = "vision" in await self.rt.capabilities(turn.model)
+            if images and not turn.vision and (user, session) not in self.rt.told_no_vision:
+                self.rt.told_no_vision.add((user, session))
+                emit(Notice(NO_VISION.format(paths=", ".join(images))))
             if gen.previous is not None and gen.previous.task is not None:
                 await asyncio.gather(gen.previous.task, return_exceptions=True)
             repaired = await self.rt.history.run(self.rt.history.repair_interrupted, session_id)
             if repaired:
                 log.info("session %s/%s: %d tool calls had no result (a crash?); stored as interrupted",
                          user, session, repaired)
-            await self._store(session_id, "user", text)
+            await self._store(session_id, "user", text, images=list(images) or None)
             content_log.debug("turn user=%s channel=%s message: %r", user, session, text)
             await self._loop(turn)
             ending = "answered"
@@ -127,7 +155,7 @@ class TurnRunner:
         gen = turn.gen
         while True:
             window = await self.rt.history.run(self.rt.history.window, turn.session_id, settings.history_window)
-            messages = [system_prompt(settings, turn.persona)] + window
+            messages = [system_prompt(settings, turn.persona)] + await self._with_images(turn, window)
             tools = tool_schemas(settings) if turn.rounds < settings.max_tool_rounds else None
             gen.phase = Phase.STREAMING
             content, calls = await self._stream(turn, messages, tools)
@@ -204,6 +232,37 @@ class TurnRunner:
         self.rt.incidents.succeeded(OLLAMA)
         return "".join(parts), calls
 
+    async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Image references become `images` for a vision model: the turn's own, and earlier ones up to
+        VISION_MAX_IMAGES in all, newest first. Another model gets none (it would refuse the request)."""
+        refs = [(message, path) for message in reversed(window) for path in reversed(message.pop(IMAGE_REFS, []))]
+        if not turn.vision or not refs:
+            return window
+        latest_user = next((m for m in reversed(window) if m["role"] == "user"), None)
+        own = sum(1 for message, _ in refs if message is latest_user)
+        for message, path in refs[:max(self.rt.settings.vision_max_images, own)]:
+            picture = await self._picture(turn, path)
+            if picture is None:
+                message["content"] += f"\n[{path} is no longer a readable image in /data]"
+            else:
+                message.setdefault("images", []).insert(0, picture)
+        return window
+
+    async def _picture(self, turn: Turn, path: str) -> str | None:
+        """One image, read through the sandbox (a symlink planted in /data resolves inside it, never
+        on the host) and made fit for the model off the loop; None when it is gone or not an image."""
+        if path not in turn.pictures:
+            try:
+                data = await self.rt.containers.read_file(turn.user, turn.session, path,
+                                                          max_bytes=self.rt.settings.upload_max_file_bytes)
+                fit = await asyncio.get_running_loop().run_in_executor(self.rt.image_pool, images.for_model, data)
+                turn.pictures[path] = base64.b64encode(fit).decode()
+            except (EngineError, images.NotAnImage) as exc:
+                log.info("session %s/%s: image %s not shown to the model: %s", turn.user, turn.session, path,
+                         getattr(exc, "user_message", exc))
+                turn.pictures[path] = None
+        return turn.pictures[path]
+
     @staticmethod
     def _model_error(exc: ollama.ResponseError, model: str) -> ModelError:
         if exc.status_code == 404:
@@ -238,33 +297,75 @@ class TurnRunner:
                 continue
             began = asyncio.get_running_loop().time()
             try:
-                result = await self.rt.terminal.execute(user, session, parsed.command, parsed.timeout,
-                                                        on_queued=lambda n: gen.queue.put_nowait(ToolQueued(n)))
+                if isinstance(parsed, SendFileCall):
+                    outcome = await self._send_file(turn, call, parsed)
+                else:
+                    outcome = await self._execute(turn, call, parsed)
             except asyncio.CancelledError:
                 turn.ran(parsed.command, "stopped" if gen.stopped else "cancelled")
                 rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
                         else self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT))
                 await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
-                await asyncio.shield(self._audit(user, session, parsed.command, None, began, cancelled=True))
+                await asyncio.shield(self._audit(user, session, parsed.command, began, cancelled=True))
                 raise
             except EngineError as exc:
                 turn.ran(parsed.command, "did not run")
-                await self._audit(user, session, parsed.command, None, began)
+                await self._audit(user, session, parsed.command, began)
                 rows = self._unrun(calls, index, f"error: {exc.user_message}", NOT_RUN_AFTER_ERROR)
                 await self.rt.history.run(self.rt.history.add_messages, session_id, rows)
                 gen.queue.put_nowait(ToolFinished(call.name, exc.user_message, error=True))
                 raise
             self.rt.incidents.succeeded(DOCKER)
-            turn.ran(parsed.command, "timed out" if result.timed_out else f"exit {result.exit_code}")
-            await self._audit(user, session, parsed.command, result, began)
-            output = result.for_model()
-            await self._store(session_id, "tool", output, tool_name=call.name)
-            gen.queue.put_nowait(ToolFinished(call.name, output, result.exit_code, result.timed_out))
+            turn.ran(parsed.command, outcome.ending)
+            await self._audit(user, session, parsed.command, began, exit_code=outcome.exit_code,
+                              duration=outcome.duration, output_bytes=outcome.output_bytes,
+                              timed_out=outcome.finished.timed_out)
+            await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name)
+            for event in outcome.events:
+                gen.queue.put_nowait(event)
+            gen.queue.put_nowait(outcome.finished)
         if len(calls) > cap:
             turn.commands.append(f"{len(calls) - cap} over the cap, not run")
             log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
                      len(calls), len(calls) - cap)
             await self.rt.history.run(self.rt.history.add_messages, session_id, self._unrun(calls, cap - 1, None, ""))
+
+    # -- the tools: each takes its checked call and says what came of it ------------------
+    async def _execute(self, turn: Turn, call: ModelCall, parsed: TerminalCall) -> "Outcome":
+        result = await self.rt.terminal.execute(turn.user, turn.session, parsed.command, parsed.timeout,
+                                                on_queued=lambda n: turn.gen.queue.put_nowait(ToolQueued(n)))
+        return Outcome(ToolFinished(call.name, result.for_model(), result.exit_code, result.timed_out),
+                       "timed out" if result.timed_out else f"exit {result.exit_code}",
+                       exit_code=result.exit_code, duration=result.duration, output_bytes=result.output_bytes)
+
+    async def _send_file(self, turn: Turn, call: ModelCall, parsed: SendFileCall) -> "Outcome":
+        """Read the file through the sandbox backend (no shared disk needed; a symlink resolves inside
+        the sandbox, never on the host), within the channel's limit for one reply's files."""
+        began = time.monotonic()
+        limit = min(self.rt.settings.send_file_max_bytes, turn.file_limit or self.rt.settings.send_file_max_bytes)
+        left = limit - turn.file_bytes
+        if turn.files_sent >= MAX_FILES_PER_REPLY:
+            refusal = (f"error: {parsed.path} was not sent: at most {MAX_FILES_PER_REPLY} files go with one reply. "
+                       "Put several files in an archive (tar or zip) and send that instead.")
+            return Outcome(ToolFinished(call.name, refusal, error=True), "refused (too many files)")
+        try:
+            data = await self.rt.containers.read_file(turn.user, turn.session, parsed.path, max_bytes=left)
+        except SandboxFileError as exc:
+            refusal = f"error: {exc} It was not sent."
+            if "limit" in str(exc):
+                refusal = (f"error: {parsed.path} was not sent: the files of one reply may be at most "
+                           f"{human_size(limit)} in all here (" + (f"{human_size(left)} left; " if turn.files_sent
+                                                                   else "") +
+                           "Discord's upload limit for this channel). Compress it, split it, or send a smaller "
+                           "version (e.g. fewer rows, a lower resolution).")
+            return Outcome(ToolFinished(call.name, refusal, error=True), "refused")
+        turn.files_sent += 1
+        turn.file_bytes += len(data)
+        note = f" ({parsed.caption})" if parsed.caption else ""
+        output = (f"sent {parsed.path} ({human_size(len(data))}){note} to the user: it is attached to your "
+                  "reply, so do not paste its contents.")
+        return Outcome(ToolFinished(call.name, output, 0), "sent", exit_code=0, duration=time.monotonic() - began,
+                       output_bytes=len(data), events=[FileReady(parsed.name, data, parsed.caption, parsed.path)])
 
     def _unrun(self, calls: list[ModelCall], stopped: int, stopped_result: str | None,
                rest_result: str) -> list[dict[str, Any]]:
@@ -278,15 +379,15 @@ class TurnRunner:
             rows.append({"role": "tool", "content": content, "tool_name": calls[index].name})
         return rows
 
-    async def _audit(self, user: str, session: str, command: str, result: "CommandResult | None", began: float,
-                     *, cancelled: bool = False) -> None:
-        """Every command that ran, or was meant to, goes in the audit log (its own table)."""
-        duration = asyncio.get_running_loop().time() - began
-        await self.rt.history.run(
-            self.rt.history.add_audit, user, session, command,
-            exit_code=result.exit_code if result else None, duration=result.duration if result else duration,
-            output_bytes=result.output_bytes if result else 0, timed_out=bool(result and result.timed_out),
-            cancelled=cancelled)
+    async def _audit(self, user: str, session: str, command: str, began: float, *, exit_code: int | None = None,
+                     duration: float | None = None, output_bytes: int = 0, timed_out: bool = False,
+                     cancelled: bool = False) -> None:
+        """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files sent."""
+        if duration is None:
+            duration = asyncio.get_running_loop().time() - began
+        await self.rt.history.run(self.rt.history.add_audit, user, session, command, exit_code=exit_code,
+                                  duration=duration, output_bytes=output_bytes, timed_out=timed_out,
+                                  cancelled=cancelled)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
         await self.rt.history.run(self.rt.history.add_message, session_id, role, content, **extra)

@@ -6,11 +6,41 @@ from typing import Any
 
 from .config import Settings
 
+import posixpath
+
 EXECUTE_TERMINAL = "execute_terminal"
+SEND_FILE = "send_file"
+MAX_FILES_PER_REPLY = 10  # Discord's attachments per message
 
 
 def tool_schemas(settings: Settings) -> list[dict[str, Any]]:
-    return [{
+    return [_terminal_schema(settings), _send_file_schema(settings)]
+
+
+def _send_file_schema(settings: Settings) -> dict[str, Any]:
+    return {
+        "type": "function",
+        "function": {
+            "name": SEND_FILE,
+            "description": (
+                "Send a file from the container to the user: it is attached to your reply (images show "
+                "inline). Use it for charts, generated or converted files, and long outputs saved to a file, "
+                f"instead of pasting them. At most {MAX_FILES_PER_REPLY} files per reply."
+            ),
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "path": {"type": "string", "description": "The file's path; relative paths start in /data."},
+                    "caption": {"type": "string", "description": "Optional: one line saying what the file is."},
+                },
+                "required": ["path"],
+            },
+        },
+    }
+
+
+def _terminal_schema(settings: Settings) -> dict[str, Any]:
+    return {
         "type": "function",
         "function": {
             "name": EXECUTE_TERMINAL,
@@ -32,7 +62,7 @@ def tool_schemas(settings: Settings) -> list[dict[str, Any]]:
                 "required": ["command"],
             },
         },
-    }]
+    }
 
 
 @dataclass(frozen=True)
@@ -54,17 +84,35 @@ class TerminalCall:
     timeout: int | None
 
 
+@dataclass(frozen=True)
+class SendFileCall:
+    path: str  # absolute, normalised
+    caption: str
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.path)
+
+    @property
+    def command(self) -> str:
+        """How the audit and the log name it."""
+        return f"send_file {self.path}"
+
+
 class ToolArgumentError(ValueError):
     """The model's call cannot run; the message goes back to the model as the tool result."""
 
 
-def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall:
+def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall | SendFileCall:
     """Check one tool call; raise ToolArgumentError with a message the model can act on.
 
     Arguments that were not an object never get here: core/model_client.py decodes JSON strings
     and turns anything else into a ModelCall.problem."""
+    if name == SEND_FILE:
+        return _parse_send_file(arguments)
     if name != EXECUTE_TERMINAL:
-        raise ToolArgumentError(f"error: unknown tool {name!r}. The only tool is {EXECUTE_TERMINAL}(command, timeout?).")
+        raise ToolArgumentError(f"error: unknown tool {name!r}. The tools are {EXECUTE_TERMINAL}(command, timeout?) "
+                                f"and {SEND_FILE}(path, caption?).")
     if not isinstance(arguments, dict):
         raise ToolArgumentError("error: the arguments must be an object like {\"command\": \"ls -la\"}.")
     command = arguments.get("command")
@@ -79,3 +127,16 @@ def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall:
         if timeout <= 0:
             raise ToolArgumentError("error: 'timeout' must be a positive number of seconds.")
     return TerminalCall(command=command, timeout=timeout)
+
+
+def _parse_send_file(arguments: dict[str, Any]) -> SendFileCall:
+    path = arguments.get("path")
+    if not isinstance(path, str) or not path.strip():
+        raise ToolArgumentError("error: 'path' is required, e.g. {\"path\": \"/data/chart.png\"}.")
+    caption = arguments.get("caption") or ""
+    if not isinstance(caption, str):
+        raise ToolArgumentError("error: 'caption' must be a string.")
+    full = posixpath.normpath(posixpath.join("/data", path.strip()))
+    if full.endswith("/") or posixpath.basename(full) in ("", ".", ".."):
+        raise ToolArgumentError(f"error: {path!r} is a folder; send_file sends one file.")
+    return SendFileCall(path=full, caption=" ".join(caption.split())[:200])

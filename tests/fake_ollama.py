@@ -11,6 +11,8 @@ real `ollama` client (sync or async) is exercised end to end from any test.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import json
 import socket
 import threading
@@ -79,6 +81,9 @@ def chunk_line(message: Any, **extra: Any) -> str:
     return json.dumps({"model": "qwen3:8b", "created_at": _now(), "message": message, "done": False, **extra})
 
 
+IMAGE_KEY_LEAK = "image_refs"
+
+
 def request_problems(body: dict[str, Any]) -> list[str]:
     """Why a real server or model would reject or misread this /api/chat request; [] when valid.
 
@@ -99,6 +104,13 @@ def request_problems(body: dict[str, Any]) -> list[str]:
             problems.append(f"message {i}: unknown role {role!r}")
         if not isinstance(m.get("content", ""), str):
             problems.append(f"message {i}: content is not a string")
+        for image in m.get("images") or []:
+            try:
+                base64.b64decode(image, validate=True)
+            except (TypeError, ValueError, binascii.Error):
+                problems.append(f"message {i}: an image that is not base64")
+        if IMAGE_KEY_LEAK in m:
+            problems.append(f"message {i}: an engine-only key {IMAGE_KEY_LEAK!r} reached the request")
         if role == "tool":
             if pending == 0:
                 problems.append(f"message {i}: a tool result without a call")
@@ -260,6 +272,9 @@ class FakeOllama:
         model = body.get("model", "")
         if self.strict_models and model not in self.models:
             return web.json_response({"error": f'model "{model}" not found, try pulling it first'}, status=404)
+        if any(m.get("images") for m in body.get("messages") or []) \
+                and "vision" not in self.capabilities.get(model, ["completion", "tools"]):
+            return web.json_response({"error": "this model is missing data required for image input"}, status=500)
         if script is None:
             return web.json_response({"error": "fake ollama: no scripted response"}, status=500)
         answer = script(body) if callable(script) else script

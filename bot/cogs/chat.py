@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import posixpath
 import re
 import time
 from collections import OrderedDict
@@ -11,11 +12,13 @@ import discord
 from discord.ext import commands
 
 from core import ChatSession, EngineError
-from core.events import (Done, Ignored, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta, ToolFinished,
+from core.attachments import compose
+from core.events import (Done, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                          ToolQueued, ToolStarted)
 from core.registry import Phase
+from core.tools import EXECUTE_TERMINAL, SEND_FILE
 
-from ..access import channel_ids, is_admin, place_of, refusal
+from ..access import channel_ids, is_admin, place_of, refusal, upload_limit
 from ..controls import StopView
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
@@ -36,7 +39,7 @@ class Chat(commands.Cog):
         self.pacer = ChannelPacer(bot.runtime.settings.edits_per_5s)
         self.min_edit_interval = 1.0  # per reply; the channel's pacer is the hard limit
         self._refused: dict[tuple[int, int], float] = {}
-        self._waiting: dict[tuple[str, str], list[tuple[discord.Message, str]]] = {}
+        self._waiting: dict[tuple[str, str], list[tuple[discord.Message, str, list[str]]]] = {}
         self.streams: dict[tuple[str, str], ReplyStream] = {}  # the reply each session is showing now
         self._answered: OrderedDict[int, int] = OrderedDict()  # the bot's recent reply messages -> who asked
 
@@ -78,38 +81,39 @@ class Chat(commands.Cog):
             return
         text = self.clean_text(message)
         async with ChatSession(user=message.author.id, session=message.channel.id, place=place_of(message.channel),
-                               runtime=self.bot.runtime) as chat:
+                               file_limit=upload_limit(message.channel), runtime=self.bot.runtime) as chat:
+            pictures: list[str] = []
             if message.attachments:
                 uploads = self.bot.get_cog("Uploads")
                 saved = await uploads.save_attachments(message, chat) if uploads else []  # type: ignore[attr-defined]
-                if saved:
-                    text = f"[uploaded: {', '.join(saved)}]\n{text}" if text else ""
+                if saved and text:
+                    text, pictures = compose(text, saved, self.settings.inline_text_max_bytes)
             if not text:
                 return
             text = await self.with_reply_context(message, text)
             if chat.phase is Phase.STREAMING:  # a reply is streaming here: this one waits its turn
-                await self._wait(chat.key, message, text)
+                await self._wait(chat.key, message, text, pictures)
                 return
-            await self.respond(message, chat, text)
+            await self.respond(message, chat, text, pictures)
             await self._answer_waiting(chat)
 
     # -- messages that arrive while a reply streams -------------------------------
-    async def _wait(self, key: tuple[str, str], message: discord.Message, text: str) -> None:
+    async def _wait(self, key: tuple[str, str], message: discord.Message, text: str, pictures: list[str]) -> None:
         """Queued in order, marked ⏳; the reply streaming now answers them when it ends."""
-        self._waiting.setdefault(key, []).append((message, text))
+        self._waiting.setdefault(key, []).append((message, text, pictures))
         await self._react(message, BUSY_REACTION)
 
     async def _answer_waiting(self, chat: ChatSession) -> None:
         """Answer what waited during the reply that just ended: all of it together, in one turn."""
         while self._waiting.get(chat.key):
             batch = self._waiting.pop(chat.key)
-            for waiting, _ in batch:
+            for waiting, _, _ in batch:
                 await self._unreact(waiting, BUSY_REACTION)
-            text = "\n\n".join(t for _, t in batch)
-            stream = await self.respond(batch[-1][0], chat, text)
+            text = "\n\n".join(t for _, t, _ in batch)
+            stream = await self.respond(batch[-1][0], chat, text, [p for _, _, pics in batch for p in pics])
             if stream.ignored:  # another reply started streaming first: it answers them when it ends
                 self._waiting[chat.key] = batch + self._waiting.get(chat.key, [])
-                for waiting, _ in batch:
+                for waiting, _, _ in batch:
                     await self._react(waiting, BUSY_REACTION)
                 return
 
@@ -175,7 +179,8 @@ class Chat(commands.Cog):
         perms = getattr(user, "guild_permissions", None)
         return is_admin(self.settings, user_id=user.id, manage_guild=bool(perms and perms.manage_guild))
 
-    async def respond(self, message: discord.Message, chat: ChatSession, text: str) -> ReplyStream:
+    async def respond(self, message: discord.Message, chat: ChatSession, text: str,
+                      pictures: list[str] | None = None) -> ReplyStream:
         async def stop(who: discord.abc.User) -> None:
             log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
             await chat.stop()
@@ -186,17 +191,24 @@ class Chat(commands.Cog):
         self.streams[chat.key] = stream
         try:
             async with message.channel.typing():
-                async for event in chat.events(text):
+                async for event in chat.events(text, images=pictures or []):
                     if isinstance(event, Ignored):
                         stream.ignored = True
-                        await self._wait(chat.key, message, text)
+                        await self._wait(chat.key, message, text, pictures or [])
                         return stream
                     if isinstance(event, TextDelta):
                         stream.add_text(event.text)
                     elif isinstance(event, ThinkingDelta):
                         stream.add_thinking(event.text)
                     elif isinstance(event, ToolStarted):
-                        stream.tool_started(event.command if event.name == "execute_terminal" else event.name)
+                        if event.name == SEND_FILE:
+                            stream.tool_started(posixpath.basename(event.path) or event.path, kind="file")
+                        else:
+                            stream.tool_started(event.command if event.name == EXECUTE_TERMINAL else event.name)
+                    elif isinstance(event, FileReady):
+                        stream.add_file(event.name, event.data, event.caption)
+                    elif isinstance(event, Notice):
+                        stream.add_line(f"-# ℹ️ {event.text}")
                     elif isinstance(event, ToolQueued):
                         stream.tool_queued(event.ahead)
                     elif isinstance(event, ToolFinished):

@@ -22,10 +22,10 @@ class Uploads(commands.Cog):
     def __init__(self, bot: "LLMBot") -> None:
         self.bot = bot
 
-    async def save_attachments(self, message: discord.Message, chat: ChatSession) -> list[str]:
-        """Save each attachment, reply with where each went (or why not); the saved paths."""
+    async def save_attachments(self, message: discord.Message, chat: ChatSession) -> list[tuple[str, bytes]]:
+        """Save each attachment, reply with where each went (or why not); the saved paths and bytes."""
         limit = self.bot.runtime.settings.upload_max_file_bytes
-        saved: list[str] = []
+        saved: list[tuple[str, bytes]] = []
         lines: list[str] = []
         for attachment in message.attachments:
             name = discord.utils.escape_markdown(attachment.filename)
@@ -47,7 +47,7 @@ class Uploads(commands.Cog):
                 log.exception("saving an attachment failed in channel %s", message.channel.id)
                 lines.append(f"⚠️ {name} could not be saved; the details are in the bot's log.")
                 continue
-            saved.append(path)
+            saved.append((path, data))
             lines.append(f"📎 {name} → `{path}`")
         if lines:
             try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
+import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
 from urllib.parse import unquote, urlparse
@@ -11,6 +12,7 @@ from urllib.parse import unquote, urlparse
 import discord
 import discord.ext.test as dpytest
 import discord.ext.test.backend as dpy_backend
+import discord.ext.test.factories as facts
 import pytest
 import pytest_asyncio
 from discord.ext import commands
@@ -51,8 +53,38 @@ def keeping_components(original: Any) -> Any:
     return send_message
 
 
+def keeping_edited_files(original: Any, folder: Path) -> Any:
+    """dpytest 0.7 ignores the files of an edit; Discord adds them to the message's attachments."""
+    async def edit_message(http: Any, channel_id: int, message_id: int, **fields: Any) -> dict:
+        self = sys._getframe(1).f_locals.get("self")  # noqa: F841 - dpytest reads its caller's locals
+        params = fields.get("params")
+        payload = getattr(params, "payload", None) or {}
+        if "attachments" in payload:
+            stored = next((m for m in dpy_backend._cur_config.messages.get(int(channel_id), [])
+                           if int(m["id"]) == int(message_id)), {})
+            kept = {int(a["id"]): a for a in stored.get("attachments", [])}
+            files = list(params.files or [])
+            attachments = []
+            for item in payload["attachments"]:
+                if int(item["id"]) in kept:
+                    attachments.append(kept[int(item["id"])])
+                    continue
+                file = files.pop(0)
+                path = folder / f"edit-{uuid.uuid4().hex}-{file.filename}"
+                file.fp.seek(0)
+                path.write_bytes(file.fp.read())
+                attachments.append(facts.make_attachment_dict(file.filename, path.stat().st_size, path.as_uri(),
+                                                              path.as_uri(), facts.make_id()))
+            payload["attachments"] = attachments
+        return await original(http, channel_id, message_id, **fields)
+    return edit_message
+
+
 @pytest.fixture(autouse=True)
-def fake_cdn(monkeypatch: pytest.MonkeyPatch) -> None:
+def fake_cdn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # dpytest writes the files the bot sends to its working folder
+    monkeypatch.setattr(dpy_backend.FakeHttp, "edit_message",
+                        keeping_edited_files(dpy_backend.FakeHttp.edit_message, tmp_path))
     monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
     monkeypatch.setattr(dpy_backend.FakeHttp, "send_message", keeping_components(dpy_backend.FakeHttp.send_message))
     for parser in ("parse_message_reaction_add", "parse_message_reaction_remove"):

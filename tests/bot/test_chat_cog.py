@@ -245,7 +245,7 @@ async def test_messages_sent_while_a_reply_streams_are_answered_together_next(
         await asyncio.sleep(0.02)
         if sum(len(v) for v in chat._waiting.values()) == 2:
             break
-    second, third = [message for message, _ in next(iter(chat._waiting.values()))]
+    second, third = [message for message, _, _ in next(iter(chat._waiting.values()))]
     assert reactions(channel, second) == ["⏳"] and reactions(channel, third) == ["⏳"]
     assert len(fake_ollama.requests) == 1  # nothing else is asked while the reply streams
     await asyncio.gather(first, *later)

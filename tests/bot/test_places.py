@@ -64,9 +64,10 @@ async def models_after_restart(settings: Any, places: list[Place]) -> list[str]:
     """The model each place gets in a new process on the same database."""
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", RESTARTED, settings.database_url, settings.ollama_model,
-        json.dumps([dataclasses.asdict(p) for p in places]), stdout=asyncio.subprocess.PIPE)
-    out, _ = await child.communicate()
-    assert child.returncode == 0
+        json.dumps([dataclasses.asdict(p) for p in places]), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    out, err = await child.communicate()
+    assert child.returncode == 0, err.decode()
     return json.loads(out)
 
 

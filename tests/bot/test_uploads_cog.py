@@ -35,7 +35,8 @@ async def test_attachment_with_text_is_saved_announced_and_discussed(
     folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
     assert (folder / "notes.txt").read_text() == "buy milk\n"
     seen = fake_ollama.requests[0]["messages"][-1]["content"]
-    assert seen == "[uploaded: /data/notes.txt]\nsummarise this"
+    assert seen.split("\n") == ["[uploaded: /data/notes.txt]", "[/data/notes.txt, 9 bytes]", "```", "buy milk", "```",
+                                 "summarise this"]  # a small text file is quoted too (issue 11, item 5)
     cat = await runtime.terminal.execute(str(message.author.id), str(message.channel.id), "cat /data/notes.txt")
     assert cat.stdout == "buy milk\n"
 
