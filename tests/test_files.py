@@ -1,0 +1,227 @@
+"""Files and images both ways, in the engine (issue 11): send_file through the real Docker engine and
+the real Ollama client (fake server), pictures for vision models, small text files quoted."""
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from PIL import Image
+
+from core import ChatSession, Runtime
+from core.attachments import compose
+from core.events import Event, FileReady, Notice, ToolFinished
+from core.tools import MAX_FILES_PER_REPLY, SEND_FILE
+from tests.conftest import make_settings, open_runtime
+from tests.fake_ollama import FakeOllama, request_problems, text, tool_calls
+from tests.socket_proxy import SocketProxy
+
+pytestmark = pytest.mark.asyncio
+
+
+async def turn(chat: ChatSession, message: str, **kwargs: Any) -> list[Event]:
+    return [event async for event in chat.events(message, **kwargs)]
+
+
+def from_docker(client: docker.DockerClient, name: str, path: str) -> bytes:
+    """The file as the engine itself hands it out (an independent reader: the docker SDK)."""
+    stream, _ = client.containers.get(name).get_archive(path)
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as archive:
+        member = archive.getmembers()[0]
+        return archive.extractfile(member).read()  # type: ignore[union-attr]
+
+
+def send(path: str, caption: str | None = None) -> tuple[str, dict[str, Any]]:
+    return (SEND_FILE, {"path": path, **({"caption": caption} if caption else {})})
+
+
+def results(chat_rows: list[dict[str, Any]]) -> list[str]:
+    return [row["content"] for row in chat_rows if row["role"] == "tool"]
+
+
+async def test_a_file_made_in_the_sandbox_comes_back_with_the_same_bytes(
+        runtime: Runtime, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "head -c 300000 /dev/urandom > /data/blob.bin"})),
+                       tool_calls(send("blob.bin", "random bytes")),
+                       text("Here it is."))
+    async with ChatSession(user="u1", session="s1", runtime=runtime) as chat:
+        events = await turn(chat, "make me a file")
+        [ready] = [e for e in events if isinstance(e, FileReady)]
+        original = from_docker(docker_client, runtime.containers.name("u1", "s1"), "/data/blob.bin")
+        assert ready.name == "blob.bin" and ready.caption == "random bytes" and ready.path == "/data/blob.bin"
+        assert hashlib.sha256(ready.data).digest() == hashlib.sha256(original).digest() and len(ready.data) == 300000
+        stored = results(await chat.history())
+        assert stored[-1] == ("sent /data/blob.bin (293 KB) (random bytes) to the user: it is attached to your "
+                              "reply, so do not paste its contents.")
+    audit = runtime.history.audit("u1", "s1")
+    assert audit[0].command == "send_file /data/blob.bin" and audit[0].exit_code == 0
+    assert audit[0].output_bytes == 300000
+    assert all(request_problems(r) == [] for r in fake_ollama.requests)
+
+
+async def test_oversize_missing_and_folder_paths_are_tool_errors(runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "head -c 5000 /dev/zero > /data/big.bin"}),
+                                  send("/data/big.bin"), send("/data/nothing.txt"), send("/tmp")),
+                       text("Sorry."))
+    async with ChatSession(user="u2", session="s2", file_limit=4096, runtime=runtime) as chat:
+        events = await turn(chat, "send things")
+        assert not [e for e in events if isinstance(e, FileReady)]
+        finished = [e for e in events if isinstance(e, ToolFinished) and e.name == SEND_FILE]
+        assert [e.error for e in finished] == [True, True, True]
+        big, missing, folder = results(await chat.history())[1:]
+    assert big == ("error: /data/big.bin was not sent: the files of one reply may be at most 4 KB in all here "
+                   "(Discord's upload limit for this channel). Compress it, split it, or send a smaller version "
+                   "(e.g. fewer rows, a lower resolution).")
+    assert missing == "error: /data/nothing.txt does not exist in the sandbox. It was not sent."
+    assert folder == "error: /tmp is not a regular file. It was not sent."
+
+
+async def test_at_most_ten_files_per_reply(tmp_path: Path, fake_ollama: FakeOllama,
+                                           docker_client: docker.DockerClient) -> None:
+    settings = make_settings(tmp_path, fake_ollama.url, max_tool_calls_per_round=12)
+    async with open_runtime(settings, docker_client) as runtime:
+        fake_ollama.script(tool_calls(("execute_terminal", {"command": "echo hi > /data/a.txt"})),
+                           tool_calls(*[send("a.txt")] * (MAX_FILES_PER_REPLY + 1)), text("Done."))
+        async with ChatSession(user="u3", session="s3", runtime=runtime) as chat:
+            events = await turn(chat, "spam files")
+            assert len([e for e in events if isinstance(e, FileReady)]) == MAX_FILES_PER_REPLY
+            assert results(await chat.history())[-1].startswith(
+                "error: /data/a.txt was not sent: at most 10 files go with one reply.")
+
+
+async def test_a_remote_style_engine_with_no_shared_disk_still_sends_files(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker over TCP, and a file that exists only inside the container (not under UPLOAD_DIR)."""
+    proxy = await SocketProxy().start()
+    monkeypatch.setenv("DOCKER_HOST", proxy.url)
+    async with open_runtime(make_settings(tmp_path, fake_ollama.url), docker_client) as runtime:
+        fake_ollama.script(tool_calls(("execute_terminal", {"command": "mkdir -p /srv && echo made-inside > /srv/x.txt"})),
+                           tool_calls(send("/srv/x.txt")), text("Sent."))
+        async with ChatSession(user="u4", session="s4", runtime=runtime) as chat:
+            [ready] = [e for e in await turn(chat, "go") if isinstance(e, FileReady)]
+        assert ready.data == b"made-inside\n"
+        assert not list(Path(settings_upload(runtime)).rglob("x.txt"))
+    await proxy.cut()
+
+
+def settings_upload(runtime: Runtime) -> str:
+    return runtime.settings.upload_dir
+
+
+# -- pictures -----------------------------------------------------------------------
+def png(color: tuple[int, int, int], size: tuple[int, int] = (8, 6)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def gif(first: tuple[int, int, int], second: tuple[int, int, int]) -> bytes:
+    frames = [Image.new("RGB", (10, 10), c) for c in (first, second)]
+    out = io.BytesIO()
+    frames[0].save(out, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    return out.getvalue()
+
+
+def request_images(request: dict[str, Any]) -> list[list[bytes]]:
+    """The decoded images of each message of a request."""
+    return [[base64.b64decode(i) for i in m.get("images", [])] for m in request["messages"]]
+
+
+@pytest.fixture
+def vision(fake_ollama: FakeOllama) -> FakeOllama:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools", "vision"]
+    return fake_ollama
+
+
+async def test_an_image_reaches_a_vision_model_and_the_history_keeps_a_reference(
+        runtime: Runtime, vision: FakeOllama) -> None:
+    picture = png((255, 0, 0))
+    vision.script(text("A red rectangle."))
+    async with ChatSession(user="u5", session="s5", runtime=runtime) as chat:
+        path = await chat.save_upload("red.png", picture)
+        events = await turn(chat, "[uploaded: /data/red.png]\nwhat is this?", images=[path])
+        assert not [e for e in events if isinstance(e, Notice)]
+        request = vision.requests[-1]
+        assert request_images(request)[-1] == [picture] and request_problems(request) == []
+        rows = await chat.history()
+    user = next(r for r in rows if r["role"] == "user")
+    assert user["images"] == ["/data/red.png"] and user["content"] == "[uploaded: /data/red.png]\nwhat is this?"
+    stored = runtime.history.db.execute_sql("SELECT content, images FROM messages").fetchall()
+    assert all(base64.b64encode(picture).decode()[:40] not in (c or "") + (i or "") for c, i in stored)
+
+
+async def test_only_the_latest_images_are_sent_again(tmp_path: Path, vision: FakeOllama,
+                                                     docker_client: docker.DockerClient) -> None:
+    async with open_runtime(make_settings(tmp_path, vision.url, vision_max_images=2), docker_client) as runtime:
+        colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+        async with ChatSession(user="u6", session="s6", runtime=runtime) as chat:
+            for i, color in enumerate(colors):
+                vision.script(text(f"Picture {i}."))
+                path = await chat.save_upload(f"p{i}.png", png(color))
+                await turn(chat, f"look {i}", images=[path])
+        sent = [images for images in request_images(vision.requests[-1]) if images]
+        assert sent == [[png(colors[1])], [png(colors[2])]]  # the oldest one is no longer sent
+
+
+async def test_a_gif_goes_as_its_first_frame(runtime: Runtime, vision: FakeOllama) -> None:
+    vision.script(text("Blue."))
+    async with ChatSession(user="u7", session="s7", runtime=runtime) as chat:
+        path = await chat.save_upload("anim.gif", gif((0, 0, 255), (255, 255, 0)))
+        await turn(chat, "colour?", images=[path])
+    [[sent]] = [images for images in request_images(vision.requests[-1]) if images]
+    with Image.open(io.BytesIO(sent)) as frame:
+        assert frame.format == "PNG" and frame.size == (10, 10)
+        assert frame.convert("RGB").getpixel((5, 5)) == (0, 0, 255)
+
+
+async def test_a_model_without_vision_gets_no_images_and_the_user_is_told_once(
+        runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools"]
+    fake_ollama.script(text("I cannot see it."), text("Still cannot."))
+    async with ChatSession(user="u8", session="s8", runtime=runtime) as chat:
+        first = await chat.save_upload("a.png", png((1, 2, 3)))
+        notices = [e.text for e in await turn(chat, "see?", images=[first]) if isinstance(e, Notice)]
+        assert notices == ["The AI model here cannot see images; your picture is saved as /data/a.png, where "
+                           "commands can work with it."]
+        second = await chat.save_upload("b.png", png((4, 5, 6)))
+        assert not [e for e in await turn(chat, "and now?", images=[second]) if isinstance(e, Notice)]
+        rows = await chat.history()
+    assert all("images" not in m for r in fake_ollama.requests for m in r["messages"])
+    assert [r["images"] for r in rows if r["role"] == "user"] == [["/data/a.png"], ["/data/b.png"]]
+
+
+async def test_a_symlink_planted_in_data_never_shows_the_model_a_host_file(
+        runtime: Runtime, vision: FakeOllama, tmp_path: Path) -> None:
+    secret = tmp_path / "host-secret.png"
+    secret.write_bytes(png((9, 9, 9)))  # a picture that exists only on the host
+    vision.script(text("First."), text("Second."))
+    async with ChatSession(user="u9", session="s9", runtime=runtime) as chat:
+        path = await chat.save_upload("cat.png", png((200, 100, 50)))
+        await turn(chat, "look", images=[path])
+        # the sandbox's root swaps the picture for a link to the host file's path
+        await runtime.terminal.execute("u9", "s9", f"rm /data/cat.png && ln -s {secret} /data/cat.png")
+        await turn(chat, "look again")
+    again = vision.requests[-1]
+    assert all(png((9, 9, 9)) not in images for images in request_images(again))
+    user = [m for m in again["messages"] if m["role"] == "user"][0]
+    assert "images" not in user and user["content"].endswith("[/data/cat.png is no longer a readable image in /data]")
+
+
+async def test_small_text_files_are_quoted_and_others_only_named() -> None:
+    saved = [("/data/notes.md", b"# Plan\nuse ``` fences\n"), ("/data/pic.png", png((1, 1, 1))),
+             ("/data/big.txt", b"x" * 5000), ("/data/bin.dat", b"\x00\x01\x02")]
+    composed, pictures = compose("what now?", saved, inline_limit=4096)
+    assert composed.split("\n") == [
+        "[uploaded: /data/notes.md, /data/pic.png, /data/big.txt, /data/bin.dat]",
+        "[/data/notes.md, 22 bytes]", "````", "# Plan", "use ``` fences", "````",
+        "what now?"]
+    assert pictures == ["/data/pic.png"]
+    assert compose("hi", saved, inline_limit=0)[0].split("\n") == [
+        "[uploaded: /data/notes.md, /data/pic.png, /data/big.txt, /data/bin.dat]", "hi"]
