@@ -10,7 +10,7 @@ import asyncio
 import io
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import discord
 
@@ -28,6 +28,8 @@ class _Tool:
     exit_code: int | None = None
     ahead: int = 0  # while queued: commands before it
     kind: str = "command"  # or "file"
+    output_id: str = ""  # the whole output is kept (the model's copy was cut): a button offers it
+    output_bytes: int = 0
 
     def line(self) -> str:
         if self.kind == "file":
@@ -46,7 +48,8 @@ class _Tool:
         if self.status == "stopped":
             return f"-# ⏹️ {cmd} stopped"
         mark = "✅" if self.status == "ok" else "❌"
-        return f"-# {mark} {cmd} → exit {self.exit_code}"
+        more = " · 📄 full output below" if self.output_id else ""
+        return f"-# {mark} {cmd} → exit {self.exit_code}{more}"
 
 
 @dataclass
@@ -64,7 +67,8 @@ class ReplyStream:
 
     def __init__(self, channel: Any, reply_to: discord.Message | None, pacer: ChannelPacer, *,
                  show_thinking: bool = False, limit: int = LIMIT, min_interval: float = 1.0,
-                 view: discord.ui.View | None = None) -> None:
+                 view: discord.ui.View | None = None,
+                 outputs_view: Callable[[list[tuple[str, str, int]]], discord.ui.View] | None = None) -> None:
         self.channel = channel
         self.reply_to = reply_to
         self.pacer = pacer
@@ -74,6 +78,7 @@ class ReplyStream:
         self.files: list[tuple[str, bytes, str]] = []  # (name, bytes, caption), attached at the end
         self.ignored = False  # the engine ignored the message (a reply was already streaming)
         self.view = view  # controls shown on the first message while the reply runs (the Stop button)
+        self.outputs_view = outputs_view  # builds the buttons that hand out cut outputs, shown when it ends
         self._view_shown = False
         self.thinking = ""
         self.messages: list[discord.Message] = []
@@ -118,10 +123,12 @@ class ReplyStream:
                 break
         self._touch()
 
-    def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool) -> None:
+    def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool, output_id: str = "",
+                      output_bytes: int = 0) -> None:
         for part in reversed(self.parts):
             if isinstance(part, _Tool) and part.status in ("queued", "running"):
                 part.exit_code = exit_code
+                part.output_id, part.output_bytes = output_id, output_bytes
                 part.status = ("timeout" if timed_out else "error" if error or exit_code is None
                                else "ok" if exit_code == 0 else "failed")
                 break
@@ -232,6 +239,7 @@ class ReplyStream:
         await self._flusher
         if self.files:
             await self._attach_files()
+        await self._offer_outputs()
         if self.view is not None:
             self.view.stop()
             if self._view_shown and self.messages:  # the final text needed no edit of the first message
@@ -243,6 +251,22 @@ class ReplyStream:
                     self._view_shown = False
                 except discord.HTTPException as exc:
                     log.warning("could not remove the Stop button in channel %s: %s", self.channel.id, exc)
+
+    async def _offer_outputs(self) -> None:
+        """Buttons for the whole outputs of cut commands, on the reply's last message, once it ended."""
+        kept = [(p.command, p.output_id, p.output_bytes) for p in self.parts
+                if isinstance(p, _Tool) and p.output_id]
+        if not kept or self.outputs_view is None or not self.messages:
+            return
+        await self.pacer.acquire(self.channel.id)
+        try:
+            edited = await self.messages[-1].edit(view=self.outputs_view(kept), allowed_mentions=NO_MENTIONS)
+            if isinstance(edited, discord.Message):
+                self.messages[-1] = edited
+            if len(self.messages) == 1:
+                self._view_shown = False  # the Stop button went with that edit
+        except discord.HTTPException as exc:
+            log.warning("could not offer full outputs in channel %s: %s", self.channel.id, exc)
 
     async def _attach_files(self) -> None:
         """Attach the reply's files to its last message (images render inline); with no message yet,

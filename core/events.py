@@ -53,6 +53,8 @@ class ToolFinished:
     exit_code: int | None = None
     timed_out: bool = False
     error: bool = False
+    full_output_id: str = ""  # the whole output, when the model's copy was cut (Runtime.outputs)
+    full_output_bytes: int = 0
 
 
 @dataclass(frozen=True)

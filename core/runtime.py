@@ -17,6 +17,7 @@ from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailab
 from .history import History
 from .incidents import Incidents
 from .model_client import ModelClient
+from .outputs import OutputStore
 from .places import Places
 from .preflight import model_problem
 from .registry import Key, SessionRegistry
@@ -43,6 +44,7 @@ class Runtime:
         self.terminal = Terminal(self.containers)
         self.registry = SessionRegistry()
         self.incidents = Incidents()
+        self.outputs = OutputStore()  # cut commands' whole outputs, for the user to download
         self.uploads = UploadStore(settings.upload_max_file_bytes, settings.upload_max_session_bytes)
         self.turns = TurnRunner(self)
         self._ollama: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
@@ -12,6 +13,7 @@ from .errors import EngineError
 from .events import Event, Ignored, Replacing, TextDelta
 from .places import Place
 from .registry import Phase
+from .uploads import FileEntry, list_folder
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
 
@@ -79,6 +81,17 @@ class ChatSession:
         target = await self.runtime.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
         return f"/data/{target.name}"
 
+    async def list_files(self, path: str = "") -> list[FileEntry]:
+        """What /data (or a folder in it) holds, newest first; links are listed, never followed."""
+        folder = self.upload_folder
+        return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
+
+    async def read_file(self, path: str, max_bytes: int) -> bytes:
+        """A file of the sandbox (e.g. /data/report.pdf) through the sandbox backend, so a link
+        planted in /data resolves inside the sandbox; SandboxFileError when missing or over max_bytes."""
+        full = posixpath.normpath(posixpath.join("/data", path))
+        return await self.runtime.containers.read_file(self.user, self.session, full, max_bytes)
+
     # -- chat -------------------------------------------------------------
     async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:
         """Everything a turn does, as events; raises EngineError with a message fit for a user.
@@ -119,6 +132,11 @@ class ChatSession:
         """Stop the reply now running in this session (a Stop button): a running command is killed,
         the partial reply kept as incomplete. False when nothing was running."""
         return await self.runtime.registry.cancel(self.key, stopped=True)
+
+    async def full_output(self, output_id: str) -> bytes | None:
+        """The whole output of one of this conversation's commands whose copy for the model was cut
+        (ToolFinished.full_output_id); None once it is no longer kept."""
+        return self.runtime.outputs.get(output_id, self.key)
 
     # -- management -------------------------------------------------------
     async def history(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .admission import CommandGate
+from .config import Settings
 from .errors import EngineError, SandboxUnavailable
 from .sandbox import STDERR, STDOUT, Sandboxes
 
@@ -69,6 +70,11 @@ __each STOP; __each STOP; __each KILL; __each KILL
 true
 """
 GRACE_SECONDS = 3.0
+FULL_OUTPUT_MAX = 8 * 1024 ** 2  # a cut command's whole output kept for the user, at most (per command)
+
+
+def full_output_cap(settings: Settings) -> int:
+    return min(settings.send_file_max_bytes, FULL_OUTPUT_MAX)
 
 
 class CappedBuffer:
@@ -114,6 +120,7 @@ class CommandResult:
     timeout: int = 0
     output_bytes: int = 0  # everything it printed, before the cap
     note: str = ""  # something the model must know that happened before this command
+    full_output: bytes = b""  # stdout and stderr as they came, when the model's copy was cut (up to a cap)
 
     def for_model(self) -> str:
         if self.timed_out:
@@ -168,6 +175,8 @@ class Terminal:
 
     async def _run(self, user: str, session: str, command: str, limit: int) -> CommandResult:
         out, err = CappedBuffer(self.settings.output_limit), CappedBuffer(self.settings.output_limit)
+        whole = bytearray()  # for the user, should the model's copy be cut
+        whole_cap = full_output_cap(self.settings)
         loop = asyncio.get_running_loop()
         started: float | None = None  # when the process began: the timeout counts from here
         timed_out = False
@@ -179,6 +188,8 @@ class Terminal:
                 data = marker.feed(data)
             if data:
                 (err if stream == STDERR else out).write(data)
+                if len(whole) < whole_cap:
+                    whole.extend(data[:whole_cap - len(whole)])
 
         runner: asyncio.Future[int] | None = None
         try:
@@ -209,8 +220,10 @@ class Terminal:
             if marker.start is not None and not await self._kill(user, session, marker.start):
                 self._unkilled[self.sandboxes.name(user, session)] = marker.start
             raise
+        cut = out.total > 2 * out.half or err.total > 2 * err.half
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
-                             timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total)
+                             timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total,
+                             full_output=bytes(whole) if cut else b"")
 
     async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None",
                     marker: "_Marker") -> int | None:

@@ -334,7 +334,9 @@ class TurnRunner:
     async def _execute(self, turn: Turn, call: ModelCall, parsed: TerminalCall) -> "Outcome":
         result = await self.rt.terminal.execute(turn.user, turn.session, parsed.command, parsed.timeout,
                                                 on_queued=lambda n: turn.gen.queue.put_nowait(ToolQueued(n)))
-        return Outcome(ToolFinished(call.name, result.for_model(), result.exit_code, result.timed_out),
+        kept = self.rt.outputs.keep((turn.user, turn.session), result.full_output) if result.full_output else ""
+        return Outcome(ToolFinished(call.name, result.for_model(), result.exit_code, result.timed_out,
+                                    full_output_id=kept, full_output_bytes=len(result.full_output)),
                        "timed out" if result.timed_out else f"exit {result.exit_code}",
                        exit_code=result.exit_code, duration=result.duration, output_bytes=result.output_bytes)
 

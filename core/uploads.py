@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import unicodedata
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, Iterable
 
@@ -192,3 +193,43 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # typ
 def human_size(size: int) -> str:
     """Sizes as people read them in a chat line."""
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One entry of a /data listing."""
+
+    path: str  # relative to /data
+    size: int
+    modified: float  # seconds since the epoch
+    kind: str  # "file", "folder" or "link" (a symbolic link is listed, never followed)
+
+
+LIST_MAX = 500
+
+
+def list_folder(folder: Path, relative: str = "") -> list[FileEntry]:
+    """What /data (or a folder inside it) holds, newest first, without following any symbolic link:
+    the sandbox's root writes here and could plant links to the host's files. Blocking: call off the loop."""
+    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UploadError("Paths stay inside /data: no '..'.")
+    here = folder
+    for part in parts:  # walk one level at a time, refusing links, so no link can lead outside
+        here = here / part
+        if here.is_symlink() or not here.is_dir():
+            raise UploadError(f"/data/{'/'.join(parts)} is not a folder.")
+    if not here.is_dir():
+        return []
+    entries = []
+    with os.scandir(here) as listing:
+        for entry in listing:
+            if entry.name.startswith(".") and entry.name.endswith(".part"):
+                continue  # an upload being written
+            info = entry.stat(follow_symlinks=False)
+            kind = "link" if entry.is_symlink() else "folder" if entry.is_dir(follow_symlinks=False) else "file"
+            entries.append(FileEntry("/".join([*parts, entry.name]), info.st_size if kind == "file" else 0,
+                                     info.st_mtime, kind))
+            if len(entries) >= LIST_MAX:
+                break
+    return sorted(entries, key=lambda e: e.modified, reverse=True)

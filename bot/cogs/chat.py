@@ -19,7 +19,7 @@ from core.registry import Phase
 from core.tools import EXECUTE_TERMINAL, SEND_FILE
 
 from ..access import channel_ids, is_admin, place_of, refusal, upload_limit
-from ..controls import StopView
+from ..controls import OutputsView, StopView
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
 
@@ -185,9 +185,13 @@ class Chat(commands.Cog):
             log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
             await chat.stop()
 
+        async def full_output(output_id: str) -> bytes | None:
+            return await chat.full_output(output_id)
+
         view = StopView(message.author.id, self.may_stop, stop)
         stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking,
-                             min_interval=self.min_edit_interval, view=view)
+                             min_interval=self.min_edit_interval, view=view,
+                             outputs_view=lambda kept: OutputsView(message.author.id, self.may_stop, full_output, kept))
         self.streams[chat.key] = stream
         try:
             async with message.channel.typing():
@@ -212,7 +216,8 @@ class Chat(commands.Cog):
                     elif isinstance(event, ToolQueued):
                         stream.tool_queued(event.ahead)
                     elif isinstance(event, ToolFinished):
-                        stream.tool_finished(exit_code=event.exit_code, timed_out=event.timed_out, error=event.error)
+                        stream.tool_finished(exit_code=event.exit_code, timed_out=event.timed_out, error=event.error,
+                                             output_id=event.full_output_id, output_bytes=event.full_output_bytes)
                     elif isinstance(event, Replacing):
                         stream.add_line("-# ↩️ Stopped my previous reply to answer this instead.")
                     elif isinstance(event, Replaced):

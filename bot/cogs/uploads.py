@@ -1,15 +1,19 @@
 """Uploads: a message's attachments go into the sender's /data in that channel's sandbox."""
 from __future__ import annotations
 
+import io
 import logging
 from typing import TYPE_CHECKING
 
 import discord
+from discord import app_commands
 from discord.ext import commands
+from discord.utils import MISSING
 
-from core import ChatSession, UploadError
-from core.uploads import human_size
+from core import ChatSession, EngineError, UploadError
+from core.uploads import FileEntry, human_size
 
+from ..access import DM_UPLOAD_LIMIT, channel_ids, refusal, upload_limit
 from ..reply import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -55,6 +59,88 @@ class Uploads(commands.Cog):
             except discord.HTTPException as exc:
                 log.warning("could not confirm uploads in channel %s: %s", message.channel.id, exc)
         return saved
+
+    @app_commands.command(name="files", description="List your files in /data in this conversation, and download one")
+    @app_commands.describe(path="A folder inside /data to list, or a file to download")
+    async def files(self, interaction: discord.Interaction, path: str | None = None) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        settings = self.bot.runtime.settings
+        channel = getattr(interaction, "channel", None)
+        refused = refusal(settings, user_id=interaction.user.id,
+                          role_ids=[r.id for r in getattr(interaction.user, "roles", [])],
+                          channel_ids=channel_ids(channel) if channel is not None else {interaction.channel_id},
+                          is_dm=interaction.guild is None)
+        if refused:
+            await interaction.followup.send(refused, ephemeral=True)
+            return
+        limit = min(settings.send_file_max_bytes, upload_limit(channel) if channel is not None else DM_UPLOAD_LIMIT)
+        chat = ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.bot.runtime)
+        async with chat:
+            where = (path or "").strip().strip("/")
+            where = "" if where == "data" else where.removeprefix("data/")
+            try:
+                entries = await chat.list_files(where)
+            except UploadError as exc:
+                if "not a folder" not in str(exc):
+                    await interaction.followup.send(f"⚠️ {exc.user_message}", ephemeral=True)
+                    return
+                await send_file_to(interaction, chat, where, limit)  # a file: send it
+                return
+        if not entries:
+            await interaction.followup.send(FILES_EMPTY if not where else f"/data/{where} is empty.", ephemeral=True)
+            return
+        title = f"**/data/{where}**" if where else "**/data**"
+        more = len(entries) - FILES_SHOWN
+        lines = [title, *(_entry_line(e) for e in entries[:FILES_SHOWN])]
+        if more > 0:
+            lines.append(f"-# … and {more} more; `/files path:<folder>` lists a folder")
+        picker = FilePicker(chat, entries, limit)
+        await interaction.followup.send("\n".join(lines), ephemeral=True, view=picker if picker.children else MISSING,
+                                        allowed_mentions=NO_MENTIONS)
+
+
+FILES_SHOWN = 20
+FILES_EMPTY = "Your /data here is empty. Attach files to a message to me to put them there."
+
+
+def _entry_line(entry: FileEntry) -> str:
+    name = entry.path.rsplit("/", 1)[-1]
+    when = f"<t:{int(entry.modified)}:R>"
+    if entry.kind == "folder":
+        return f"📁 `{name}/` · {when}"
+    if entry.kind == "link":
+        return f"🔗 `{name}` (a link) · {when}"
+    return f"📄 `{name}` · {human_size(entry.size) if entry.size >= 1024 else f'{entry.size} B'} · {when}"
+
+
+class FilePicker(discord.ui.View):
+    """A menu of the listed files: the one picked is sent to whoever asked, and only to them."""
+
+    def __init__(self, chat: ChatSession, entries: list[FileEntry], limit: int) -> None:
+        super().__init__(timeout=600)
+        self.chat, self.limit = chat, limit
+        options = [discord.SelectOption(label=e.path[-100:], value=e.path[-100:],
+                                        description=human_size(e.size) if e.size >= 1024 else f"{e.size} B")
+                   for e in entries if e.kind == "file" and len(e.path) <= 100][:25]
+        self.menu = discord.ui.Select(placeholder="Download a file…", options=options)
+        self.menu.callback = self.picked  # type: ignore[method-assign]
+        if options:
+            self.add_item(self.menu)
+
+    async def picked(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await send_file_to(interaction, self.chat, self.menu.values[0], self.limit)
+
+
+async def send_file_to(interaction: discord.Interaction, chat: ChatSession, path: str, limit: int) -> None:
+    """One file of /data to the person who asked, read through the sandbox, within the upload limit."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    try:
+        data = await chat.read_file(path, limit)
+    except EngineError as exc:
+        await interaction.followup.send(f"⚠️ {discord.utils.escape_markdown(exc.user_message)}", ephemeral=True)
+        return
+    await interaction.followup.send(file=discord.File(io.BytesIO(data), filename=name), ephemeral=True)
 
 
 async def setup(bot: "LLMBot") -> None:

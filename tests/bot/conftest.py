@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import types
 import uuid
@@ -16,6 +17,7 @@ import discord.ext.test.factories as facts
 import pytest
 import pytest_asyncio
 from discord.ext import commands
+from discord.http import MultipartParameters
 
 from bot.discord_bot import create_bot
 from core import Runtime
@@ -58,7 +60,11 @@ def keeping_edited_files(original: Any, folder: Path) -> Any:
     async def edit_message(http: Any, channel_id: int, message_id: int, **fields: Any) -> dict:
         self = sys._getframe(1).f_locals.get("self")  # noqa: F841 - dpytest reads its caller's locals
         params = fields.get("params")
-        payload = getattr(params, "payload", None) or {}
+        payload = getattr(params, "payload", None)
+        if payload is None and getattr(params, "multipart", None):  # with files, the JSON rides in a form field
+            payload = json.loads(next(p["value"] for p in params.multipart if p["name"] == "payload_json"))
+            fields["params"] = MultipartParameters(payload=payload, multipart=None, files=params.files)
+        payload = payload or {}
         if "attachments" in payload:
             stored = next((m for m in dpy_backend._cur_config.messages.get(int(channel_id), [])
                            if int(m["id"]) == int(message_id)), {})

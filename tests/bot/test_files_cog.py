@@ -1,0 +1,186 @@
+"""Files and images both ways through the real discord.py dispatch (issue 11): what a user sees and
+downloads. dpytest drives Discord; the engine runs for real (fake Ollama over HTTP, real Docker)."""
+from __future__ import annotations
+
+import base64
+import io
+import types
+from pathlib import Path
+from typing import Any
+
+import discord
+import discord.ext.test as dpytest
+import pytest
+from discord.ext import commands
+from discord.ui.select import selected_values
+from PIL import Image
+
+from bot.controls import ONLY_AUTHOR_OUTPUT
+from core import ChatSession, Runtime
+from tests.bot.conftest import channel_messages
+from tests.bot.test_chat_cog import settle
+from tests.bot.test_uploads_cog import send_with_files
+from tests.fake_ollama import FakeOllama, text, tool_calls
+
+pytestmark = pytest.mark.asyncio
+
+
+class Press:
+    """What a component or slash-command callback reads from discord.Interaction; it records answers."""
+
+    def __init__(self, user: Any, channel: Any, guild: Any = None) -> None:
+        self.user, self.channel, self.channel_id = user, channel, channel.id
+        self.guild = guild if guild is not None else getattr(channel, "guild", None)
+        self.sent: list[dict[str, Any]] = []
+        self.deferred = False
+        outer = self
+
+        class Response:
+            def is_done(self) -> bool:
+                return outer.deferred or bool(outer.sent)
+
+            async def defer(self, **_kw: Any) -> None:
+                outer.deferred = True
+
+            async def send_message(self, content: str = "", **kw: Any) -> None:
+                outer.sent.append({"content": content, **kw})
+
+        class Followup:
+            async def send(self, content: str = "", **kw: Any) -> None:
+                outer.sent.append({"content": content, **kw})
+
+        self.response, self.followup = Response(), Followup()
+
+    def file_bytes(self) -> bytes:
+        file = self.sent[-1]["file"]
+        file.fp.seek(0)
+        return file.fp.read()
+
+
+async def test_a_file_the_model_sends_is_attached_to_its_reply(bot: commands.Bot, runtime: Runtime,
+                                                                fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "printf 'a,b\\n1,2\\n' > /data/table.csv"})),
+                       tool_calls(("send_file", {"path": "table.csv", "caption": "the table"})),
+                       text("Here is your table."))
+    config = dpytest.get_config()
+    await dpytest.message(f"<@{bot.user.id}> make a csv", channel=config.channels[0], member=config.members[0])
+    await settle(bot, runtime)
+    [reply] = channel_messages(config.channels[0], bot)
+    assert reply.content.split("\n") == ["-# ✅ `printf 'a,b\\n1,2\\n' > /data/table.csv` → exit 0",
+                                         "-# 📎 `table.csv` attached below",
+                                         "Here is your table."]
+    assert [a.filename for a in reply.attachments] == ["table.csv"]
+    assert await reply.attachments[0].read() == b"a,b\n1,2\n"
+    assert not getattr(reply, "components", [])  # the Stop button went with the last edit
+
+
+async def test_a_cut_output_is_offered_whole_to_the_author_only(bot: commands.Bot, runtime: Runtime,
+                                                                 fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "seq 1 20000"})), text("Counted."))
+    config = dpytest.get_config()
+    channel, author, other = config.channels[0], config.members[0], config.members[1]
+    await dpytest.message(f"<@{bot.user.id}> count", channel=channel, member=author)
+    await settle(bot, runtime)
+    [reply] = channel_messages(channel, bot)
+    assert reply.content.split("\n") == ["-# ✅ `seq 1 20000` → exit 0 · 📄 full output below", "Counted."]
+    whole = "".join(f"{n}\n" for n in range(1, 20001)).encode()
+    assert len(fake_ollama.requests[-1]["messages"][-1]["content"]) < len(whole)  # the model's copy was cut
+    [[button]] = [[c.label for c in row.children] for row in reply.components]
+    assert button == "Full output: seq 1 20000 (106 KB)"
+    [item] = bot._connection._view_store._views[reply.id].values()  # what a click on it dispatches to
+    stranger = Press(other, channel)
+    await item.callback(stranger)
+    assert stranger.sent == [{"content": ONLY_AUTHOR_OUTPUT, "ephemeral": True}]
+    press = Press(author, channel)
+    await item.callback(press)
+    assert press.sent[-1]["ephemeral"] is True and press.sent[-1]["file"].filename == "output-1.txt"
+    assert press.file_bytes() == whole
+
+
+async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, runtime: Runtime) -> None:
+    config = dpytest.get_config()
+    channel, member = config.channels[0], config.members[0]
+    user, session = str(member.id), str(channel.id)
+    await runtime.terminal.execute(user, session, "mkdir -p /data/results && printf 'hello\\n' > /data/a.txt && "
+                                                  "head -c 3000 /dev/zero > /data/results/z.bin && "
+                                                  "ln -s /etc/shadow /data/sneaky")
+    cog = bot.get_cog("Uploads")
+    press = Press(member, channel)
+    await cog.files.callback(cog, press)
+    sent = press.sent[-1]
+    lines = sent["content"].split("\n")
+    assert lines[0] == "**/data**" and sent["ephemeral"] is True
+    assert sorted(line.split(" · ")[0] for line in lines[1:]) == ["📁 `results/`", "📄 `a.txt`",
+                                                                  "🔗 `sneaky` (a link)"]
+    assert all(line.split(" · ")[-1].startswith("<t:") for line in lines[1:])
+    picker = sent["view"]
+    assert [o.value for o in picker.menu.options] == ["a.txt"]  # files only: never a link or a folder
+    pick = Press(member, channel)
+    token = selected_values.set({picker.menu.custom_id: ["a.txt"]})
+    try:
+        await picker.menu.callback(pick)
+    finally:
+        selected_values.reset(token)
+    assert pick.sent[-1]["file"].filename == "a.txt" and pick.file_bytes() == b"hello\n"
+    # a folder, and a file named directly
+    folder = Press(member, channel)
+    await cog.files.callback(cog, folder, path="/data/results")
+    assert folder.sent[-1]["content"].split("\n")[:2] == ["**/data/results**", f"📄 `z.bin` · 3 KB · "
+                                                          + folder.sent[-1]["content"].split(" · ")[-1]]
+    direct = Press(member, channel)
+    await cog.files.callback(cog, direct, path="results/z.bin")
+    assert direct.file_bytes() == b"\0" * 3000
+    escape = Press(member, channel)
+    await cog.files.callback(cog, escape, path="../..")
+    assert escape.sent[-1]["content"] == "⚠️ Paths stay inside /data: no '..'."
+
+
+async def test_files_works_the_same_in_a_dm(bot: commands.Bot, runtime: Runtime) -> None:
+    config = dpytest.get_config()
+    member = config.members[0]
+    dm = await member.create_dm()
+    press = Press(member, dm, guild=None)
+    press.guild = None
+    cog = bot.get_cog("Uploads")
+    await cog.files.callback(cog, press)
+    assert press.sent[-1]["content"] == "Your /data here is empty. Attach files to a message to me to put them there."
+    await runtime.terminal.execute(str(member.id), str(dm.id), "printf 'dm file' > /data/d.txt")
+    again = Press(member, dm, guild=None)
+    again.guild = None
+    await cog.files.callback(cog, again, path="d.txt")
+    assert again.file_bytes() == b"dm file"
+
+
+def png_file(folder: Path, color: tuple[int, int, int]) -> Path:
+    path = folder / "photo.png"
+    Image.new("RGB", (12, 8), color).save(path, format="PNG")
+    return path
+
+
+async def test_an_image_attachment_reaches_a_vision_model_as_base64(bot: commands.Bot, runtime: Runtime,
+                                                                     fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools", "vision"]
+    fake_ollama.script(text("A green photo."))
+    picture = png_file(tmp_path, (0, 200, 0))
+    message = await send_with_files(f"<@{bot.user.id}> what is this?", [picture])
+    await settle(bot, runtime)
+    last = fake_ollama.requests[-1]["messages"][-1]
+    assert last["content"] == "[uploaded: /data/photo.png]\nwhat is this?"
+    assert [base64.b64decode(i) for i in last["images"]] == [picture.read_bytes()]
+    assert channel_messages(message.channel, bot)[-1].content == "A green photo."
+    async with ChatSession(user=message.author.id, session=message.channel.id, runtime=runtime) as chat:
+        [row] = [r for r in await chat.history() if r["role"] == "user"]
+    assert row["images"] == ["/data/photo.png"] and row["content"] == last["content"]
+
+
+async def test_an_image_for_a_model_without_vision_is_only_in_data(bot: commands.Bot, runtime: Runtime,
+                                                                   fake_ollama: FakeOllama, tmp_path: Path) -> None:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools"]
+    fake_ollama.script(text("I can look at it with commands."))
+    message = await send_with_files(f"<@{bot.user.id}> what is this?", [png_file(tmp_path, (1, 2, 3))])
+    await settle(bot, runtime)
+    assert "images" not in fake_ollama.requests[-1]["messages"][-1]
+    assert channel_messages(message.channel, bot)[-1].content.split("\n") == [
+        "-# ℹ️ The AI model here cannot see images; your picture is saved as /data/photo.png, where commands can "
+        "work with it.",
+        "I can look at it with commands."]
