@@ -21,7 +21,7 @@ def quoted_text(path: str, data: bytes, limit: int) -> str | None:
     fence = "```"
     while fence in text:  # a fence longer than any inside, so the quote cannot be closed early
         fence += "`"
-    return f"[{path}, {human_size(len(data)) if len(data) >= 1024 else f'{len(data)} bytes'}]\n{fence}\n" \
+    return f"[{path}, {human_size(len(data))}]\n{fence}\n" \
            f"{text.rstrip()}\n{fence}"
 
 

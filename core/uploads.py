@@ -192,6 +192,8 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # typ
 
 def human_size(size: int) -> str:
     """Sizes as people read them in a chat line."""
+    if size < 1024:
+        return f"{size} bytes"
     return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
 
 

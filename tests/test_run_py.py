@@ -68,3 +68,36 @@ def test_run_py_without_the_image_says_how_to_get_it(tmp_path: Path, fake_ollama
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert done.stderr.strip() == ("the image llmbot-no-such-image:never is not on this engine and cannot be pulled: "
                                    "run `docker pull llmbot-no-such-image:never`, build it, or set VM_IMAGE")
+
+
+def test_run_py_attach_makes_a_round_trip(tmp_path: Path, fake_ollama: FakeOllama,
+                                          docker_client: docker.DockerClient) -> None:
+    """A local file goes into /data; a file the model makes there comes back into ./received."""
+    prefix = f"llmt{uuid.uuid4().hex[:8]}"
+    notes = tmp_path / "notes.txt"
+    notes.write_text("line one\nline two\n")
+    fake_ollama.script(
+        tool_calls(("execute_terminal", {"command": "(wc -c < /data/notes.txt; head -n 1 /data/notes.txt) "
+                                                    "> /data/report.txt"})),
+        tool_calls(("send_file", {"path": "/data/report.txt"})),
+        text("Your report is attached."))
+    base = {k: v for k, v in os.environ.items() if k not in {"OLLAMA_HOST", "DATABASE_URL", "VM_IMAGE"}}
+    base.update({"DATABASE_URL": f"sqlite:///{tmp_path}/chat.db", "UPLOAD_DIR": str(tmp_path / "uploads"),
+                 "VM_IMAGE": TEST_IMAGE, "OLLAMA_HOST": fake_ollama.url, "VM_NAME_PREFIX": prefix})
+    try:
+        done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--attach", str(notes)], cwd=tmp_path, env=base,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        remove_containers(docker_client, prefix)
+    assert done.returncode == 0, done.stderr
+    assert f"[uploaded: {notes} → /data/notes.txt]" in done.stdout
+    assert "[file: /data/report.txt (12 bytes) → received/report.txt]" in done.stdout
+    assert (tmp_path / "received" / "report.txt").read_text().split() == ["18", "line", "one"]
+    first = fake_ollama.requests[0]["messages"][-1]["content"]
+    assert first.startswith("[uploaded: /data/notes.txt]\n[/data/notes.txt, 18 bytes]\n```\nline one\nline two\n```")
+
+
+def test_run_py_attach_of_a_missing_file_says_so(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, str(ROOT / "run.py"), "--attach", "nope.txt"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip() == "--attach: no such file: nope.txt"

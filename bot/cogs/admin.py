@@ -71,7 +71,7 @@ def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
     ending = ("⏱️ timed out" if row.timed_out else "⏹️ stopped" if row.cancelled
               else "⚠️ did not run" if row.exit_code is None else f"exit {row.exit_code}")
     return (f"{_stamp(row.created_at)} <@{row.user}> in <#{row.session}> {inline_code(row.command, 60)} → {ending} · "
-            f"{row.duration:.1f} s · {human_size(row.output_bytes) if row.output_bytes >= 1024 else f'{row.output_bytes} B'}")
+            f"{row.duration:.1f} s · {human_size(row.output_bytes)}")
 
 
 class Admin(commands.Cog):

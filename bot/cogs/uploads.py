@@ -110,7 +110,7 @@ def _entry_line(entry: FileEntry) -> str:
         return f"📁 `{name}/` · {when}"
     if entry.kind == "link":
         return f"🔗 `{name}` (a link) · {when}"
-    return f"📄 `{name}` · {human_size(entry.size) if entry.size >= 1024 else f'{entry.size} B'} · {when}"
+    return f"📄 `{name}` · {human_size(entry.size)} · {when}"
 
 
 class FilePicker(discord.ui.View):
@@ -120,7 +120,7 @@ class FilePicker(discord.ui.View):
         super().__init__(timeout=600)
         self.chat, self.limit = chat, limit
         options = [discord.SelectOption(label=e.path[-100:], value=e.path[-100:],
-                                        description=human_size(e.size) if e.size >= 1024 else f"{e.size} B")
+                                        description=human_size(e.size))
                    for e in entries if e.kind == "file" and len(e.path) <= 100][:25]
         self.menu = discord.ui.Select(placeholder="Download a file…", options=options)
         self.menu.callback = self.picked  # type: ignore[method-assign]

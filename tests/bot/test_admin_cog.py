@@ -237,7 +237,7 @@ async def test_admins_read_the_audit_others_cannot(bot: commands.Bot, runtime: R
     said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True))
     lines = said.splitlines()
     assert len(lines) == 2
-    assert lines[0].endswith("<@10> in <#111> `rm -rf /` → ⏹️ stopped · 0.0 s · 0 B")
+    assert lines[0].endswith("<@10> in <#111> `rm -rf /` → ⏹️ stopped · 0.0 s · 0 bytes")
     assert lines[1].endswith(f"<@9> in <#{CHANNEL}> `ls -la /data` → exit 0 · 0.0 s · 2 KB")
     said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True), user=types.SimpleNamespace(id=9))
     assert "rm -rf" not in said and "ls -la" in said

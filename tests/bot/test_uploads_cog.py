@@ -63,7 +63,7 @@ async def test_oversized_and_unreadable_files_get_a_clear_reply_and_leave_nothin
     message = back.make_message(f"<@{bot.user.id}>", config.members[0], config.channels[0], attachments=attachments)
     await dpytest.run_all_events()
     reply = channel_messages(message.channel, bot)[-1].content
-    assert "big.bin is over the 1 KB limit per file" in reply
+    assert "big.bin is over the 1000 bytes limit per file" in reply
     assert "gone.txt could not be downloaded" in reply
     folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
     assert not folder.exists() or list(folder.iterdir()) == []
