@@ -4,6 +4,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from .config import Settings
+from .tools import MAX_FILES_PER_REPLY
 
 TEMPLATE = """\
 You are a helpful assistant in a chat app. You can run shell commands with the execute_terminal tool.
@@ -22,6 +23,12 @@ Your computer
   `tail /data/train.log` or `ps`. A background job without `> file 2>&1` holds the command open
   until it times out.
 - No one can type into a command: use non-interactive flags (`apt-get -y`, `pip -q`).
+- send_file attaches a file from the container to your reply (images show inline): use it for charts,
+  generated or converted files, and long outputs (save them to a file first) instead of pasting them.
+  At most {max_files} files per reply, within the chat's upload limit; if one is refused, the result
+  says why (compress it or make it smaller).
+- Small text files the user attaches are also quoted in their message, and pictures may be shown
+  to you directly (they are in /data too).
 
 How to work
 1. Plan before you act: decide what you need to know and which commands will tell you.
@@ -54,5 +61,6 @@ def system_prompt(settings: Settings, persona: str = "") -> dict[str, str]:
         timeout=settings.command_timeout,
         timeout_max=settings.command_timeout_max,
         limit=settings.output_limit,
+        max_files=MAX_FILES_PER_REPLY,
     )
     return {"role": "system", "content": text}

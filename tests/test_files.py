@@ -63,6 +63,9 @@ async def test_a_file_made_in_the_sandbox_comes_back_with_the_same_bytes(
     assert audit[0].command == "send_file /data/blob.bin" and audit[0].exit_code == 0
     assert audit[0].output_bytes == 300000
     assert all(request_problems(r) == [] for r in fake_ollama.requests)
+    first = fake_ollama.requests[0]
+    assert [t["function"]["name"] for t in first["tools"]] == ["execute_terminal", "send_file"]
+    assert "send_file attaches a file from the container to your reply" in first["messages"][0]["content"]
 
 
 async def test_oversize_missing_and_folder_paths_are_tool_errors(runtime: Runtime, fake_ollama: FakeOllama) -> None:
