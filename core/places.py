@@ -92,20 +92,20 @@ class Places:
 
     async def prompt(self, place: Place) -> Choice:
         """The operator text for a turn here; an empty value when none applies."""
-        rows = await self._table()
-        for scope in place.scopes():
-            row = rows.get(scope)
-            if row is not None and row.prompt:
-                return Choice(row.prompt, scope)
-        return Choice(self.settings.system_prompt, "SYSTEM_PROMPT" if self.settings.system_prompt else "")
+        fallback = self.settings.system_prompt
+        return await self._nearest(place, "prompt") or Choice(fallback, "SYSTEM_PROMPT" if fallback else "")
 
     async def model(self, place: Place) -> Choice:
+        return await self._nearest(place, "model") or Choice(self.settings.ollama_model, "OLLAMA_MODEL")
+
+    async def _nearest(self, place: Place, field: str) -> Choice | None:
+        """The value the most specific scope of `place` sets for `field`."""
         rows = await self._table()
         for scope in place.scopes():
-            row = rows.get(scope)
-            if row is not None and row.model:
-                return Choice(row.model, scope)
-        return Choice(self.settings.ollama_model, "OLLAMA_MODEL")
+            value = getattr(rows.get(scope), field, None)
+            if value:
+                return Choice(value, scope)
+        return None
 
     async def own(self, scope: str) -> PlaceSetting | None:
         """What this exact scope sets (not what it inherits)."""

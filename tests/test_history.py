@@ -120,3 +120,18 @@ def test_concurrent_writers_from_many_threads(history: History) -> None:
         ids = list(pool.map(conversation, range(24)))
     assert len(set(ids)) == 24
     assert all(len(history.window(sid, 10)) == 5 for sid in ids)
+
+
+def test_a_database_from_before_images_gains_the_column(history: History) -> None:
+    """create_tables never alters a table: a store made by an older version gets `images` added."""
+    history.db.execute_sql("ALTER TABLE messages DROP COLUMN images")
+    url = history.url
+    history.close()
+    again = History(url)
+    try:
+        assert "images" in {c.name for c in again.db.get_columns("messages")}
+        sid = again.open_session("u", "s")
+        again.add_message(sid, "user", "look", images=["/data/a.png"])
+        assert again.window(sid, 10) == [{"role": "user", "content": "look", "image_refs": ["/data/a.png"]}]
+    finally:
+        again.close()

@@ -73,7 +73,11 @@ def test_a_rejected_token_exits_with_one_line(monkeypatch: pytest.MonkeyPatch, c
         raise discord.LoginFailure("Improper token has been passed.")  # what discord.py raises on a 401
 
     monkeypatch.setattr(discord_bot.LLMBot, "run", rejected)
-    assert discord_bot.main([]) == 1
+    handlers = list(logging.getLogger().handlers)
+    try:
+        assert discord_bot.main([]) == 1
+    finally:  # main() sets up logging for the process: leave none of it to later tests
+        logging.getLogger().handlers[:] = handlers
     err = capsys.readouterr().err
     assert "Discord rejected DISCORD_TOKEN" in err and TOKEN not in err
 

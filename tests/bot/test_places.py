@@ -18,6 +18,7 @@ from discord.ext import commands
 from core import ChatSession, Place, Runtime
 from core.prompt import TEMPLATE
 from tests.bot.test_admin_cog import CHANNEL, Interaction, call, command
+from tests.bot.conftest import channel_messages
 from tests.bot.test_chat_cog import settle
 from tests.conftest import open_runtime
 from tests.fake_ollama import FakeOllama, text
@@ -200,8 +201,8 @@ async def test_a_discord_message_uses_its_servers_model_and_persona(bot: command
     await call(bot, ("admin", "prompt", "set"), manager(guild.id), text="You are the Rust Learners helper.")
     fake_ollama.script(text("Ahoy."))
     await dpytest.message(f"<@{bot.user.id}> hello", channel=room, member=config.members[0])
-    assert dpytest.verify().message().content("Ahoy.")
     await settle(bot, runtime)
+    assert [m.content for m in channel_messages(room, bot)] == ["Ahoy."]
     request = fake_ollama.requests[-1]
     assert request["model"] == "llama3.1:8b" and "You are the Rust Learners helper." in system(request)
     assert request["messages"][-1] == {"role": "user", "content": "hello"}
