@@ -62,3 +62,11 @@ def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), c
 
 def is_admin(settings: Settings, *, user_id: int, manage_guild: bool) -> bool:
     return manage_guild or user_id in settings.admin_user_ids
+
+
+def interaction_refusal(settings: Settings, interaction: Any) -> str | None:
+    """refusal() for a slash command or a component: the same lists as chat."""
+    channel = getattr(interaction, "channel", None)
+    return refusal(settings, user_id=interaction.user.id, role_ids=[r.id for r in getattr(interaction.user, "roles", [])],
+                   channel_ids=channel_ids(channel) if channel is not None else {interaction.channel_id},
+                   is_dm=interaction.guild is None)

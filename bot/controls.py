@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import io
+import re
 from typing import Awaitable, Callable
 
 import discord
 
 from core.uploads import human_size
+
+from .access import is_admin
 
 ONLY_AUTHOR = "Only the person who asked (or an admin) can stop this reply."
 
@@ -35,34 +38,48 @@ class StopView(discord.ui.View):
 
 ONLY_AUTHOR_OUTPUT = "Only the person who asked (or an admin) can download this output."
 OUTPUT_GONE = "That output is no longer kept (the bot keeps recent ones only, and forgets them on restart)."
-OUTPUT_VIEW_SECONDS = 24 * 3600
 
 
-class OutputsView(discord.ui.View):
-    """One button per command whose output was cut for the model: the whole output as a .txt file,
-    sent only to whoever pressed (the author or an admin), from the engine's bounded store."""
+class FullOutputButton(discord.ui.DynamicItem[discord.ui.Button],
+                       template=r"llmbot:output:(?P<user>\d+):(?P<session>\d+):(?P<id>[0-9a-f]{32})"):
+    """The whole output of a command whose copy for the model was cut, as a .txt file sent only to
+    whoever pressed (the author or an admin). Its custom id says everything it needs, so the button
+    keeps working after a restart (registered with Bot.add_dynamic_items): then it says the output
+    is gone rather than failing."""
 
-    def __init__(self, author_id: int, may_see: Callable[[discord.abc.User], bool],
-                 fetch: Callable[[str], Awaitable[bytes | None]], outputs: list[tuple[str, str, int]]) -> None:
-        super().__init__(timeout=OUTPUT_VIEW_SECONDS)
-        self.author_id, self.may_see, self.fetch = author_id, may_see, fetch
-        for index, (command, output_id, size) in enumerate(outputs[:25]):
-            short = command if len(command) <= 40 else command[:39] + "…"
-            button = discord.ui.Button(label=f"Full output: {short} ({human_size(size)})"[:80], emoji="📄",
-                                       style=discord.ButtonStyle.secondary, custom_id=f"output:{output_id}")
-            button.callback = self._sender(output_id, index)  # type: ignore[method-assign]
-            self.add_item(button)
+    def __init__(self, user: int, session: int, output_id: str, label: str = "Full output") -> None:
+        super().__init__(discord.ui.Button(label=label[:80], emoji="📄", style=discord.ButtonStyle.secondary,
+                                           custom_id=f"llmbot:output:{user}:{session}:{output_id}"))
+        self.user, self.session, self.output_id = user, session, output_id
 
-    def _sender(self, output_id: str, index: int) -> Callable[[discord.Interaction], Awaitable[None]]:
-        async def send(interaction: discord.Interaction) -> None:
-            if interaction.user.id != self.author_id and not self.may_see(interaction.user):
-                await interaction.response.send_message(ONLY_AUTHOR_OUTPUT, ephemeral=True)
-                return
-            data = await self.fetch(output_id)
-            if data is None:
-                await interaction.response.send_message(OUTPUT_GONE, ephemeral=True)
-                return
-            await interaction.response.send_message(
-                file=discord.File(io.BytesIO(data), filename=f"output-{index + 1}.txt"), ephemeral=True)
-        return send
+    @classmethod
+    def labelled(cls, user: int, session: int, output_id: str, command: str, size: int) -> "FullOutputButton":
+        short = command if len(command) <= 40 else command[:39] + "…"
+        return cls(user, session, output_id, f"Full output: {short} ({human_size(size)})")
 
+    @classmethod
+    async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button,  # type: ignore[override]
+                             match: re.Match[str]) -> "FullOutputButton":
+        return cls(int(match["user"]), int(match["session"]), match["id"], getattr(item, "label", None) or "Full output")
+
+    async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
+        runtime = interaction.client.runtime  # type: ignore[attr-defined]
+        perms = getattr(interaction.user, "guild_permissions", None)
+        if interaction.user.id != self.user and not is_admin(
+                runtime.settings, user_id=interaction.user.id, manage_guild=bool(perms and perms.manage_guild)):
+            await interaction.response.send_message(ONLY_AUTHOR_OUTPUT, ephemeral=True)
+            return
+        data = runtime.outputs.get(self.output_id, (str(self.user), str(self.session)))
+        if data is None:
+            await interaction.response.send_message(OUTPUT_GONE, ephemeral=True)
+            return
+        await interaction.response.send_message(
+            file=discord.File(io.BytesIO(data), filename="output.txt"), ephemeral=True)
+
+
+def outputs_view(user: int, session: int, kept: list[tuple[str, str, int]]) -> discord.ui.View:
+    """The reply's buttons for its cut outputs (at most 25, Discord's limit per message)."""
+    view = discord.ui.View(timeout=None)
+    for command, output_id, size in kept[:25]:
+        view.add_item(FullOutputButton.labelled(user, session, output_id, command, size))
+    return view

@@ -133,11 +133,6 @@ class ChatSession:
         the partial reply kept as incomplete. False when nothing was running."""
         return await self.runtime.registry.cancel(self.key, stopped=True)
 
-    async def full_output(self, output_id: str) -> bytes | None:
-        """The whole output of one of this conversation's commands whose copy for the model was cut
-        (ToolFinished.full_output_id); None once it is no longer kept."""
-        return self.runtime.outputs.get(output_id, self.key)
-
     # -- management -------------------------------------------------------
     async def history(self) -> list[dict[str, Any]]:
         """Every stored message of this conversation, oldest first."""

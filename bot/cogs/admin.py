@@ -16,7 +16,7 @@ from core.errors import OLLAMA_UNREACHABLE
 from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
 from core.uploads import human_size
 
-from ..access import channel_ids, is_admin, place_of, refusal
+from ..access import channel_ids, interaction_refusal, is_admin, place_of
 from ..formatting import inline_code
 from ..guide import help_text
 
@@ -90,11 +90,7 @@ class Admin(commands.Cog):
         Without `defer` the caller answers itself (a modal must be the first answer)."""
         if defer and not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
-        channel = getattr(interaction, "channel", None)
-        line = refusal(self.rt.settings, user_id=interaction.user.id,
-                       role_ids=[r.id for r in getattr(interaction.user, "roles", [])],
-                       channel_ids=channel_ids(channel) if channel is not None else {interaction.channel_id},
-                       is_dm=interaction.guild is None)
+        line = interaction_refusal(self.rt.settings, interaction)
         if line:
             await self._say(interaction, line)
             return False

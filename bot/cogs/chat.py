@@ -19,7 +19,7 @@ from core.registry import Phase
 from core.tools import EXECUTE_TERMINAL, SEND_FILE
 
 from ..access import channel_ids, is_admin, place_of, refusal, upload_limit
-from ..controls import OutputsView, StopView
+from ..controls import FullOutputButton, StopView, outputs_view
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
 
@@ -42,6 +42,9 @@ class Chat(commands.Cog):
         self._waiting: dict[tuple[str, str], list[tuple[discord.Message, str, list[str]]]] = {}
         self.streams: dict[tuple[str, str], ReplyStream] = {}  # the reply each session is showing now
         self._answered: OrderedDict[int, int] = OrderedDict()  # the bot's recent reply messages -> who asked
+
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(FullOutputButton)  # full-output buttons work on replies sent before a restart
 
     @property
     def settings(self):  # type: ignore[no-untyped-def]
@@ -185,13 +188,10 @@ class Chat(commands.Cog):
             log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
             await chat.stop()
 
-        async def full_output(output_id: str) -> bytes | None:
-            return await chat.full_output(output_id)
-
         view = StopView(message.author.id, self.may_stop, stop)
         stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking,
                              min_interval=self.min_edit_interval, view=view,
-                             outputs_view=lambda kept: OutputsView(message.author.id, self.may_stop, full_output, kept))
+                             outputs_view=lambda kept: outputs_view(message.author.id, message.channel.id, kept))
         self.streams[chat.key] = stream
         try:
             async with message.channel.typing():

@@ -13,7 +13,7 @@ from discord.utils import MISSING
 from core import ChatSession, EngineError, UploadError
 from core.uploads import FileEntry, human_size
 
-from ..access import DM_UPLOAD_LIMIT, channel_ids, refusal, upload_limit
+from ..access import DM_UPLOAD_LIMIT, interaction_refusal, upload_limit
 from ..reply import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -66,10 +66,7 @@ class Uploads(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         settings = self.bot.runtime.settings
         channel = getattr(interaction, "channel", None)
-        refused = refusal(settings, user_id=interaction.user.id,
-                          role_ids=[r.id for r in getattr(interaction.user, "roles", [])],
-                          channel_ids=channel_ids(channel) if channel is not None else {interaction.channel_id},
-                          is_dm=interaction.guild is None)
+        refused = interaction_refusal(settings, interaction)
         if refused:
             await interaction.followup.send(refused, ephemeral=True)
             return

@@ -15,7 +15,7 @@ from discord.ext import commands
 from discord.ui.select import selected_values
 from PIL import Image
 
-from bot.controls import ONLY_AUTHOR_OUTPUT
+from bot.controls import ONLY_AUTHOR_OUTPUT, OUTPUT_GONE, FullOutputButton
 from core import ChatSession, Runtime
 from tests.bot.conftest import channel_messages
 from tests.bot.test_chat_cog import settle
@@ -87,14 +87,26 @@ async def test_a_cut_output_is_offered_whole_to_the_author_only(bot: commands.Bo
     assert len(fake_ollama.requests[-1]["messages"][-1]["content"]) < len(whole)  # the model's copy was cut
     [[button]] = [[c.label for c in row.children] for row in reply.components]
     assert button == "Full output: seq 1 20000 (106 KB)"
-    [item] = bot._connection._view_store._views[reply.id].values()  # what a click on it dispatches to
-    stranger = Press(other, channel)
-    await item.callback(stranger)
-    assert stranger.sent == [{"content": ONLY_AUTHOR_OUTPUT, "ephemeral": True}]
-    press = Press(author, channel)
-    await item.callback(press)
-    assert press.sent[-1]["ephemeral"] is True and press.sent[-1]["file"].filename == "output-1.txt"
+    [[custom_id]] = [[c.custom_id for c in row.children] for row in reply.components]
+
+    async def click(who: Any) -> Press:
+        """As discord.py dispatches a click on a dynamic item: rebuilt from its custom id (so it works
+        on replies sent before a restart too), then called."""
+        press = Press(who, channel)
+        press.client = bot
+        match = FullOutputButton.__discord_ui_compiled_template__.fullmatch(custom_id)
+        assert match is not None and match["id"] and bot._connection._view_store._dynamic_items
+        item = await FullOutputButton.from_custom_id(press, types.SimpleNamespace(label=button), match)
+        await item.callback(press)
+        return press
+
+    assert (await click(other)).sent == [{"content": ONLY_AUTHOR_OUTPUT, "ephemeral": True}]
+    press = await click(author)
+    assert press.sent[-1]["ephemeral"] is True and press.sent[-1]["file"].filename == "output.txt"
     assert press.file_bytes() == whole
+    runtime.outputs.budget = 1  # many later outputs pushed it out (or the bot restarted)
+    runtime.outputs.keep(("x", "y"), b"newer")
+    assert (await click(author)).sent == [{"content": OUTPUT_GONE, "ephemeral": True}]
 
 
 async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, runtime: Runtime) -> None:
@@ -184,3 +196,13 @@ async def test_an_image_for_a_model_without_vision_is_only_in_data(bot: commands
         "-# ℹ️ The AI model here cannot see images; your picture is saved as /data/photo.png, where commands can "
         "work with it.",
         "I can look at it with commands."]
+
+
+async def test_files_applies_the_same_access_lists_as_chat(bot: commands.Bot, runtime: Runtime) -> None:
+    config = dpytest.get_config()
+    member = config.members[0]
+    runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset({member.id}))
+    await runtime.terminal.execute(str(member.id), str(config.channels[0].id), "echo secret > /data/s.txt")
+    press = Press(member, config.channels[0])
+    await bot.get_cog("Uploads").files.callback(bot.get_cog("Uploads"), press, path="s.txt")
+    assert press.sent == [{"content": "Sorry, I'm not available to you here.", "ephemeral": True}]
