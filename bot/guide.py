@@ -31,11 +31,13 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         f"when I ask for more); the sandbox has {human_size(settings.vm_memory)} of memory and "
         f"{human_size(settings.vm_disk)} of disk.",
         f"• Attach files to a message to put them in `/data`, where I can read them (up to "
-        f"{human_size(settings.upload_max_file_bytes)} each).",
+        f"{human_size(settings.upload_max_file_bytes)} each); I can see pictures when the model can.",
+        "• I can send files back: charts, converted files, long outputs, attached to my reply.",
         "",
         "**Commands**",
         "• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, "
         "`files` deletes your files too).",
+        "• `/files`: your files in `/data` here, and a menu to download one.",
         "• `/sessions`: your conversations.",
     ]
     if admin:

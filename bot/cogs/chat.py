@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUSY_REACTION = "⏳"
+MAX_WAITING = 10  # messages one conversation may queue while its reply streams; they are answered in one turn
+QUEUE_FULL = "-# ✋ {n} of your messages are already waiting for my answer here; send this one again once I have replied."
 REFUSAL_QUIET_SECONDS = 600
 ANSWERED_MEMORY = 5000  # reply messages remembered, to know whose conversation a replied-to answer is in
 REPLY_QUOTE_LIMIT = 1500  # characters of a replied-to message quoted into the turn
@@ -102,8 +104,17 @@ class Chat(commands.Cog):
 
     # -- messages that arrive while a reply streams -------------------------------
     async def _wait(self, key: tuple[str, str], message: discord.Message, text: str, pictures: list[str]) -> None:
-        """Queued in order, marked ⏳; the reply streaming now answers them when it ends."""
-        self._waiting.setdefault(key, []).append((message, text, pictures))
+        """Queued in order, marked ⏳; the reply streaming now answers them when it ends. A full queue
+        (someone flooding the channel) refuses the message with a line saying so: never silently."""
+        queue = self._waiting.setdefault(key, [])
+        if len(queue) >= MAX_WAITING:
+            try:
+                await message.reply(QUEUE_FULL.format(n=MAX_WAITING), allowed_mentions=NO_MENTIONS,
+                                    mention_author=False)
+            except discord.HTTPException as exc:
+                log.warning("could not refuse a message in channel %s: %s", message.channel.id, exc)
+            return
+        queue.append((message, text, pictures))
         await self._react(message, BUSY_REACTION)
 
     async def _answer_waiting(self, chat: ChatSession) -> None:

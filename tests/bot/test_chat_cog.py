@@ -11,10 +11,11 @@ import discord.ext.test.factories as facts
 import pytest
 from discord.ext import commands
 
-from bot.cogs.chat import REFUSAL_QUIET_SECONDS
+from bot.cogs.chat import MAX_WAITING, QUEUE_FULL, REFUSAL_QUIET_SECONDS
 from core import Runtime
 from tests.bot.conftest import channel_messages, start_bot
-from tests.fake_ollama import FakeOllama, error, text, tool_calls
+from tests.fake_ollama import FakeOllama, error, hang, text, tool_calls
+from tests.test_concurrency import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -254,6 +255,28 @@ async def test_messages_sent_while_a_reply_streams_are_answered_together_next(
     assert fake_ollama.requests[1]["messages"][-1] == {"role": "user", "content": "second\n\nthird"}
     assert reactions(channel, second) == [] and reactions(channel, third) == []
     assert [m.content for m in channel_messages(channel, bot)] == ["a slow and steady answer", "Both answered."]
+
+
+async def test_a_flood_while_a_reply_streams_is_bounded_and_told_so(bot: commands.Bot, fake_ollama: FakeOllama,
+                                                                   runtime: Runtime) -> None:
+    fake_ollama.script(hang("Thinking it over"), text("All ten answered."))
+    channel, member = config().channels[0], config().members[0]
+    first = asyncio.create_task(dpytest.message(f"<@{bot.user.id}> first", channel=channel, member=member))
+    await wait_until(lambda: bool(fake_ollama.requests))
+    await asyncio.sleep(0.2)
+    flood = [asyncio.create_task(dpytest.message(f"<@{bot.user.id}> m{i}", channel=channel, member=member))
+             for i in range(MAX_WAITING + 2)]
+    chat = bot.get_cog("Chat")
+    await wait_until(lambda: sum(len(v) for v in chat._waiting.values()) == MAX_WAITING
+                     and sum(m.content == QUEUE_FULL.format(n=MAX_WAITING) for m in channel_messages(channel, bot)) == 2)
+    fake_ollama.release()
+    await asyncio.gather(first, *flood)
+    await settle(bot, runtime)
+    assert len(fake_ollama.requests) == 2
+    asked = fake_ollama.requests[1]["messages"][-1]["content"].split("\n\n")
+    assert len(asked) == MAX_WAITING and len(set(asked)) == MAX_WAITING  # ten of the twelve, each once
+    shown = [m.content for m in channel_messages(channel, bot)]
+    assert shown.count(QUEUE_FULL.format(n=MAX_WAITING)) == 2 and shown[-1] == "All ten answered."
 
 
 async def test_a_message_while_a_tool_runs_replaces_the_reply_and_says_so(bot: commands.Bot,
