@@ -95,6 +95,21 @@ class Uploads(commands.Cog):
         await interaction.followup.send("\n".join(lines), ephemeral=True, view=picker if picker.children else MISSING,
                                         allowed_mentions=NO_MENTIONS)
 
+    @files.autocomplete("path")
+    async def _files_path(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        """Names in /data (or in the folder typed so far) that match what is typed; links left out."""
+        typed = current.strip().strip("/").removeprefix("data/")
+        folder, _, stem = typed.rpartition("/")
+        try:
+            async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
+                                   runtime=self.bot.runtime) as chat:
+                entries = await chat.list_files(folder)
+        except EngineError:
+            return []
+        return [app_commands.Choice(name=e.path + ("/" if e.kind == "folder" else ""), value=e.path)
+                for e in entries if e.kind != "link" and stem.lower() in e.path.rsplit("/", 1)[-1].lower()
+                and len(e.path) <= 99][:25]
+
 
 FILES_SHOWN = 20
 FILES_EMPTY = "Your /data here is empty. Attach files to a message to me to put them there."

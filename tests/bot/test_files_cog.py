@@ -142,6 +142,9 @@ async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, run
     direct = Press(member, channel)
     await cog.files.callback(cog, direct, path="results/z.bin")
     assert direct.file_bytes() == b"\0" * 3000
+    choices = await cog._files_path(Press(member, channel), "res")
+    assert [(c.name, c.value) for c in choices] == [("results/", "results")]
+    assert [c.value for c in await cog._files_path(Press(member, channel), "/data/results/z")] == ["results/z.bin"]
     escape = Press(member, channel)
     await cog.files.callback(cog, escape, path="../..")
     assert escape.sent[-1]["content"] == "⚠️ Paths stay inside /data: no '..'."
