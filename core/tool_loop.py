@@ -83,7 +83,7 @@ class Turn:
     prompt_tokens: int = 0
     answer_tokens: int = 0
     file_limit: int = 0  # bytes one reply's files may hold in all, where the caller delivers them (0: no own limit)
-    vision: bool = False  # the model reads images
+    vision: bool | None = None  # the model reads images (None: not asked yet)
     pictures: dict[str, str | None] = field(default_factory=dict)  # /data path -> base64 for the model, this turn
     files_sent: int = 0
     file_bytes: int = 0
@@ -117,8 +117,7 @@ class TurnRunner:
             place = place or Place(channel=session)
             turn.model = (await self.rt.places.model(place)).value
             turn.persona = (await self.rt.places.prompt(place)).value
-            turn.vision = "vision" in await self.rt.capabilities(turn.model)
-            if images and not turn.vision and (user, session) not in self.rt.told_no_vision:
+            if images and not await self._sees(turn) and (user, session) not in self.rt.told_no_vision:
                 self.rt.told_no_vision.add((user, session))
                 emit(Notice(NO_VISION.format(paths=", ".join(images))))
             if gen.previous is not None and gen.previous.task is not None:
@@ -236,7 +235,7 @@ class TurnRunner:
         """Image references become `images` for a vision model: the turn's own, and earlier ones up to
         VISION_MAX_IMAGES in all, newest first. Another model gets none (it would refuse the request)."""
         refs = [(message, path) for message in reversed(window) for path in reversed(message.pop(IMAGE_REFS, []))]
-        if not turn.vision or not refs:
+        if not refs or not await self._sees(turn):
             return window
         latest_user = next((m for m in reversed(window) if m["role"] == "user"), None)
         own = sum(1 for message, _ in refs if message is latest_user)
@@ -247,6 +246,12 @@ class TurnRunner:
             else:
                 message.setdefault("images", []).insert(0, picture)
         return window
+
+    async def _sees(self, turn: Turn) -> bool:
+        """Whether the turn's model reads images; asked of Ollama only when pictures are involved."""
+        if turn.vision is None:
+            turn.vision = "vision" in await self.rt.capabilities(turn.model)
+        return turn.vision
 
     async def _picture(self, turn: Turn, path: str) -> str | None:
         """One image, read through the sandbox (a symlink planted in /data resolves inside it, never

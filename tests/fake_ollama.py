@@ -158,6 +158,7 @@ class FakeOllama:
         self.url = f"http://127.0.0.1:{self.port}"
         self.models: list[str] = ["qwen3:8b"]
         self.capabilities: dict[str, list[str]] = {}
+        self.shown: list[str] = []  # the models /api/show was asked about, in order
         self.strict_models = False
         self.fallback: Script | None = None  # answers when nothing is scripted
         self._requests: list[dict[str, Any]] = []
@@ -249,6 +250,8 @@ class FakeOllama:
     async def _show(self, request: web.Request) -> web.Response:
         body = await request.json()
         name = body.get("model") or body.get("name")
+        with self._lock:
+            self.shown.append(name)
         if name not in self.models:
             return web.json_response({"error": f"model '{name}' not found"}, status=404)
         return web.json_response({

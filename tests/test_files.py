@@ -184,6 +184,14 @@ async def test_a_gif_goes_as_its_first_frame(runtime: Runtime, vision: FakeOllam
         assert frame.convert("RGB").getpixel((5, 5)) == (0, 0, 255)
 
 
+async def test_a_turn_without_pictures_never_asks_what_the_model_can_do(runtime: Runtime,
+                                                                        fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(text("Hi."))
+    async with ChatSession(user="u10", session="s10", runtime=runtime) as chat:
+        await turn(chat, "hello")
+    assert fake_ollama.shown == []  # /api/show only when a picture is involved (a down Ollama costs no extra wait)
+
+
 async def test_a_model_without_vision_gets_no_images_and_the_user_is_told_once(
         runtime: Runtime, fake_ollama: FakeOllama) -> None:
     fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools"]
@@ -195,6 +203,7 @@ async def test_a_model_without_vision_gets_no_images_and_the_user_is_told_once(
                            "commands can work with it."]
         second = await chat.save_upload("b.png", png((4, 5, 6)))
         assert not [e for e in await turn(chat, "and now?", images=[second]) if isinstance(e, Notice)]
+        assert fake_ollama.shown == ["qwen3:8b"]  # asked once, then remembered for a while
         rows = await chat.history()
     assert all("images" not in m for r in fake_ollama.requests for m in r["messages"])
     assert [r["images"] for r in rows if r["role"] == "user"] == [["/data/a.png"], ["/data/b.png"]]
