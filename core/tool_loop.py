@@ -44,6 +44,7 @@ NOT_RUN_AFTER_ERROR = "not run: the command before it could not be run."
 OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the results above, then send "
                    "the remaining commands in your next message if they are still needed.")
 NO_VISION = "The AI model here cannot see images; your picture is saved as {paths}, where commands can work with it."
+OVER_CAP_NOTICE = "{n} more commands the model asked for in one go were not run (at most {cap} at a time)."
 UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
 ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a final answer.)"
 
@@ -331,6 +332,7 @@ class TurnRunner:
             gen.queue.put_nowait(outcome.finished)
         if len(calls) > cap:
             turn.commands.append(f"{len(calls) - cap} over the cap, not run")
+            gen.queue.put_nowait(Notice(OVER_CAP_NOTICE.format(n=len(calls) - cap, cap=cap)))
             log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
                      len(calls), len(calls) - cap)
             await self.rt.history.run(self.rt.history.add_messages, session_id, self._unrun(calls, cap - 1, None, ""))

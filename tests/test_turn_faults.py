@@ -15,7 +15,7 @@ import peewee
 import pytest
 
 from core import ChatSession, ModelError, Runtime
-from core.events import ToolFinished, ToolStarted
+from core.events import Notice, ToolFinished, ToolStarted
 from core.history import INTERRUPTED_RESULT, History
 from core.tool_loop import OVER_CAP_RESULT, UNREADABLE
 from tests import crash_child
@@ -47,6 +47,8 @@ async def test_a_hundred_tool_calls_in_one_message(runtime: Runtime, fake_ollama
         events = [e async for e in chat.events("run all of these")]
         started = [e.command for e in events if isinstance(e, ToolStarted)]
         assert started == [f"echo call-{i}" for i in range(8)]
+        assert [e.text for e in events if isinstance(e, Notice)] == [
+            "92 more commands the model asked for in one go were not run (at most 8 at a time)."]
         stored = rows(runtime, chat)
         assert [r[0] for r in stored] == ["user", "assistant"] + ["tool"] * 100 + ["assistant"]
         results = [content for role, content, _ in stored if role == "tool"]
