@@ -27,6 +27,7 @@ import discord  # noqa: E402
 import discord.ext.test as dpytest  # noqa: E402
 
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
+from core.datadisk import unmount_under  # noqa: E402
 from tests.bot.conftest import channel_messages, start_bot, with_reaction_type  # noqa: E402
 from tests.conftest import make_settings, remove_containers  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
@@ -140,8 +141,11 @@ async def main() -> int:
     args = parser.parse_args()
     patch_dpytest()
     with tempfile.TemporaryDirectory() as tmp, FakeOllama() as fake:
-        ok_pacing = await pacing(Path(tmp), fake, args.seconds)
-        ok_cost = await token_cost(Path(tmp), fake, args.runs)
+        try:
+            ok_pacing = await pacing(Path(tmp), fake, args.seconds)
+            ok_cost = await token_cost(Path(tmp), fake, args.runs)
+        finally:
+            unmount_under(Path(tmp))  # the sandboxes' /data disk images, before the folder goes
     return 0 if ok_pacing and ok_cost else 1
 
 

@@ -194,7 +194,10 @@ def human_size(size: int) -> str:
     """Sizes as people read them in a chat line."""
     if size < 1024:
         return f"{size} bytes"
-    return f"{size / 1024 / 1024:.1f} MB" if size >= 1024 * 1024 else f"{size / 1024:.0f} KB"
+    if size < 1024 ** 2:
+        return f"{size / 1024:.0f} KB"
+    value, unit = (size / 1024 ** 3, "GB") if size >= 1024 ** 3 else (size / 1024 ** 2, "MB")
+    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
 
 
 @dataclass(frozen=True)

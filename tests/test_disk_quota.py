@@ -61,7 +61,7 @@ async def test_a_sandbox_over_its_disk_is_stopped_and_everyone_is_told(
             await rt.terminal.execute("alice", "s", "dd if=/dev/zero of=/root/fill bs=1M count=128; sync; sleep 20")
         assert time.monotonic() - began < 8  # within seconds of crossing, long before the command would end
         assert str(stopped.value).startswith("The sandbox was stopped: it held ")
-        assert "more than its 64.0 MB of disk" in str(stopped.value) and "/data is kept" in str(stopped.value)
+        assert "more than its 64 MB of disk" in str(stopped.value) and "/data is kept" in str(stopped.value)
         await gone(docker_client, name)
         assert host_used() - before <= MARGIN  # what it wrote went with it
 
