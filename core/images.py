@@ -55,6 +55,7 @@ def for_model(data: bytes) -> bytes:
                 return out.getvalue()
     except NotAnImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
-            ValueError, SyntaxError) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise NotAnImage("the picture is too large to look at") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise NotAnImage(f"the picture could not be read ({type(exc).__name__})") from exc

@@ -173,10 +173,19 @@ async def test_only_the_latest_images_are_sent_again(tmp_path: Path, vision: Fak
         assert sent == [[png(colors[1])], [png(colors[2])]]  # the oldest one is no longer sent
 
 
-async def test_a_gif_goes_as_its_first_frame(runtime: Runtime, vision: FakeOllama) -> None:
+def webp(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (10, 10), color).save(out, format="WEBP", lossless=True)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name, make", [("anim.gif", lambda: gif((0, 0, 255), (255, 255, 0))),
+                                        ("pic.webp", lambda: webp((0, 0, 255)))], ids=["gif", "webp"])
+async def test_a_gif_goes_as_its_first_frame_and_a_webp_as_png(runtime: Runtime, vision: FakeOllama, name: str,
+                                                               make: Any) -> None:
     vision.script(text("Blue."))
     async with ChatSession(user="u7", session="s7", runtime=runtime) as chat:
-        path = await chat.save_upload("anim.gif", gif((0, 0, 255), (255, 255, 0)))
+        path = await chat.save_upload(name, make())
         await turn(chat, "colour?", images=[path])
     [[sent]] = [images for images in request_images(vision.requests[-1]) if images]
     with Image.open(io.BytesIO(sent)) as frame:
@@ -237,3 +246,22 @@ async def test_small_text_files_are_quoted_and_others_only_named() -> None:
     assert pictures == ["/data/pic.png"]
     assert compose("hi", saved, inline_limit=0)[0].split("\n") == [
         "[uploaded: /data/notes.md, /data/pic.png, /data/big.txt, /data/bin.dat]", "hi"]
+
+
+async def test_pictures_are_checked_before_a_model_sees_them() -> None:
+    from core.images import MAX_SIDE, NotAnImage, for_model
+    with pytest.raises(NotAnImage):
+        for_model(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)  # the right magic, not a picture
+    with pytest.raises(NotAnImage):
+        for_model(b"plain text")
+    bomb = io.BytesIO()
+    Image.new("1", (12000, 12000)).save(bomb, format="PNG")  # a small file that decodes to 144 million pixels
+    assert len(bomb.getvalue()) < 100_000
+    with pytest.raises(NotAnImage, match="too large to look at"):
+        for_model(bomb.getvalue())
+    big = io.BytesIO()
+    Image.new("RGB", (3000, 1500), (10, 20, 30)).save(big, format="PNG")
+    with Image.open(io.BytesIO(for_model(big.getvalue()))) as fitted:
+        assert fitted.format == "PNG" and fitted.size == (MAX_SIDE, MAX_SIDE // 2)
+    small = png((1, 2, 3))
+    assert for_model(small) == small  # already fit: sent as it is
