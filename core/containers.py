@@ -132,7 +132,8 @@ class ContainerManager(Sandboxes):
         self._evicted: dict[str, int] = {}  # name -> bytes it used when it was stopped for going over VM_DISK
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
-        self._adoption: asyncio.Event | None = None  # set while adopt() sorts out what a restart found
+        # Unset while adopt() sorts out what a restart found (made on the loop that adopts).
+        self._adoption: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
         self._discovered: str | None = None  # UPLOAD_DIR on the Docker host, found from the bot's own container
         self._discovery_done = False
 
@@ -284,8 +285,7 @@ class ContainerManager(Sandboxes):
         """The running container of (user, session), by name: reused, restarted or created."""
         name = self.name(user, session)
         await self.discover_host_root()
-        if self._adoption is not None and not self._adoption.is_set():
-            await self._adoption.wait()  # never use a container that start-up clean-up is about to remove
+        await self.adoption_done()  # never use a container that start-up clean-up is about to remove
         async with self._locks.hold(name):
             with reported_as_unavailable("The sandbox could not be started"):
                 state = await self._inspect(name)
@@ -548,7 +548,9 @@ class ContainerManager(Sandboxes):
         """Adopted containers count as used now, so the reaper removes them after one idle period."""
         adopted, removed = [], []
         now = time.monotonic()
-        self._adoption = done = asyncio.Event()
+        self.expect_adoption()
+        assert self._adoption is not None
+        done = self._adoption[1]
         try:
             await self.discover_host_root()
             with reported_as_unavailable():
@@ -557,6 +559,8 @@ class ContainerManager(Sandboxes):
                     if row["Labels"].get(f"{LABEL}.config") == self.config_hash() and row["State"] == "running":
                         self._last_used.setdefault(name, now)
                         self._owner[name] = row["Labels"].get(f"{LABEL}.user", "")
+                        self.leftovers[name] = (self._owner[name], row["Labels"].get(f"{LABEL}.session", ""))
+                        self._up.add(name)  # seen running: its first command goes straight to exec
                         adopted.append(name)
                     else:
                         async with self._locks.hold(name):
@@ -566,6 +570,21 @@ class ContainerManager(Sandboxes):
             done.set()
         self._census = True
         return adopted, removed
+
+    def expect_adoption(self) -> None:
+        """Adoption is about to run: from now on, sandbox start-ups and commands wait for it."""
+        loop = asyncio.get_running_loop()
+        if self._adoption is None or self._adoption[1].is_set() or self._adoption[0] is not loop:
+            self._adoption = (loop, asyncio.Event())
+
+    def release_adoption(self) -> None:
+        """Adoption will not run after all (the process stops first): nothing may wait for it."""
+        if self._adoption is not None:
+            self._adoption[1].set()
+
+    async def adoption_done(self) -> None:
+        if self._adoption is not None and self._adoption[0] is asyncio.get_running_loop():
+            await self._adoption[1].wait()
 
     async def reap(self, idle_seconds: float | None = None) -> list[str]:
         limit = self.settings.vm_idle_timeout if idle_seconds is None else idle_seconds

@@ -108,6 +108,7 @@ class Runtime:
     def start_background(self) -> None:
         """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""
         if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not asyncio.get_running_loop():
+            self.containers.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
             self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
         if self._disk_watch is None or self._disk_watch.done() \
                 or self._disk_watch.get_loop() is not asyncio.get_running_loop():
@@ -143,6 +144,7 @@ class Runtime:
             adopted, removed = await self.containers.adopt()
             if adopted or removed:
                 log.info("sandboxes at start-up: %d adopted, %d removed", len(adopted), len(removed))
+            await self.terminal.settle_all()  # commands the previous process left running end now
         except EngineError as exc:
             log.warning("could not look for leftover sandboxes: %s", exc)
         swept = -RETENTION_INTERVAL
@@ -209,6 +211,7 @@ class Runtime:
             if task is not None and not task.done():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        self.containers.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
         await self.containers.close()
         self.image_pool.shutdown(wait=False, cancel_futures=True)

@@ -43,6 +43,15 @@ class Sandboxes(abc.ABC):
         self.settings = settings
         self._last_used: dict[str, float] = {}
         self._busy: dict[str, int] = {}
+        # Sandboxes adopt() kept from an earlier process, by name: a command that process left running
+        # may still run in them (the terminal ends it before their next command): name -> (user, session)
+        self.leftovers: dict[str, tuple[str, str]] = {}
+
+    def expect_adoption(self) -> None:
+        """adopt() is about to run: until it has, start-ups and commands wait (see adoption_done)."""
+
+    async def adoption_done(self) -> None:
+        """Return once start-up adoption (if any) has decided which sandboxes stay."""
 
     # -- identity ------------------------------------------------------------
     @abc.abstractmethod

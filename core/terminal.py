@@ -33,14 +33,17 @@ __c=$1
 read -r __st < /proc/$$/stat
 set -- ${__st##*) }
 printf '\036%s %s\n' "$$" "${20}"
+__t=${20}
 set --
 __s=/tmp/.agent
 [ -d "$__s" ] || mkdir -p "$__s"
+printf '%s\n' "$__t" > "$__s/running"
+unset __t
 if [ -r "$__s/env" ]; then . "$__s/env" 2>/dev/null; fi
 __d=/data
 if [ -r "$__s/cwd" ]; then IFS= read -r __d < "$__s/cwd"; fi
 cd "$__d" 2>/dev/null || cd /data 2>/dev/null || cd /
-trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; exit $__rc' EXIT
+trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; rm -f "$__s/running"; exit $__rc' EXIT
 eval "$__c"
 """
 # $1: the command's start time. Every process that started since is first stopped, so none can react
@@ -67,8 +70,12 @@ __each() {
   done
 }
 __each STOP; __each STOP; __each KILL; __each KILL
+rm -f /tmp/.agent/running
 true
 """
+# A command that was running when the bot stopped (a crash, a restart) leaves its start time in
+# /tmp/.agent/running, which a command's own end removes: kill what it started, as KILL does.
+LEFTOVERS = "read -r __t < /tmp/.agent/running 2>/dev/null || exit 0\n" + KILL.replace("__t=$1\n", "", 1)
 GRACE_SECONDS = 3.0
 FULL_OUTPUT_MAX = 8 * 1024 ** 2  # a cut command's whole output kept for the user, at most (per command)
 
@@ -151,6 +158,7 @@ class Terminal:
         # Commands whose contact with Docker broke before they could be killed: sandbox name -> start
         # time. They are killed before the sandbox's next command, once Docker answers again.
         self._unkilled: dict[str, int] = {}
+        self._settling: dict[str, asyncio.Future[None]] = {}  # leftover clean-ups under way, by sandbox
 
     async def execute(self, user: str, session: str, command: str, timeout: int | None = None, *,
                       on_queued: Callable[[int], None] | None = None) -> CommandResult:
@@ -162,6 +170,7 @@ class Terminal:
         async with self.sandboxes.in_use(user, session):
             async with self.gate.slot(on_queued):
                 name = self.sandboxes.name(user, session)
+                await self.settle(user, session)
                 if name in self._unkilled:
                     await self._kill(user, session, self._unkilled.pop(name))
                 before = self.sandboxes.eviction_message(name)  # it went over after its last command
@@ -252,6 +261,37 @@ class Terminal:
             await asyncio.gather(runner, return_exceptions=True)
             return None
 
+
+    async def settle(self, user: str, session: str) -> None:
+        """In a sandbox adopted from an earlier process, end the command that process left running
+        (a crash or a restart cut it off) before anything else runs there. Once per sandbox."""
+        await self.sandboxes.adoption_done()
+        name = self.sandboxes.name(user, session)
+        task = self._settling.get(name)
+        if task is None:
+            if self.sandboxes.leftovers.pop(name, None) is None:
+                return
+            task = self._settling[name] = asyncio.ensure_future(self._end_leftovers(user, session))
+            task.add_done_callback(lambda _t: self._settling.pop(name, None))
+        await asyncio.shield(task)
+
+    async def settle_all(self) -> None:
+        """settle() every adopted sandbox now (at start-up), a few at a time."""
+        await self.sandboxes.adoption_done()
+        limit = asyncio.Semaphore(8)
+
+        async def one(user: str, session: str) -> None:
+            async with limit:
+                await self.settle(user, session)
+
+        await asyncio.gather(*(one(u, s) for u, s in list(self.sandboxes.leftovers.values())))
+
+    async def _end_leftovers(self, user: str, session: str) -> None:
+        try:
+            await asyncio.wait_for(self.sandboxes.exec(user, session, ["sh", "-c", LEFTOVERS], _discard,
+                                                       recreate=False), timeout=GRACE_SECONDS * 2)
+        except (EngineError, asyncio.TimeoutError) as exc:
+            log.warning("could not end what an earlier process left running in %s/%s: %s", user, session, exc)
 
     async def _kill(self, user: str, session: str, start: int) -> bool:
         """Stop, then kill, every process started in the sandbox since `start`; False if it could not."""

@@ -15,12 +15,14 @@ import peewee
 import pytest
 
 from core import ChatSession, ModelError, Runtime
+from core.containers import ContainerManager
 from core.events import Notice, ToolFinished, ToolStarted
 from core.history import INTERRUPTED_RESULT, History
 from core.tool_loop import OVER_CAP_RESULT, UNREADABLE
 from tests import crash_child
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, chunk_line, raw_lines, request_problems, text, tool_calls
+from tests.test_concurrency import wait_until
 
 pytestmark = pytest.mark.asyncio
 
@@ -89,7 +91,7 @@ async def test_a_turn_longer_than_the_window_keeps_the_user_message_and_whole_ro
 async def test_a_bot_killed_mid_command_leaves_a_valid_history(
         tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
     settings = make_settings(tmp_path, fake_ollama.url)
-    fake_ollama.script(tool_calls(("execute_terminal", {"command": "echo first"}),
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "sleep 300 > /dev/null 2>&1 & echo first"}),
                                   ("execute_terminal", {"command": "sleep 60"})),
                        text("Back again."), text("And again."))
     child = crash_child.spawn(settings, "alice", "crash", "run both")
@@ -104,9 +106,20 @@ async def test_a_bot_killed_mid_command_leaves_a_valid_history(
             child.kill()
             child.wait()
 
+    sandbox = docker_client.containers.get(ContainerManager(settings).name("alice", "crash"))
+
+    def running() -> list[str]:
+        return [line.strip() for line in sandbox.exec_run(["ps", "-o", "args"]).output.decode().splitlines()]
+
+    assert "sleep 60" in running() and "sleep 300" in running()  # the command outlived the bot
+
     # A new process on the same database and the same Docker engine.
     async with open_runtime(settings, docker_client) as rt:
         async with ChatSession(user="alice", session="crash", runtime=rt) as chat:
+            # Start-up adoption ends what the killed process left running, before anyone asks;
+            # a background job an earlier command started on purpose stays.
+            await wait_until(lambda: "sleep 60" not in running())
+            assert "sleep 300" in running()
             assert await reply(chat, "are you there?") == "Back again."
             body = fake_ollama.requests[1]
             assert_valid(body, "are you there?")
@@ -124,6 +137,30 @@ async def test_a_bot_killed_mid_command_leaves_a_valid_history(
             mine = docker_client.containers.list(all=True, sparse=True,
                                                  filters={"label": f"llmbot.app={settings.vm_name_prefix}"})
             assert len(mine) == 1
+
+
+async def test_a_restart_leaves_background_jobs_alone(tmp_path: Path, fake_ollama: FakeOllama,
+                                                     docker_client: docker.DockerClient) -> None:
+    """Only a command cut off mid-way is ended at start-up: after a clean stop, nothing is."""
+    settings = make_settings(tmp_path, fake_ollama.url)
+    first = Runtime(settings)  # closing a runtime keeps its sandboxes for the next process
+    try:
+        assert (await first.terminal.execute("bob", "jobs", "sleep 30", timeout=1)).timed_out
+        # the last command starts a job and ends: what it started must survive the restart
+        done = await first.terminal.execute("bob", "jobs", "nohup sleep 300 > /tmp/job.log 2>&1 & echo started")
+        assert done.stdout == "started\n"
+    finally:
+        await first.close()
+    sandbox = docker_client.containers.get(ContainerManager(settings).name("bob", "jobs"))
+    async with open_runtime(settings, docker_client) as rt:
+        rt.start_background()
+        await rt.containers.adoption_done()  # start_background marks adoption as pending at once
+        assert set(rt.containers.leftovers) == {sandbox.name}
+        await rt.terminal.settle_all()
+        assert rt.containers.leftovers == {}
+        ps = [line.strip() for line in sandbox.exec_run(["ps", "-o", "args"]).output.decode().splitlines()]
+        assert "sleep 300" in ps and "sleep 30" not in ps
+        assert (await rt.terminal.execute("bob", "jobs", "echo still here")).stdout == "still here\n"
 
 
 async def test_a_refused_database_write_between_call_and_result(runtime: Runtime, fake_ollama: FakeOllama,
