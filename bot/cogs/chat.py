@@ -99,7 +99,9 @@ class Chat(commands.Cog):
             if chat.phase is Phase.STREAMING:  # a reply is streaming here: this one waits its turn
                 await self._wait(chat.key, message, text, pictures)
                 return
-            await self.respond(message, chat, text, pictures)
+            if (await self.respond(message, chat, text, pictures)).ignored:
+                await self._wait(chat.key, message, text, pictures)  # the reply streaming now answers it
+                return
             await self._answer_waiting(chat)
 
     # -- messages that arrive while a reply streams -------------------------------
@@ -207,9 +209,8 @@ class Chat(commands.Cog):
         try:
             async with message.channel.typing():
                 async for event in chat.events(text, images=pictures or []):
-                    if isinstance(event, Ignored):
+                    if isinstance(event, Ignored):  # a reply started streaming first: the caller queues this
                         stream.ignored = True
-                        await self._wait(chat.key, message, text, pictures or [])
                         return stream
                     if isinstance(event, TextDelta):
                         stream.add_text(event.text)

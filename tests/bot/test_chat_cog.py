@@ -12,7 +12,7 @@ import pytest
 from discord.ext import commands
 
 from bot.cogs.chat import MAX_WAITING, QUEUE_FULL, REFUSAL_QUIET_SECONDS
-from core import Runtime
+from core import ChatSession, Runtime
 from tests.bot.conftest import channel_messages, start_bot
 from tests.fake_ollama import FakeOllama, error, hang, text, tool_calls
 from tests.test_concurrency import wait_until
@@ -277,6 +277,24 @@ async def test_a_flood_while_a_reply_streams_is_bounded_and_told_so(bot: command
     assert len(asked) == MAX_WAITING and len(set(asked)) == MAX_WAITING  # ten of the twelve, each once
     shown = [m.content for m in channel_messages(channel, bot)]
     assert shown.count(QUEUE_FULL.format(n=MAX_WAITING)) == 2 and shown[-1] == "All ten answered."
+
+
+async def test_a_batch_that_loses_the_race_to_another_reply_waits_again_once(
+        bot: commands.Bot, fake_ollama: FakeOllama, runtime: Runtime) -> None:
+    """The engine may still be streaming another reply when the waiting messages' turn starts:
+    they go back in the queue exactly as they were (no duplicate, nothing asked of the model)."""
+    channel, member = config().channels[0], config().members[0]
+    waiting = [back.make_message(word, member, channel) for word in ("one", "two")]  # not addressed: no turn
+    await dpytest.run_all_events()
+    key = (str(member.id), str(channel.id))
+    other = runtime.registry.begin(key)  # a reply streaming in this session, started elsewhere
+    assert other is not None
+    chat_cog = bot.get_cog("Chat")
+    chat_cog._waiting[key] = [(m, m.content, []) for m in waiting]
+    async with ChatSession(user=member.id, session=channel.id, runtime=runtime) as chat:
+        await chat_cog._answer_waiting(chat)
+    assert [t for _, t, _ in chat_cog._waiting[key]] == ["one", "two"]
+    assert [reactions(channel, m) for m in waiting] == [["⏳"], ["⏳"]] and fake_ollama.requests == []
 
 
 async def test_a_message_while_a_tool_runs_replaces_the_reply_and_says_so(bot: commands.Bot,
