@@ -31,7 +31,7 @@ import aiohttp
 
 from . import datadisk
 from .config import Settings
-from .errors import SandboxFileError, SandboxUnavailable
+from .errors import SandboxFileError, SandboxFileTooLarge, SandboxUnavailable
 from .hostmount import ensure_nosuid, host_path, own_container_id
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
@@ -678,8 +678,8 @@ class ContainerManager(Sandboxes):
         if int(stat.get("mode", 0)) & GO_FILE_TYPE_BITS:
             raise SandboxFileError(f"{path} is not a regular file.")
         if int(stat.get("size", 0)) > max_bytes:
-            raise SandboxFileError(f"{path} is {stat.get('size')} bytes, over the {max_bytes}-byte limit.")
-        too_big = SandboxFileError(f"{path} is over the {max_bytes}-byte limit.")
+            raise SandboxFileTooLarge(f"{path} is {stat.get('size')} bytes, over the {max_bytes}-byte limit.")
+        too_big = SandboxFileTooLarge(f"{path} is over the {max_bytes}-byte limit.")
         body = bytearray()
         with reported_as_unavailable(refused=f"{path} could not be read"):  # streamed with a cap: it may have grown
             # identity: aiohttp asks for gzip by default, and the engine then compresses the tar on the fly,

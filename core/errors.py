@@ -48,5 +48,13 @@ class SandboxFileError(EngineError):
     """A file could not be read from or written into a sandbox (missing, too large, not a file)."""
 
 
+class SandboxFileTooLarge(SandboxFileError):
+    """The file is over the size the caller allowed (read_file's max_bytes)."""
+
+
 class UploadError(EngineError):
     """An upload was refused (too large, unreadable, bad name)."""
+
+
+class NotAFolder(UploadError):
+    """A /data path that was to be listed names a file (or a link), not a folder."""

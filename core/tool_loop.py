@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import httpx
 import ollama
 
-from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError
+from .errors import (OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError,
+                     SandboxFileTooLarge)
 from .incidents import DOCKER, OLLAMA
 from . import images
 from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
@@ -359,15 +360,14 @@ class TurnRunner:
             return Outcome(ToolFinished(call.name, refusal, error=True), "refused (too many files)")
         try:
             data = await self.rt.containers.read_file(turn.user, turn.session, parsed.path, max_bytes=left)
-        except SandboxFileError as exc:
-            refusal = f"error: {exc} It was not sent."
-            if "limit" in str(exc):
-                refusal = (f"error: {parsed.path} was not sent: the files of one reply may be at most "
-                           f"{human_size(limit)} in all here (" + (f"{human_size(left)} left; " if turn.files_sent
-                                                                   else "") +
-                           "Discord's upload limit for this channel). Compress it, split it, or send a smaller "
-                           "version (e.g. fewer rows, a lower resolution).")
+        except SandboxFileTooLarge:
+            room = f"{human_size(left)} left; " if turn.files_sent else ""
+            refusal = (f"error: {parsed.path} was not sent: the files of one reply may be at most {human_size(limit)} "
+                       f"in all here ({room}Discord's upload limit for this channel). Compress it, split it, or send "
+                       "a smaller version (e.g. fewer rows, a lower resolution).")
             return Outcome(ToolFinished(call.name, refusal, error=True), "refused")
+        except SandboxFileError as exc:
+            return Outcome(ToolFinished(call.name, f"error: {exc} It was not sent.", error=True), "refused")
         turn.files_sent += 1
         turn.file_bytes += len(data)
         note = f" ({parsed.caption})" if parsed.caption else ""

@@ -15,7 +15,7 @@ from typing import AsyncIterable, Iterable
 import aiofiles
 import aiofiles.os
 
-from .errors import UploadError
+from .errors import NotAFolder, UploadError
 
 MAX_NAME = 120
 
@@ -223,7 +223,7 @@ def list_folder(folder: Path, relative: str = "") -> list[FileEntry]:
     for part in parts:  # walk one level at a time, refusing links, so no link can lead outside
         here = here / part
         if here.is_symlink() or not here.is_dir():
-            raise UploadError(f"/data/{'/'.join(parts)} is not a folder.")
+            raise NotAFolder(f"/data/{'/'.join(parts)} is not a folder.")
     if not here.is_dir():
         return []
     entries = []

@@ -11,6 +11,7 @@ from discord.ext import commands
 from discord.utils import MISSING
 
 from core import ChatSession, EngineError, UploadError
+from core.errors import NotAFolder
 from core.uploads import FileEntry, human_size
 
 from ..access import DM_UPLOAD_LIMIT, interaction_refusal, upload_limit
@@ -77,11 +78,11 @@ class Uploads(commands.Cog):
             where = "" if where == "data" else where.removeprefix("data/")
             try:
                 entries = await chat.list_files(where)
-            except UploadError as exc:
-                if "not a folder" not in str(exc):
-                    await interaction.followup.send(f"⚠️ {exc.user_message}", ephemeral=True)
-                    return
+            except NotAFolder:
                 await send_file_to(interaction, chat, where, limit)  # a file: send it
+                return
+            except UploadError as exc:
+                await interaction.followup.send(f"⚠️ {exc.user_message}", ephemeral=True)
                 return
         if not entries:
             await interaction.followup.send(FILES_EMPTY if not where else f"/data/{where} is empty.", ephemeral=True)
