@@ -64,6 +64,12 @@ def is_admin(settings: Settings, *, user_id: int, manage_guild: bool) -> bool:
     return manage_guild or user_id in settings.admin_user_ids
 
 
+def user_is_admin(settings: Settings, user: Any, *, in_guild: bool = True) -> bool:
+    """is_admin() for a Discord user or member: a bot admin, or (in a server) one who may manage it."""
+    perms = getattr(user, "guild_permissions", None)
+    return is_admin(settings, user_id=user.id, manage_guild=bool(in_guild and perms and perms.manage_guild))
+
+
 def interaction_refusal(settings: Settings, interaction: Any) -> str | None:
     """refusal() for a slash command or a component: the same lists as chat."""
     channel = getattr(interaction, "channel", None)

@@ -9,7 +9,7 @@ import discord
 
 from core.uploads import human_size
 
-from .access import is_admin
+from .access import user_is_admin
 
 ONLY_AUTHOR = "Only the person who asked (or an admin) can stop this reply."
 
@@ -64,9 +64,7 @@ class FullOutputButton(discord.ui.DynamicItem[discord.ui.Button],
 
     async def callback(self, interaction: discord.Interaction) -> None:  # type: ignore[override]
         runtime = interaction.client.runtime  # type: ignore[attr-defined]
-        perms = getattr(interaction.user, "guild_permissions", None)
-        if interaction.user.id != self.user and not is_admin(
-                runtime.settings, user_id=interaction.user.id, manage_guild=bool(perms and perms.manage_guild)):
+        if interaction.user.id != self.user and not user_is_admin(runtime.settings, interaction.user):
             await interaction.response.send_message(ONLY_AUTHOR_OUTPUT, ephemeral=True)
             return
         data = runtime.outputs.get(self.output_id, (str(self.user), str(self.session)))

@@ -16,7 +16,7 @@ from core.errors import OLLAMA_UNREACHABLE
 from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
 from core.uploads import human_size
 
-from ..access import channel_ids, interaction_refusal, is_admin, place_of
+from ..access import channel_ids, interaction_refusal, place_of, user_is_admin
 from ..formatting import inline_code
 from ..guide import help_text
 
@@ -113,9 +113,7 @@ class Admin(commands.Cog):
                                                     allowed_mentions=discord.AllowedMentions.none())
 
     def _allowed(self, interaction: discord.Interaction) -> bool:
-        perms = getattr(interaction.user, "guild_permissions", None)
-        return is_admin(self.rt.settings, user_id=interaction.user.id,
-                        manage_guild=bool(interaction.guild is not None and perms and perms.manage_guild))
+        return user_is_admin(self.rt.settings, interaction.user, in_guild=interaction.guild is not None)
 
     async def _running(self) -> dict[tuple[str, str], str]:
         try:

@@ -18,7 +18,7 @@ from core.events import (Done, FileReady, Ignored, Notice, Replaced, Replacing, 
 from core.registry import Phase
 from core.tools import EXECUTE_TERMINAL, SEND_FILE
 
-from ..access import channel_ids, is_admin, place_of, refusal, upload_limit
+from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
@@ -192,8 +192,7 @@ class Chat(commands.Cog):
 
     # -- the reply --------------------------------------------------------------
     def may_stop(self, user: discord.abc.User) -> bool:
-        perms = getattr(user, "guild_permissions", None)
-        return is_admin(self.settings, user_id=user.id, manage_guild=bool(perms and perms.manage_guild))
+        return user_is_admin(self.settings, user)
 
     async def respond(self, message: discord.Message, chat: ChatSession, text: str,
                       pictures: list[str] | None = None) -> ReplyStream:

@@ -14,7 +14,7 @@ from core import ChatSession, EngineError, UploadError
 from core.errors import NotAFolder
 from core.uploads import FileEntry, human_size
 
-from ..access import DM_UPLOAD_LIMIT, interaction_refusal, upload_limit
+from ..access import interaction_refusal, upload_limit
 from ..reply import NO_MENTIONS
 
 if TYPE_CHECKING:
@@ -71,11 +71,11 @@ class Uploads(commands.Cog):
         if refused:
             await interaction.followup.send(refused, ephemeral=True)
             return
-        limit = min(settings.send_file_max_bytes, upload_limit(channel) if channel is not None else DM_UPLOAD_LIMIT)
+        limit = min(settings.send_file_max_bytes, upload_limit(channel))  # a DM's when there is no channel
         chat = ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.bot.runtime)
         async with chat:
-            where = (path or "").strip().strip("/")
-            where = "" if where == "data" else where.removeprefix("data/")
+            where = _in_data(path or "")
+            where = "" if where == "data" else where
             try:
                 entries = await chat.list_files(where)
             except NotAFolder:
@@ -99,7 +99,7 @@ class Uploads(commands.Cog):
     @files.autocomplete("path")
     async def _files_path(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         """Names in /data (or in the folder typed so far) that match what is typed; links left out."""
-        typed = current.strip().strip("/").removeprefix("data/")
+        typed = _in_data(current)
         folder, _, stem = typed.rpartition("/")
         try:
             async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
@@ -113,6 +113,11 @@ class Uploads(commands.Cog):
 
 
 FILES_SHOWN = 20
+
+
+def _in_data(path: str) -> str:
+    """A path as typed ("/data/results/", "results") relative to /data."""
+    return path.strip().strip("/").removeprefix("data/")
 FILES_EMPTY = "Your /data here is empty. Attach files to a message to me to put them there."
 
 
