@@ -16,7 +16,7 @@ import discord
 from discord.ext import commands
 
 from core import ConfigError, Runtime, Settings, get_runtime
-from core.places import EVERYWHERE, Place
+from core.places import Place
 from core.preflight import print_checks, run_checks
 
 from .logs import setup_logging
@@ -44,8 +44,7 @@ class _BotMixin:
         """The operator's sign that the bot is up, and where (it runs again after a reconnect)."""
         s = self.runtime.settings
         model = await self.runtime.places.model(Place())
-        overrides = sum(1 for scope, row in (await self.runtime.places.overrides()).items()
-                        if row.model and scope != EVERYWHERE)
+        overrides = await self.runtime.places.model_overrides()
         log.info("ready as %s (id %s) in %d servers; model %s%s; Ollama at %s", self.user,  # type: ignore[attr-defined]
                  getattr(self.user, "id", "?"), len(self.guilds), model.value,  # type: ignore[attr-defined]
                  f" ({overrides} server/channel overrides)" if overrides else "", s.ollama_host)

@@ -114,6 +114,10 @@ class Places:
     async def overrides(self) -> dict[str, PlaceSetting]:
         return dict(await self._table())
 
+    async def model_overrides(self) -> int:
+        """How many servers and channels use a model of their own (the bot-wide default not counted)."""
+        return sum(1 for scope, row in (await self._table()).items() if row.model and scope != EVERYWHERE)
+
     async def set(self, scope: str, *, by: str, prompt: object = KEEP, model: object = KEEP) -> None:
         """Change one scope's prompt and/or model: a string sets it, None clears it, KEEP leaves it."""
         if isinstance(prompt, str):

@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old /data folders
 DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DISK
 DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
-DISK_WATCH_ALL_SECONDS = 60.0
-CAPABILITIES_TTL = 300.0  # seconds a model's /api/show capabilities are trusted  # every sandbox (background jobs write too) this often
+DISK_WATCH_ALL_SECONDS = 60.0  # every sandbox (background jobs write too) this often
+CAPABILITIES_TTL = 300.0  # seconds a model's /api/show capabilities are trusted
 
 
 class Runtime:

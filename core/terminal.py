@@ -261,7 +261,6 @@ class Terminal:
             await asyncio.gather(runner, return_exceptions=True)
             return None
 
-
     async def settle(self, user: str, session: str) -> None:
         """In a sandbox adopted from an earlier process, end the command that process left running
         (a crash or a restart cut it off) before anything else runs there. Once per sandbox."""
@@ -287,21 +286,20 @@ class Terminal:
         await asyncio.gather(*(one(u, s) for u, s in list(self.sandboxes.leftovers.values())))
 
     async def _end_leftovers(self, user: str, session: str) -> None:
-        try:
-            await asyncio.wait_for(self.sandboxes.exec(user, session, ["sh", "-c", LEFTOVERS], _discard,
-                                                       recreate=False), timeout=GRACE_SECONDS * 2)
-        except (EngineError, asyncio.TimeoutError) as exc:
-            log.warning("could not end what an earlier process left running in %s/%s: %s", user, session, exc)
+        await self._script(user, session, ["sh", "-c", LEFTOVERS], "end what an earlier process left running")
 
     async def _kill(self, user: str, session: str, start: int) -> bool:
         """Stop, then kill, every process started in the sandbox since `start`; False if it could not."""
+        return await self._script(user, session, ["sh", "-c", KILL, "sh", str(start)], "kill a command")
+
+    async def _script(self, user: str, session: str, argv: list[str], what: str) -> bool:
+        """One of the terminal's own scripts, in a sandbox that must already run; False (logged) if it failed."""
         try:
-            await asyncio.wait_for(
-                self.sandboxes.exec(user, session, ["sh", "-c", KILL, "sh", str(start)], _discard, recreate=False),
-                timeout=GRACE_SECONDS * 2)
+            await asyncio.wait_for(self.sandboxes.exec(user, session, argv, _discard, recreate=False),
+                                   timeout=GRACE_SECONDS * 2)
             return True
         except (EngineError, asyncio.TimeoutError) as exc:
-            log.warning("could not kill a command of %s/%s: %s", user, session, exc)
+            log.warning("could not %s in %s/%s: %s", what, user, session, exc)
             return False
 
 

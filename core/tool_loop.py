@@ -19,8 +19,8 @@ import ollama
 
 from .errors import (OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError,
                      SandboxFileTooLarge)
-from .incidents import DOCKER, OLLAMA
 from . import images
+from .incidents import DOCKER, OLLAMA
 from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
                      ToolStarted)
 from .history import IMAGE_REFS

@@ -1,12 +1,11 @@
 """The tools the model may call: their schema and the checks on what it sends."""
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
 
 from .config import Settings
-
-import posixpath
 
 EXECUTE_TERMINAL = "execute_terminal"
 SEND_FILE = "send_file"

@@ -242,8 +242,7 @@ class Admin(commands.Cog):
             return await self._say(interaction, REFUSAL)
         models = await self._models()
         model = (await self.rt.places.model(Place())).value
-        overrides = sum(1 for scope, row in (await self.rt.places.overrides()).items()
-                        if row.model and scope != EVERYWHERE)
+        overrides = await self.rt.places.model_overrides()
         docker_ok = await self.rt.containers.ping()
         running = [s for s in (await self._running()).values() if s == "running"] if docker_ok else []
         lines = [
@@ -316,8 +315,7 @@ class Admin(commands.Cog):
             await self.rt.switch_model(scope, None if name.strip().lower() == "default" else name.strip(), by=by)
         except EngineError as exc:
             return await self._say(interaction, f"⚠️ {exc.user_message}")
-        after = await self.rt.places.model(place)
-        log.info("model for %s: %s -> %s by %s", scope, before.value, after.value, by)
+        after = await self.rt.places.model(place)  # switch_model logs the change
         await self._say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
                                      f"({_source(after.source)}); it applies from the next message.")
 
