@@ -229,67 +229,67 @@ class ReplyStream:
         self._closing.set()
         if self._flusher is None:
             if not self.render().strip():
-                if self.files:
-                    await self._attach_files()
+                await self._finish()
                 return
             self._dirty.set()
             self._flusher = asyncio.create_task(self._flush_forever())
         else:
             self._dirty.set()
         await self._flusher
-        if self.files:
-            await self._attach_files()
-        await self._offer_outputs()
+        await self._finish()
         if self.view is not None:
             self.view.stop()
             if self._view_shown and self.messages:  # the final text needed no edit of the first message
-                await self.pacer.acquire(self.channel.id)
-                try:
-                    edited = await self.messages[0].edit(view=None, allowed_mentions=NO_MENTIONS)
-                    if isinstance(edited, discord.Message):
-                        self.messages[0] = edited
-                    self._view_shown = False
-                except discord.HTTPException as exc:
-                    log.warning("could not remove the Stop button in channel %s: %s", self.channel.id, exc)
+                await self._edit(0, view=None, what="remove the Stop button")
+                self._view_shown = False
 
-    async def _offer_outputs(self) -> None:
-        """Buttons for the whole outputs of cut commands, on the reply's last message, once it ended."""
-        kept = [(p.command, p.output_id, p.output_bytes) for p in self.parts
-                if isinstance(p, _Tool) and p.output_id]
-        if not kept or self.outputs_view is None or not self.messages:
-            return
-        await self.pacer.acquire(self.channel.id)
-        try:
-            edited = await self.messages[-1].edit(view=self.outputs_view(kept), allowed_mentions=NO_MENTIONS)
-            if isinstance(edited, discord.Message):
-                self.messages[-1] = edited
-            if len(self.messages) == 1:
-                self._view_shown = False  # the Stop button went with that edit
-        except discord.HTTPException as exc:
-            log.warning("could not offer full outputs in channel %s: %s", self.channel.id, exc)
-
-    async def _attach_files(self) -> None:
-        """Attach the reply's files to its last message (images render inline); with no message yet,
-        or when Discord refuses the edit, they go in a message of their own."""
+    async def _finish(self) -> None:
+        """The reply's files and the buttons for its cut outputs go onto its last message, in one edit
+        (images render inline). With no message yet, or when Discord refuses the files, the files go
+        in a message of their own."""
         files = [discord.File(io.BytesIO(data), filename=name, description=caption[:1024] or None)
                  for name, data, caption in self.files]
         self.files = []
+        kept = [(p.command, p.output_id, p.output_bytes) for p in self.parts if isinstance(p, _Tool) and p.output_id]
+        view = self.outputs_view(kept) if kept and self.outputs_view is not None and self.messages else None
+        if self.messages and (files or view is not None):
+            fields: dict[str, Any] = {}
+            if files:
+                fields["attachments"] = [*self.messages[-1].attachments, *files]
+            if view is not None:
+                fields["view"] = view
+            if await self._edit(len(self.messages) - 1, what="attach files or buttons to a reply", **fields):
+                files, view = [], None
+            elif view is not None and files and await self._edit(len(self.messages) - 1, view=view,
+                                                                 what="offer full outputs"):
+                view = None
+            for file in files:
+                file.reset()
+            if view is None and kept and len(self.messages) == 1:
+                self._view_shown = False  # the Stop button went with that edit
+        if files:
+            await self._send_files(files)
+
+    async def _edit(self, index: int, *, what: str, **fields: Any) -> bool:
+        """Edit one of the reply's messages under the channel's pacer; False (logged) if Discord refused."""
         await self.pacer.acquire(self.channel.id)
-        if self.messages:
-            last = self.messages[-1]
-            try:
-                edited = await last.edit(attachments=[*last.attachments, *files], allowed_mentions=NO_MENTIONS)
-                if isinstance(edited, discord.Message):
-                    self.messages[-1] = edited
-                return
-            except discord.HTTPException as exc:
-                log.warning("could not attach files to a reply in channel %s: %s", self.channel.id, exc)
-                for file in files:
-                    file.reset()
+        try:
+            edited = await self.messages[index].edit(allowed_mentions=NO_MENTIONS, **fields)
+        except discord.HTTPException as exc:
+            log.warning("could not %s in channel %s: %s", what, self.channel.id, exc)
+            return False
+        if isinstance(edited, discord.Message):  # discord.py 2 returns the edited message
+            self.messages[index] = edited
+        return True
+
+    async def _send_files(self, files: list[discord.File]) -> None:
         try:
             self.messages.append(await self.channel.send(files=files, allowed_mentions=NO_MENTIONS))
         except discord.HTTPException as exc:
             log.warning("could not send files in channel %s: %s", self.channel.id, exc)
-            await self.channel.send(f"⚠️ Discord refused the file{'s' if len(files) > 1 else ''} I made "
-                                    f"({', '.join(f.filename for f in files)}); they are still in /data.",
-                                    allowed_mentions=NO_MENTIONS)
+            try:
+                await self.channel.send(f"⚠️ Discord refused the file{'s' if len(files) > 1 else ''} I made "
+                                        f"({', '.join(f.filename for f in files)}); they are still in /data.",
+                                        allowed_mentions=NO_MENTIONS)
+            except discord.HTTPException:
+                pass  # the channel refuses this bot altogether: the files stay in /data, as said in the log

@@ -4,7 +4,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import posixpath
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
@@ -16,6 +15,7 @@ from .registry import Phase
 from .uploads import FileEntry, list_folder
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
+from .tools import data_path
 
 
 class ChatSession:
@@ -89,8 +89,7 @@ class ChatSession:
     async def read_file(self, path: str, max_bytes: int) -> bytes:
         """A file of the sandbox (e.g. /data/report.pdf) through the sandbox backend, so a link
         planted in /data resolves inside the sandbox; SandboxFileError when missing or over max_bytes."""
-        full = posixpath.normpath(posixpath.join("/data", path))
-        return await self.runtime.containers.read_file(self.user, self.session, full, max_bytes)
+        return await self.runtime.containers.read_file(self.user, self.session, data_path(path), max_bytes)
 
     # -- chat -------------------------------------------------------------
     async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:

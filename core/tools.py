@@ -128,6 +128,11 @@ def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall | SendFileC
     return TerminalCall(command=command, timeout=timeout)
 
 
+def data_path(path: str) -> str:
+    """A sandbox path as the model or a user writes it: relative paths start in /data."""
+    return posixpath.normpath(posixpath.join("/data", path.strip()))
+
+
 def _parse_send_file(arguments: dict[str, Any]) -> SendFileCall:
     path = arguments.get("path")
     if not isinstance(path, str) or not path.strip():
@@ -135,7 +140,7 @@ def _parse_send_file(arguments: dict[str, Any]) -> SendFileCall:
     caption = arguments.get("caption") or ""
     if not isinstance(caption, str):
         raise ToolArgumentError("error: 'caption' must be a string.")
-    full = posixpath.normpath(posixpath.join("/data", path.strip()))
+    full = data_path(path)
     if full.endswith("/") or posixpath.basename(full) in ("", ".", ".."):
         raise ToolArgumentError(f"error: {path!r} is a folder; send_file sends one file.")
     return SendFileCall(path=full, caption=" ".join(caption.split())[:200])

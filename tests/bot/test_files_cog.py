@@ -209,3 +209,19 @@ async def test_files_applies_the_same_access_lists_as_chat(bot: commands.Bot, ru
     press = Press(member, config.channels[0])
     await bot.get_cog("Uploads").files.callback(bot.get_cog("Uploads"), press, path="s.txt")
     assert press.sent == [{"content": "Sorry, I'm not available to you here.", "ephemeral": True}]
+
+
+async def test_a_reply_with_a_file_and_a_cut_output_shows_both_on_its_last_message(
+        bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.script(tool_calls(("execute_terminal", {"command": "seq 1 20000 | tee /data/n.txt"})),
+                       tool_calls(("send_file", {"path": "n.txt"})), text("Both here."))
+    config = dpytest.get_config()
+    await dpytest.message(f"<@{bot.user.id}> count and send", channel=config.channels[0], member=config.members[0])
+    await settle(bot, runtime)
+    [reply] = channel_messages(config.channels[0], bot)
+    assert reply.content.split("\n") == ["-# ✅ `seq 1 20000 | tee /data/n.txt` → exit 0 · 📄 full output below",
+                                         "-# 📎 `n.txt` attached below", "Both here."]
+    assert [a.filename for a in reply.attachments] == ["n.txt"]
+    assert await reply.attachments[0].read() == "".join(f"{n}\n" for n in range(1, 20001)).encode()
+    assert [[c.label for c in row.children] for row in reply.components] == [
+        ["Full output: seq 1 20000 | tee /data/n.txt (106 KB)"]]
