@@ -118,6 +118,8 @@ class Settings:
     vm_pids: int = 256
     vm_idle_timeout: int = 3600
     vm_disk: int = 1024 ** 3  # /data plus what a sandbox writes to its own filesystem
+    vm_inodes: int = 100_000  # files (inodes) per sandbox, in /data and in its own filesystem alike
+    user_disk: int = 0  # all of one person's /data together; 0: three times VM_DISK
     vm_name_prefix: str = "llmbot"
     vm_data_host_dir: str = ""  # UPLOAD_DIR as the Docker host sees it, when the bot itself runs in a container
     vm_data_nosuid: bool = True  # make UPLOAD_DIR a nosuid,nodev mount (needs root on the Docker host)
@@ -162,6 +164,11 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def user_disk_limit(self) -> int:
+        """USER_DISK, or three times VM_DISK: room for a few conversations' files, not for many."""
+        return self.user_disk or 3 * self.vm_disk
+
+    @property
     def sqlite_path(self) -> str | None:
         """The file behind a sqlite DATABASE_URL, or None for other databases."""
         if self.database_url.startswith("sqlite:///"):
@@ -202,6 +209,8 @@ class Settings:
         take("VM_PIDS", "vm_pids", lambda n, r: _parse_int(n, r, 16))
         take("VM_IDLE_TIMEOUT", "vm_idle_timeout", lambda n, r: _parse_int(n, r, 10))
         take("VM_DISK", "vm_disk", _parse_size)
+        take("VM_INODES", "vm_inodes", lambda n, r: _parse_int(n, r, 1000))
+        take("USER_DISK", "user_disk", _parse_size)
         take("VM_NAME_PREFIX", "vm_name_prefix", lambda n, r: _check_name(n, r))
         take("VM_DATA_HOST_DIR", "vm_data_host_dir", text)
         take("VM_DATA_NOSUID", "vm_data_nosuid", _parse_bool)

@@ -29,13 +29,13 @@ from typing import Any, Callable, Iterator, Sequence
 import aiodocker
 import aiohttp
 
-from . import datadisk
+from . import datadisk, quota, sandbox_tools
 from .config import Settings
 from .errors import SandboxFileError, SandboxFileTooLarge, SandboxUnavailable
-from .hostmount import ensure_nosuid, host_path, own_container_id
+from .hostmount import ensure_nosuid, host_path, own_container_id, propagates
 from .locks import KeyedLocks
 from .sandbox import OutputSink, SandboxInfo, Sandboxes
-from .uploads import human_size, remove_folder
+from .uploads import remove_folder
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,13 @@ PULL_TIMEOUT = 1800.0
 # engine reports them in X-Docker-Container-Path-Stat: none set means a regular file.
 GO_FILE_TYPE_BITS = (1 << 31) | (1 << 27) | (1 << 26) | (1 << 25) | (1 << 24) | (1 << 21) | (1 << 19)
 EXIT_CODE_WAIT = 2.0
+# What a sandbox sees in /etc instead of Docker's writable host files. 127.0.0.11 is Docker's own
+# DNS on a network of the deployment's own (the only network a sandbox is ever on).
+ETC_FILES = {
+    "hostname": "sandbox\n",
+    "hosts": "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\tsandbox\n",
+    "resolv.conf": "nameserver 127.0.0.11\noptions ndots:0\n",
+}
 TAR_OVERHEAD = 64 * 1024  # headers and padding around one file in an archive  # an exec's exit code can land a moment after its output ends
 
 # How aiodocker and aiohttp say Docker failed or could not be reached.
@@ -129,7 +136,10 @@ class ContainerManager(Sandboxes):
         self._networks_seen: set[str] = set()
         self._disk_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-disk")  # mkfs, mount: waits, mostly
         self._disk_warned = False
-        self._evicted: dict[str, int] = {}  # name -> bytes it used when it was stopped for going over VM_DISK
+        self._evicted: dict[str, str] = {}  # name -> why it was stopped (over VM_DISK, VM_INODES or USER_DISK)
+        self._uppers: dict[str, str | None] = {}  # container id -> its upper layer on this host, if readable
+        self._data_seen: dict[str, int] = {}  # name -> its /data bytes at the last weighing
+        self._folders: dict[str, Path] = {}  # name -> its /data folder, for the sandboxes commands ran in
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
         # Unset while adopt() sorts out what a restart found (made on the loop that adopts).
@@ -141,8 +151,12 @@ class ContainerManager(Sandboxes):
     def name(self, user: str, session: str) -> str:
         return f"{self.settings.vm_name_prefix}-{readable(user, 12)}-{readable(session, 12)}-{digest(user, session)}"
 
+    def user_root(self, user: str) -> Path:
+        """The folder that holds every /data of one person (what USER_DISK bounds)."""
+        return self._data_root() / f"{readable(user, 24)}-{digest(user)}"
+
     def upload_dir(self, user: str, session: str) -> Path:
-        folder = self._data_root() / f"{readable(user, 24)}-{digest(user)}" / f"{readable(session, 24)}-{digest(user, session)}"
+        folder = self.user_root(user) / f"{readable(session, 24)}-{digest(user, session)}"
         if not folder.exists():
             self._adopt_legacy_folder(user, session, folder)
         return folder
@@ -217,17 +231,13 @@ class ContainerManager(Sandboxes):
                         "./data) or set VM_DATA_HOST_DIR", container[:12], local)
 
     def _host_dir(self, user: str, session: str) -> str:
-        local = self.upload_dir(user, session)
-        if not self.data_host_root:
-            return str(local)
-        # The bot runs in a container: the engine needs the host's path of the same folder.
-        relative = local.relative_to(self._data_root())
-        return str(Path(self.data_host_root) / relative)
+        # The bot may run in a container: the engine needs the host's path of the same folder.
+        return self._host_path(self.upload_dir(user, session))
 
     def config_hash(self) -> str:
         s = self.settings
         key = (f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{self.data_host_root or ''}|"
-               f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|v2")
+               f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|tools={bool(self._tool_binds())}|v3")
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # -- the client -------------------------------------------------------
@@ -249,9 +259,15 @@ class ContainerManager(Sandboxes):
         return self._client
 
     async def close(self) -> None:
+        """Release the Docker client's connections and the disk pool's threads (a mkfs or mount under
+        way finishes first). Both come back on next use: the client is made on demand, and the fresh
+        pool starts no thread until it is given work."""
         client, self._client = self._client, None
-        if client is not None and self._client_loop is asyncio.get_running_loop():
+        loop, self._client_loop = self._client_loop, None
+        if client is not None and loop is asyncio.get_running_loop():
             await client.close()
+        pool, self._disk_pool = self._disk_pool, ThreadPoolExecutor(max_workers=8, thread_name_prefix="sandbox-disk")
+        await asyncio.to_thread(pool.shutdown, wait=True)
 
     async def ping(self) -> bool:
         try:
@@ -300,6 +316,7 @@ class ContainerManager(Sandboxes):
                 if state is not None and state["State"].get("Paused"):
                     await self.docker.containers.container(name).unpause()
                 elif state is not None and not state["State"].get("Running"):
+                    await self.prepare_data(user, session)  # its image may be unmounted (a reboot, a release)
                     try:
                         await self.docker.containers.container(name).start()
                     except aiodocker.DockerError as exc:
@@ -369,7 +386,7 @@ class ContainerManager(Sandboxes):
             "Env": [],
             "HostConfig": {
                 "Init": True,
-                "Binds": [f"{self._host_dir(user, session)}:/data:rw"],
+                "Binds": [f"{self._host_dir(user, session)}:/data:rw", *self._etc_binds(), *self._tool_binds()],
                 "Memory": s.vm_memory,
                 "MemorySwap": s.vm_memory,
                 "NanoCpus": int(s.vm_cpus * 1e9),
@@ -378,6 +395,9 @@ class ContainerManager(Sandboxes):
                 "CapAdd": CAP_ADD,
                 "SecurityOpt": ["no-new-privileges"],
                 "Tmpfs": {"/tmp": "rw,nosuid,nodev,size=256m"},
+                # No log on the host: PID 1's output would otherwise grow a json file there without
+                # bound (SizeRw never sees it). The bot reads output from its exec streams only.
+                "LogConfig": {"Type": "none", "Config": {}},
                 "NetworkMode": await self._network() if s.vm_network else "none",
                 **({"UsernsMode": s.vm_userns} if s.vm_userns else {}),
                 **({"Runtime": s.vm_runtime} if s.vm_runtime else {}),
@@ -405,6 +425,36 @@ class ContainerManager(Sandboxes):
                         await self._delete(name)
                     if attempt == 2:
                         raise
+
+    def _etc_binds(self) -> list[str]:
+        """/etc/hosts, /etc/hostname and /etc/resolv.conf, read-only: Docker's own are files of the
+        host that a sandbox's root could write gigabytes into, where no watch weighs them. A
+        read-only mount there makes Docker mount its own files read-only too."""
+        folder = self._data_root() / ".etc"
+        if not folder.is_dir():
+            folder.mkdir(mode=0o755, exist_ok=True)
+        binds = []
+        for name, text in ETC_FILES.items():
+            path = folder / name
+            if not path.exists() or path.read_text() != text:
+                part = path.with_suffix(".part")
+                part.write_text(text)
+                part.chmod(0o644)
+                os.replace(part, path)
+            binds.append(f"{self._host_path(path)}:/etc/{name}:ro")
+        return binds
+
+    def _host_path(self, local: Path) -> str:
+        """A path below UPLOAD_DIR as the Docker host sees it (the bot may run in a container)."""
+        if not self.data_host_root:
+            return str(local)
+        return str(Path(self.data_host_root) / local.relative_to(self._data_root()))
+
+    def _tool_binds(self) -> list[str]:
+        """The bot's own static tools, read-only: what the terminal's wrapper and kill run. The folder,
+        not the file, is mounted: a sandbox cannot rename a mount point to plant its own file there."""
+        folder = sandbox_tools.provide(self._data_root())
+        return [] if folder is None else [f"{self._host_path(folder)}:{sandbox_tools.MOUNT}:ro"]
 
     @property
     def network_name(self) -> str:
@@ -453,6 +503,7 @@ class ContainerManager(Sandboxes):
         for victim in idle[:excess]:
             log.info("removing %s to make room for %s (at most %d sandboxes per user)", victim, name, cap)
             await self._delete(victim)
+        await self.release_data()
 
     async def _pull(self, image: str) -> None:
         log.info("pulling image %s", image)
@@ -480,10 +531,28 @@ class ContainerManager(Sandboxes):
         return folder
 
     def _prepare(self, folder: Path) -> str | None:
-        if self.data_host_root:  # the bot runs in a container: its mounts would not reach dockerd
+        if self.data_host_root and not propagates(self._data_root()):
+            # The bot runs in a container whose data mount does not share its mounts with the host:
+            # an image mounted here would never reach the sandbox. /data is then weighed by the watch.
             os.makedirs(folder, exist_ok=True)
-            return "/data has no hard size when the bot runs in a container"
-        return datadisk.prepare(folder, self.settings.vm_disk)
+            return ("/data has no hard size: the bot runs in a container whose data folder is not mounted "
+                    "with rshared propagation (see docker-compose.yml)")
+        problem = datadisk.prepare(folder, self.settings.vm_disk, self.settings.vm_inodes)
+        if problem is None:  # its share of the person's USER_DISK, before anything writes there
+            quota.rebalance(folder.parent, self.settings, self._active(folder.parent) | {folder})
+        return problem
+
+    def _active(self, user_root: Path) -> frozenset[Path]:
+        """The /data folders of this person whose sandboxes run a command now."""
+        return frozenset(f for n, f in list(self._folders.items()) if f.parent == user_root and self.busy(n))
+
+    async def share_disk(self, user: str, session: str) -> None:
+        """Before a command: this conversation gets its share of what USER_DISK leaves the person."""
+        folder = self.upload_dir(user, session)
+        self._folders[self.name(user, session)] = folder
+        root = folder.parent
+        await asyncio.get_running_loop().run_in_executor(
+            self._disk_pool, quota.rebalance, root, self.settings, self._active(root) | {folder})
 
     def _disk_problem(self, problem: str | None) -> None:
         if problem and not self._disk_warned:
@@ -498,41 +567,148 @@ class ContainerManager(Sandboxes):
             await asyncio.get_running_loop().run_in_executor(self._disk_pool, datadisk.destroy, folder)
             await remove_folder(folder)
 
-    async def disk_used(self, name: str, folder: Path) -> int:
-        """Bytes the sandbox holds: its own filesystem's writes (SizeRw) plus /data."""
-        state = await self.docker._query_json(f"containers/{name}/json", params={"size": "true"})  # noqa: SLF001
-        data = datadisk.used_bytes(folder)
-        return int(state.get("SizeRw") or 0) + (data or 0)
+    async def release_data(self) -> list[Path]:
+        """Unmount the /data images no sandbox uses any more (removed, reaped, stopped for its disk,
+        or gone behind our back): mounts follow live sandboxes, not every conversation ever had.
+        An image is never unmounted while its sandbox exists, so it is never mounted twice."""
+        root = self._data_root()
+        loop = asyncio.get_running_loop()
+        mounted = await loop.run_in_executor(self._disk_pool, datadisk.mounted_under, root)
+        if not mounted:
+            return []
+        with reported_as_unavailable():
+            live = {_name(r).rsplit("-", 1)[-1] for r in await self._list()}
+        released = []
+        for folder in mounted:
+            key = folder.name.rsplit("-", 1)[-1]  # digest(user, session): in the sandbox's name too
+            if key in live or folder.parent.parent != root or self._locks.busy(("data", str(folder))):
+                continue
+            async with self._locks.hold(("data", str(folder))):
+                if self._in_hand(key):
+                    continue  # a sandbox of this conversation is being started right now
+                problem = await loop.run_in_executor(self._disk_pool, datadisk.release, folder)
+            if problem:
+                log.warning("could not unmount %s: %s", folder, problem)
+            else:
+                released.append(folder)
+        if released:
+            log.info("unmounted %d /data image(s) no sandbox uses", len(released))
+        return released
+
+    def _in_hand(self, key: str) -> bool:
+        """A sandbox of this conversation (`key`: the digest ending its name) is being started,
+        used or removed by this process right now."""
+        return any(isinstance(k, str) and k.endswith("-" + key) for k in (*self._locks.held(), *self._busy))
+
+    async def user_disk(self, user: str) -> quota.UserDisk:
+        """What one person's conversations hold in /data, against USER_DISK."""
+        await self.discover_host_root()
+        root = self.user_root(user)
+        return await asyncio.get_running_loop().run_in_executor(self._disk_pool, quota.user_disk, root, self.settings)
+
+    async def disk_note(self, user: str, session: str) -> str | None:
+        folder = self.upload_dir(user, session)
+        try:
+            disk = await self.user_disk(user)
+            limited = await asyncio.get_running_loop().run_in_executor(self._disk_pool, disk.limits, folder)
+        except OSError:
+            return None
+        return disk.full_line() if limited else None
+
+    async def _weigh(self, row: dict[str, Any]) -> quota.Weight:
+        """What one sandbox holds, within the time box; a sandbox that cannot be weighed in time is slow."""
+        labels = row["Labels"]
+        user, session = labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", "")
+        weight = quota.Weight(_name(row), user, session)
+        folder = self.upload_dir(user, session)
+        try:
+            async with asyncio.timeout(quota.MEASURE_SECONDS):
+                upper = await self._upper_dir(row)
+                if upper is not None:
+                    weight.root_bytes, weight.root_files = await quota.weigh_tree(upper)
+                else:  # the engine's files are out of reach (a remote engine): ask it, bytes only
+                    state = await self.docker._query_json(f"containers/{weight.name}/json",  # noqa: SLF001
+                                                          params={"size": "true"})
+                    weight.root_bytes = int(state.get("SizeRw") or 0)
+                used = datadisk.usage(folder)
+                if used is not None:
+                    weight.data_image = True
+                    weight.data_bytes, weight.data_files = used
+                elif folder.is_dir():
+                    weight.data_bytes, weight.data_files = await quota.weigh_tree(folder)
+        except (TimeoutError, quota.TooSlow):
+            weight.slow = True
+        return weight
+
+    async def _upper_dir(self, row: dict[str, Any]) -> str | None:
+        """The host folder of what the sandbox wrote to its own filesystem (overlay2's upper layer),
+        when this process can read it; cached by container id."""
+        cid = row.get("Id", "")
+        if cid not in self._uppers:
+            state = await self.docker._query_json(f"containers/{cid}/json")  # noqa: SLF001
+            upper = ((state.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir")
+            self._uppers[cid] = upper if upper and os.path.isdir(upper) else None
+        return self._uppers[cid]
 
     async def enforce_disk(self, names: set[str]) -> list[str]:
-        """Stop (remove) each of these sandboxes that holds more than VM_DISK; the names removed.
+        """Stop (remove) each of these sandboxes that holds more than VM_DISK or VM_INODES, or that
+        cannot be weighed in time; keep each person within USER_DISK. The names removed.
 
-        Removing it frees what it wrote outside /data at once; /data stays (and cannot grow past
-        VM_DISK where it has its own disk). A command running there ends with the reason.
+        Sandboxes are weighed at the same time, each within a time box, so one slow sandbox
+        cannot blind the watch to the others. Removing a sandbox frees what it wrote outside /data
+        at once; /data stays (and cannot grow past its image where it has one).
         """
-        limit, removed = self.settings.vm_disk, []
         with reported_as_unavailable():
-            owners = {_name(r): r["Labels"] for r in await self._list()}
-        for name in names & set(owners):
-            labels = owners[name]
-            folder = self.upload_dir(labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", ""))
-            try:
-                used = await self.disk_used(name, folder)
-            except aiodocker.DockerError:
-                continue  # gone meanwhile
-            if used > limit:
-                log.warning("stopping %s: it holds %s, over VM_DISK (%s)", name, human_size(used), human_size(limit))
-                self._evicted[name] = used
-                await self._delete(name)
-                removed.append(name)
+            rows = [r for r in await self._list() if _name(r) in names]
+        limit = asyncio.Semaphore(quota.MEASURE_AT_ONCE)
+
+        async def weigh(row: dict[str, Any]) -> quota.Weight:
+            async with limit:
+                return await self._weigh(row)
+
+        weights = await asyncio.gather(*(weigh(r) for r in rows), return_exceptions=True)
+        removed: list[str] = []
+        measured = [w for w in weights if isinstance(w, quota.Weight)]
+        for weight in measured:
+            reason = quota.over(weight, self.settings)
+            if reason:
+                await self._evict(weight.name, reason)
+                removed.append(weight.name)
+        for user in {w.user for w in measured}:
+            removed += await self._keep_user_within(user, [w for w in measured if w.user == user and w.name not in removed])
+        live = {r.get("Id") for r in rows}
+        for cid in [c for c in self._uppers if c not in live and not any(_name(r) in names for r in rows)]:
+            self._uppers.pop(cid, None)
         return removed
 
+    async def _keep_user_within(self, user: str, weights: list[quota.Weight]) -> list[str]:
+        """USER_DISK: the person's images get their shares; a sandbox whose plain /data grew while
+        the person is over their total is stopped."""
+        root = self.user_root(user)
+        disk = await asyncio.get_running_loop().run_in_executor(self._disk_pool, quota.rebalance, root, self.settings,
+                                                                self._active(root))
+        removed = []
+        for weight in weights:
+            grew = weight.data_bytes > self._data_seen.get(weight.name, weight.data_bytes)
+            self._data_seen[weight.name] = weight.data_bytes
+            if not weight.data_image and grew and disk.total > disk.limit:
+                await self._evict(weight.name, f"wrote more to /data while {disk.over_clause()}")
+                removed.append(weight.name)
+        return removed
+
+    async def _evict(self, name: str, reason: str) -> None:
+        log.warning("stopping %s: it %s", name, reason)
+        self._evicted[name] = reason
+        self._data_seen.pop(name, None)
+        async with self._locks.hold(name):
+            await self._delete(name)
+        await self.release_data()
+
     def eviction_message(self, name: str) -> str | None:
-        used = self._evicted.pop(name, None)
-        if used is None:
+        reason = self._evicted.pop(name, None)
+        if reason is None:
             return None
-        return (f"The sandbox was stopped: it held {human_size(used)}, more than its "
-                f"{human_size(self.settings.vm_disk)} of disk. What it wrote outside /data is gone; /data is kept. "
+        return (f"The sandbox was stopped: it {reason}. What it wrote outside /data is gone; /data is kept. "
                 "Delete what you do not need in /data before writing more.")
 
     async def remove(self, user: str, session: str) -> bool:
@@ -542,7 +718,8 @@ class ContainerManager(Sandboxes):
                 if await self._inspect(name) is None:
                     return False
                 await self._delete(name)
-            return True
+        await self.release_data()
+        return True
 
     async def adopt(self) -> tuple[list[str], list[str]]:
         """Adopted containers count as used now, so the reaper removes them after one idle period."""
@@ -607,6 +784,7 @@ class ContainerManager(Sandboxes):
                         await self._delete(name)
                     removed.append(name)
                     log.info("removed idle sandbox %s", name)
+        await self.release_data()  # also what a crash, a reboot or another process left mounted
         return removed
 
     async def info(self) -> list[SandboxInfo]:
@@ -690,12 +868,17 @@ class ContainerManager(Sandboxes):
                     body += chunk
                     if len(body) > max_bytes + TAR_OVERHEAD:
                         raise too_big
-        with tarfile.open(fileobj=io.BytesIO(bytes(body))) as archive:
-            member = next((m for m in archive.getmembers() if m.isreg()), None)
-            handle = archive.extractfile(member) if member is not None else None
-            if handle is None:
-                raise SandboxFileError(f"{path} is not a regular file.")
-            data = handle.read(max_bytes + 1)
+        try:
+            with tarfile.open(fileobj=io.BytesIO(bytes(body))) as archive:
+                member = next((m for m in archive.getmembers() if m.isreg()), None)
+                handle = archive.extractfile(member) if member is not None else None
+                if handle is None:
+                    raise SandboxFileError(f"{path} is not a regular file.")
+                data = handle.read(max_bytes + 1)
+        except (tarfile.TarError, EOFError) as exc:
+            # The engine cuts its archive short when the file shrinks or grows as it is copied (the
+            # sandbox may be writing it): a tool error the model can act on, not a failed turn.
+            raise SandboxFileError(f"{path} changed while it was read; try again.") from exc
         if len(data) > max_bytes:
             raise too_big
         return data

@@ -7,6 +7,13 @@ what is written into it; it is mounted nosuid,nodev, so nothing setuid or a
 device node in it works, on the host or in the sandbox. Mounting needs root on
 the machine dockerd runs on; where that is missing the caller gets a warning
 line and /data is only watched (see core/runtime.py's disk watch).
+
+Inodes are bounded too (mkfs -N VM_INODES: a million empty files cost the host
+nothing past that). The image is mounted with `discard`, so deleting files in /data
+punches holes in the image and gives the host its space back. One person's total
+(USER_DISK) is kept by reserving the blocks of each of their mounted images that the
+total does not allow (ext4's `reserved_clusters`, which no process can use, root
+included): writes past it fail with ENOSPC, like writes past VM_DISK.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import errno
 import fcntl
 import logging
 import os
+import stat
 import struct
 import threading
 from pathlib import Path
@@ -31,6 +39,7 @@ def image_for(folder: Path) -> Path:
 # The loop-device calls `mount -o loop` makes, made directly: mount(8) looks through every loop
 # device for one already backed by the file, which grows with the number of sandboxes.
 LOOP_CTL_GET_FREE, LOOP_SET_FD, LOOP_CLR_FD, LOOP_SET_STATUS64 = 0x4C82, 0x4C00, 0x4C01, 0x4C04
+LOOP_MAJOR = 7
 LO_FLAGS_AUTOCLEAR = 4  # the device frees itself when the filesystem is unmounted
 LOOP_INFO64_SIZE, LO_FLAGS_OFFSET = 232, 52
 MS_NOSUID, MS_NODEV = 2, 4
@@ -42,7 +51,10 @@ def loop_mount(image: Path, target: Path) -> None:
     control = os.open("/dev/loop-control", os.O_RDWR)
     try:
         for _ in range(8):  # another process may take the free device first
-            device = f"/dev/loop{fcntl.ioctl(control, LOOP_CTL_GET_FREE)}"
+            number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
+            device = f"/dev/loop{number}"
+            if not os.path.exists(device):  # a container's /dev holds only the devices there were at its start
+                os.mknod(device, 0o660 | stat.S_IFBLK, os.makedev(LOOP_MAJOR, number))
             loop = os.open(device, os.O_RDWR)
             try:
                 backing = os.open(image, os.O_RDWR)
@@ -58,7 +70,10 @@ def loop_mount(image: Path, target: Path) -> None:
                 struct.pack_into("I", info, LO_FLAGS_OFFSET, LO_FLAGS_AUTOCLEAR)
                 try:
                     fcntl.ioctl(loop, LOOP_SET_STATUS64, bytes(info))
-                    if _libc.mount(device.encode(), str(target).encode(), b"ext4", MS_NOSUID | MS_NODEV, None) != 0:
+                    # discard: deleted files give the host its space back (the loop device punches holes);
+                    # noinit_itable: no background thread zeroes inode tables into the sparse file.
+                    if _libc.mount(device.encode(), str(target).encode(), b"ext4", MS_NOSUID | MS_NODEV,
+                                   b"discard,noinit_itable") != 0:
                         code = ctypes.get_errno()
                         raise OSError(code, os.strerror(code))
                 except OSError:
@@ -75,16 +90,18 @@ def loop_mount(image: Path, target: Path) -> None:
 _template_lock = threading.Lock()
 
 
-def _template(root: Path, size: int) -> Path:
-    """An empty filesystem of `size` bytes, made once: every new image is a copy of it (no mkfs per sandbox)."""
-    template = root / f".empty-{size}.disk"
+def _template(root: Path, size: int, inodes: int) -> Path:
+    """An empty filesystem of `size` bytes and `inodes` files, made once: every new image is a copy of
+    it (no mkfs per sandbox)."""
+    template = root / f".empty-{size}-{inodes}.disk"
     with _template_lock:
         if not template.exists():
             part = template.with_suffix(".part")
             with open(part, "wb") as handle:
                 handle.truncate(size)  # sparse: costs the host only what is written
-            # One inode per 4 KB: a folder of many small files fills its bytes before its inodes.
-            problem = run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-i", "4096",
+            # At most `inodes` files (VM_INODES), and never more than one per 4 KB.
+            inodes = max(64, min(inodes, size // 4096))
+            problem = run("mkfs.ext4", "-q", "-F", "-O", "^has_journal", "-m", "0", "-N", str(inodes),
                            "-E", "nodiscard,lazy_itable_init=1,root_owner=0:0", str(part))
             if problem:
                 part.unlink(missing_ok=True)
@@ -114,7 +131,7 @@ def _clone(template: Path, image: Path, size: int) -> str | None:
     return None
 
 
-def prepare(folder: Path, size: int) -> str | None:
+def prepare(folder: Path, size: int, inodes: int) -> str | None:
     """Mount the folder's image on it (made on first use, holding what the folder had); a warning or None."""
     if os.path.ismount(folder):
         return None
@@ -125,7 +142,7 @@ def prepare(folder: Path, size: int) -> str | None:
     image = image_for(folder)
     fresh = not image.exists()
     if fresh:
-        problem = _clone(_template(folder.parent.parent, size), image, size)
+        problem = _clone(_template(folder.parent.parent, size, inodes), image, size)
         if problem:
             image.unlink(missing_ok=True)
             return f"could not make a disk image for /data: {problem}"
@@ -166,10 +183,69 @@ def _move_into_image(folder: Path, image: Path) -> str | None:
 
 def used_bytes(folder: Path) -> int | None:
     """What the mounted image holds (statfs: no walk); None when /data is a plain folder."""
+    used = usage(folder)
+    return None if used is None else used[0]
+
+
+def usage(folder: Path) -> tuple[int, int] | None:
+    """(bytes, files) the mounted image holds, from statfs (no walk); None when it is not mounted."""
     if not os.path.ismount(folder):
         return None
     stats = os.statvfs(folder)
-    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+    return (stats.f_blocks - stats.f_bfree) * stats.f_frsize, stats.f_files - stats.f_ffree
+
+
+def image_bytes(folder: Path) -> int:
+    """What the folder's image takes on the host while it is not mounted (its allocated blocks:
+    with `discard`, deleted files are not counted)."""
+    try:
+        return os.stat(image_for(folder)).st_blocks * 512
+    except OSError:
+        return 0
+
+
+def _reserve_file(folder: Path) -> Path | None:
+    """/sys/fs/ext4/<loop device>/reserved_clusters of the image mounted on `folder`."""
+    try:
+        device = os.stat(folder).st_dev
+        name = os.path.basename(os.path.realpath(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}"))
+    except OSError:
+        return None
+    path = Path("/sys/fs/ext4") / name / "reserved_clusters"
+    return path if path.exists() else None
+
+
+def limit_free(folder: Path, allowance: int | None) -> bool:
+    """Let the mounted image take at most `allowance` more bytes (None: up to its own size), by
+    reserving the rest of its free blocks; False when this host cannot (not mounted, no sysfs)."""
+    reserve = _reserve_file(folder)
+    if reserve is None or not os.path.ismount(folder):
+        return False
+    stats = os.statvfs(folder)
+    blocks = stats.f_blocks
+    free = stats.f_bfree
+    floor = min(blocks // 50, 4096)  # what ext4 keeps back by itself, for its own metadata
+    wanted = floor if allowance is None else max(floor, free - max(0, allowance) // stats.f_frsize)
+    wanted = min(wanted, blocks - 1)  # the kernel refuses anything from the image's size up
+    try:
+        reserve.write_text(str(wanted))
+    except OSError as exc:
+        log.debug("could not reserve blocks on %s: %s", folder, exc)
+        return False
+    return True
+
+
+def release(folder: Path) -> str | None:
+    """Unmount the folder's image, keeping it (its sandbox is gone); a problem line or None."""
+    if not os.path.ismount(folder):
+        return None
+    return run("umount", str(folder))
+
+
+def mounted_under(root: Path) -> list[Path]:
+    """The data images mounted below `root`."""
+    prefix = str(root.resolve()) + "/"
+    return [Path(point) for point, _options in mounts() if point.startswith(prefix)]
 
 
 def destroy(folder: Path) -> None:

@@ -71,6 +71,27 @@ def ensure_nosuid(path: Path) -> str | None:
     return None
 
 
+def propagates(path: Path) -> bool:
+    """The mount holding `path` shares its submounts with its peers (rshared): a disk image the bot
+    mounts below it, inside its container, is then seen by the host's Docker engine too."""
+    best: tuple[int, bool] | None = None
+    target = str(path.resolve())
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 7:
+            continue
+        point = fields[4].encode().decode("unicode_escape")
+        optional = fields[6:fields.index("-")] if "-" in fields else []
+        if target == point or target.startswith(point.rstrip("/") + "/"):
+            if best is None or len(point) >= best[0]:
+                best = (len(point), any(o.startswith("shared:") for o in optional))
+    return bool(best and best[1])
+
+
 # -- the bot in a container: where the host keeps UPLOAD_DIR ---------------------------------
 _CONTAINER_FILE = re.compile(r"/containers/([0-9a-f]{64})/(?:hostname|hosts|resolv\.conf)\b")
 

@@ -32,5 +32,9 @@ class KeyedLocks:
         """Someone holds or waits for this key's lock."""
         return key in self._holders
 
+    def held(self) -> list[Hashable]:
+        """The keys held or waited for now."""
+        return list(self._holders)
+
     def __len__(self) -> int:
         return len(self._locks)

@@ -205,17 +205,31 @@ class Runtime:
         return await self.containers.remove(user, session)
 
     async def close(self) -> None:
-        """Stop the reaper; let container start-ups finish (a start-up abandoned half-way would
-        leave a container nobody tracks); then close the Docker client and the database."""
+        """Stop the reaper and the disk watch, and any reply still running (its command is killed,
+        its partial reply kept); let container start-ups and leftover clean-ups finish (one abandoned
+        half-way would leave a container nobody tracks); then release everything this runtime
+        opened: the Ollama and Docker connections, the disk and picture threads, the database."""
+        loop = asyncio.get_running_loop()
         for task in (self._reaper, self._disk_watch):
-            if task is not None and not task.done():
+            if task is not None and not task.done() and task.get_loop() is loop:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
         self.containers.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
+        for key in list(self.registry.active()):
+            await self.registry.cancel(key)  # waits for the turn's own clean-up (the kill, the partial reply)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
+        await asyncio.gather(*self.terminal._settling.values(), return_exceptions=True)  # noqa: SLF001
+        if self._ollama is not None:
+            client_loop, client = self._ollama
+            self._ollama = None
+            if client_loop is loop:  # a client of a loop already closed cannot be awaited from this one
+                await client.close()
         await self.containers.close()
-        self.image_pool.shutdown(wait=False, cancel_futures=True)
+        # Queued picture decodes are dropped (no turn is left to read them); one under way finishes.
+        pool, self.image_pool = self.image_pool, ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
+        await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         self.history.close()
+        await asyncio.sleep(0)  # the transports closed above let go of their sockets on the next loop pass
 
 
 _runtime: Runtime | None = None

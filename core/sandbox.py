@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator, Callable, Sequence
 
+from . import sandbox_tools
 from .config import Settings
 
 STDOUT, STDERR = 1, 2
@@ -52,6 +53,14 @@ class Sandboxes(abc.ABC):
 
     async def adoption_done(self) -> None:
         """Return once start-up adoption (if any) has decided which sandboxes stay."""
+
+    @property
+    def busybox(self) -> str | None:
+        """The bot's own static busybox as every sandbox sees it (read-only, out of its reach), where the
+        terminal's wrapper and kill run; None when the host has none: they then run the image's `sh`
+        from PATH, which a sandbox can replace. The backend mounts it (ContainerManager._tool_binds);
+        a backend that cannot returns None here."""
+        return sandbox_tools.BUSYBOX if sandbox_tools.provide(Path(self.settings.upload_dir)) else None
 
     # -- identity ------------------------------------------------------------
     @abc.abstractmethod
@@ -140,6 +149,13 @@ class Sandboxes(abc.ABC):
 
     def busy(self, name: str) -> bool:
         return bool(self._busy.get(name))
+
+    async def share_disk(self, user: str, session: str) -> None:
+        """Before a command: give this conversation its room within the person's total (USER_DISK)."""
+
+    async def disk_note(self, user: str, session: str) -> str | None:
+        """A line for the model and the person when their conversations' files fill their total."""
+        return None
 
     def eviction_message(self, name: str) -> str | None:
         """Why the sandbox was stopped since its last command (once), or None."""

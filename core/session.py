@@ -4,15 +4,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 
 from .config import Settings
-from .errors import EngineError
+from .errors import EngineError, UploadError
 from .events import Event, Ignored, Replacing, TextDelta
 from .places import Place
+from .quota import DELETE_SOME, UserDisk
 from .registry import Phase
-from .uploads import FileEntry, list_folder
+from .uploads import FileEntry, list_folder, safe_filename
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
 from .tools import data_path
@@ -77,19 +79,37 @@ class ChatSession:
     async def save_upload(self, name: str, data: bytes | Iterable[bytes] | AsyncIterable[bytes], *,
                           size: int | None = None, overwrite: bool = False) -> str:
         """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
-        folder = await self.runtime.containers.prepare_data(self.user, self.session)
-        target = await self.runtime.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
+        rt = self.runtime
+        folder = await rt.containers.prepare_data(self.user, self.session)
+        await rt.containers.share_disk(self.user, self.session)  # the room USER_DISK leaves, given to this one
+        try:
+            target = await rt.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
+        except UploadError as exc:
+            disk = await self.disk_usage()
+            if size is None and isinstance(data, (bytes, bytearray)):
+                size = len(data)
+            if disk.full or (size and size > disk.limit - disk.total):  # the person's total is what it ran into
+                raise UploadError(f"{safe_filename(name)} does not fit. {disk.line()} {DELETE_SOME}") from exc
+            raise
         return f"/data/{target.name}"
 
     async def list_files(self, path: str = "") -> list[FileEntry]:
         """What /data (or a folder in it) holds, newest first; links are listed, never followed."""
         folder = self.upload_folder
+        if folder.exists():  # its disk image may be unmounted (no sandbox runs): mount it, start nothing
+            folder = await self.runtime.containers.prepare_data(self.user, self.session)
         return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
 
-    async def read_file(self, path: str, max_bytes: int) -> bytes:
+    async def disk_usage(self) -> UserDisk:
+        """What this person's conversations hold in /data together, against USER_DISK."""
+        return await self.runtime.containers.user_disk(self.user)
+
+    async def read_file(self, path: str, max_bytes: int, *, exact: bool = False) -> bytes:
         """A file of the sandbox (e.g. /data/report.pdf) through the sandbox backend, so a link
-        planted in /data resolves inside the sandbox; SandboxFileError when missing or over max_bytes."""
-        return await self.runtime.containers.read_file(self.user, self.session, data_path(path), max_bytes)
+        planted in /data resolves inside the sandbox; SandboxFileError when missing or over max_bytes.
+        `exact`: `path` is one list_files gave, used as it is (a name may end in a space or a newline)."""
+        full = posixpath.normpath(posixpath.join("/data", path)) if exact else data_path(path)
+        return await self.runtime.containers.read_file(self.user, self.session, full, max_bytes)
 
     # -- chat -------------------------------------------------------------
     async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:

@@ -5,11 +5,14 @@ wrapper. Before it runs anything of the user's, the wrapper tells the host its
 PID and start time on stdout (a marker line the host strips); a timeout or a
 cancellation then kills, from a second exec, every process in the sandbox that
 started at or after that moment: the command and whatever it started, setsid'd
-and daemonised processes included. Nothing the sandbox can write redirects that
-kill. Background jobs from earlier commands started before it, so they live on.
-The wrapper also saves the working directory and the exported variables on
-exit and restores them on the next call, so `cd` and `export` carry over
-between calls the way they do in a terminal.
+and daemonised processes included. Background jobs from earlier commands
+started before it, so they live on. The wrapper's first stage and the kill run
+in the bot's own static busybox, mounted read-only (core/sandbox_tools.py), never
+through the sandbox's PATH: nothing the sandbox can write redirects the kill or
+forges the marker. (A host without busybox-static falls back, with a warning, to
+the image's `sh` from PATH.) The user's part then runs in the image's /bin/sh; it
+saves the working directory and the exported variables on exit and restores them
+on the next call, so `cd` and `export` carry over the way they do in a terminal.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
+from . import sandbox_tools
 from .admission import CommandGate
 from .config import Settings
 from .errors import EngineError, SandboxUnavailable
@@ -27,18 +31,26 @@ from .sandbox import STDERR, STDOUT, Sandboxes
 log = logging.getLogger(__name__)
 
 STATE_DIR = "/tmp/.agent"
-# $1 is the user's command. Field 22 of /proc/PID/stat is the start time; after "(comm) " it is the 20th.
+# The trusted first stage, in the bot's own busybox (see core/sandbox_tools.py): $1 is the user's part
+# below, $2 the user's command, $0 the busybox (for applets: nothing comes from PATH). It prints its PID
+# and start time, records the start time as running, then becomes the image's own /bin/sh (exec keeps
+# the PID and the start time) so the command runs with the image's shell and tools, not busybox's.
+# Field 22 of /proc/PID/stat is the start time; after "(comm) " it is the 20th.
 WRAPPER = r"""
-__c=$1
+__u=$1 __c=$2
 read -r __st < /proc/$$/stat
 set -- ${__st##*) }
 printf '\036%s %s\n' "$$" "${20}"
-__t=${20}
+[ -d /tmp/.agent ] || "$0" mkdir -p /tmp/.agent
+printf '%s\n' "${20}" > /tmp/.agent/running
+exec /bin/sh -c "$__u" sh "$__c"
+"""
+# The user's part, in the image's /bin/sh: $1 is the command. It restores the working directory and
+# the exported variables the last command left, and saves them on exit, so `cd` and `export` carry over.
+USER_PART = r"""
+__c=$1
 set --
 __s=/tmp/.agent
-[ -d "$__s" ] || mkdir -p "$__s"
-printf '%s\n' "$__t" > "$__s/running"
-unset __t
 if [ -r "$__s/env" ]; then . "$__s/env" 2>/dev/null; fi
 __d=/data
 if [ -r "$__s/cwd" ]; then IFS= read -r __d < "$__s/cwd"; fi
@@ -46,11 +58,12 @@ cd "$__d" 2>/dev/null || cd /data 2>/dev/null || cd /
 trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; rm -f "$__s/running"; exit $__rc' EXIT
 eval "$__c"
 """
-# $1: the command's start time. Every process that started since is first stopped, so none can react
-# or fork while the others die (a parent whose child is killed would run its next statement), then
-# killed. Spared: PID 1 (the init), the keepalive (the oldest child of PID 1: it can share the command's
-# clock tick when the sandbox has just started) and this script. Start times and parents come from the
-# kernel, and only shell builtins run: nothing a sandbox writes or installs changes what is killed.
+# $1: the command's start time; $0: the busybox (for rm). Every process that started since is first
+# stopped, so none can react or fork while the others die (a parent whose child is killed would run its
+# next statement), then killed. Spared: PID 1 (the init), the keepalive (the oldest child of PID 1: it
+# can share the command's clock tick when the sandbox has just started) and this script. Start times and
+# parents come from the kernel, only busybox's builtins run and rm by busybox's own path: nothing a
+# sandbox writes or installs changes what is killed.
 KILL = r"""
 __t=$1
 __keep=; __kept=
@@ -70,7 +83,7 @@ __each() {
   done
 }
 __each STOP; __each STOP; __each KILL; __each KILL
-rm -f /tmp/.agent/running
+"$0" rm -f /tmp/.agent/running
 true
 """
 # A command that was running when the bot stopped (a crash, a restart) leaves its start time in
@@ -159,6 +172,7 @@ class Terminal:
         # time. They are killed before the sandbox's next command, once Docker answers again.
         self._unkilled: dict[str, int] = {}
         self._settling: dict[str, asyncio.Future[None]] = {}  # leftover clean-ups under way, by sandbox
+        _ = sandboxes.busybox  # decided now, so a host without busybox-static is warned about at start
 
     async def execute(self, user: str, session: str, command: str, timeout: int | None = None, *,
                       on_queued: Callable[[int], None] | None = None) -> CommandResult:
@@ -174,12 +188,13 @@ class Terminal:
                 if name in self._unkilled:
                     await self._kill(user, session, self._unkilled.pop(name))
                 before = self.sandboxes.eviction_message(name)  # it went over after its last command
+                await self.sandboxes.share_disk(user, session)
                 result = await self._run(user, session, command, limit)
                 during = self.sandboxes.eviction_message(name)
         if during:  # stopped under this very command: that is its outcome
             raise SandboxUnavailable(during, user=during)
-        if before:
-            result.note = before
+        full = await self.sandboxes.disk_note(user, session)  # USER_DISK: why a write may have failed
+        result.note = " ".join(n for n in (before, full) if n)
         return result
 
     async def _run(self, user: str, session: str, command: str, limit: int) -> CommandResult:
@@ -211,8 +226,8 @@ class Terminal:
                     if budget_open and not budget.expired() and runner is not None and not runner.cancelled():
                         budget.reschedule(started + limit)
 
-                runner = asyncio.ensure_future(self.sandboxes.exec(
-                    user, session, ["sh", "-c", WRAPPER, "sh", command], sink, on_start=on_start))
+                argv = sandbox_tools.script(self.sandboxes.busybox, WRAPPER, USER_PART, command)
+                runner = asyncio.ensure_future(self.sandboxes.exec(user, session, argv, sink, on_start=on_start))
                 try:
                     exit_code: int | None = await asyncio.shield(runner)
                 finally:
@@ -286,11 +301,13 @@ class Terminal:
         await asyncio.gather(*(one(u, s) for u, s in list(self.sandboxes.leftovers.values())))
 
     async def _end_leftovers(self, user: str, session: str) -> None:
-        await self._script(user, session, ["sh", "-c", LEFTOVERS], "end what an earlier process left running")
+        await self._script(user, session, sandbox_tools.script(self.sandboxes.busybox, LEFTOVERS),
+                           "end what an earlier process left running")
 
     async def _kill(self, user: str, session: str, start: int) -> bool:
         """Stop, then kill, every process started in the sandbox since `start`; False if it could not."""
-        return await self._script(user, session, ["sh", "-c", KILL, "sh", str(start)], "kill a command")
+        return await self._script(user, session, sandbox_tools.script(self.sandboxes.busybox, KILL, str(start)),
+                                  "kill a command")
 
     async def _script(self, user: str, session: str, argv: list[str], what: str) -> bool:
         """One of the terminal's own scripts, in a sandbox that must already run; False (logged) if it failed."""

@@ -87,6 +87,7 @@ class Turn:
     file_limit: int = 0  # bytes one reply's files may hold in all, where the caller delivers them (0: no own limit)
     vision: bool | None = None  # the model reads images (None: not asked yet)
     pictures: dict[str, str | None] = field(default_factory=dict)  # /data path -> base64 for the model, this turn
+    unshown: dict[str, str] = field(default_factory=dict)  # /data path -> why a picture is not shown (too large...)
     files_sent: int = 0
     file_bytes: int = 0
     started: float = field(default_factory=time.monotonic)
@@ -244,7 +245,9 @@ class TurnRunner:
         for message, path in refs[:max(self.rt.settings.vision_max_images, own)]:
             picture = await self._picture(turn, path)
             if picture is None:
-                message["content"] += f"\n[{path} is no longer a readable image in /data]"
+                why = turn.unshown.get(path)
+                message["content"] += (f"\n[{path} is not shown to you: {why}]" if why else
+                                       f"\n[{path} is no longer a readable image in /data]")
             else:
                 message.setdefault("images", []).insert(0, picture)
         return window
@@ -257,17 +260,20 @@ class TurnRunner:
 
     async def _picture(self, turn: Turn, path: str) -> str | None:
         """One image, read through the sandbox (a symlink planted in /data resolves inside it, never
-        on the host) and made fit for the model off the loop; None when it is gone or not an image."""
+        on the host) and made fit for the model off the loop; None when it is gone or not an image.
+        Decoded once per picture, not once per turn: images.prepared keeps what it made by content."""
         if path not in turn.pictures:
             try:
                 data = await self.rt.containers.read_file(turn.user, turn.session, path,
                                                           max_bytes=self.rt.settings.upload_max_file_bytes)
-                fit = await asyncio.get_running_loop().run_in_executor(self.rt.image_pool, images.for_model, data)
+                fit = await asyncio.get_running_loop().run_in_executor(self.rt.image_pool, images.prepared, data)
                 turn.pictures[path] = base64.b64encode(fit).decode()
             except (EngineError, images.NotAnImage) as exc:
                 log.info("session %s/%s: image %s not shown to the model: %s", turn.user, turn.session, path,
                          getattr(exc, "user_message", exc))
                 turn.pictures[path] = None
+                if isinstance(exc, images.NotAnImage):
+                    turn.unshown[path] = str(exc)
         return turn.pictures[path]
 
     @staticmethod

@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import shutil
+import stat
 import subprocess
 import unicodedata
 import uuid
@@ -211,30 +213,77 @@ class FileEntry:
 
 
 LIST_MAX = 500
+_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def shown_name(name: str) -> str:
+    """A name as one line a person can read: control and invisible format characters (a newline, a
+    right-to-left override) become visible escapes, so a sandbox cannot forge or disguise a line."""
+    out = []
+    for ch in name:
+        if ch == "\\":
+            out.append("\\\\")
+        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") or (ch.isspace() and ch != " "):
+            out.append(ch.encode("unicode_escape").decode("ascii"))  # "\\n", "\\x1b", "\\u202e"
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _refusal(shown: str, error: OSError, opened: bool = False) -> UploadError:
+    """One line for a path that changed, vanished or was swapped while it was walked."""
+    if not opened and error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # gone, a file, a link
+        return NotAFolder(f"{shown} is not a folder.")
+    reason = os.strerror(error.errno).lower() if error.errno else "it changed while it was read"
+    return UploadError(f"{shown} could not be listed ({reason}); try again.")
 
 
 def list_folder(folder: Path, relative: str = "") -> list[FileEntry]:
-    """What /data (or a folder inside it) holds, newest first, without following any symbolic link:
-    the sandbox's root writes here and could plant links to the host's files. Blocking: call off the loop."""
+    """What /data (or a folder inside it) holds, newest first, never leaving the sandbox's tree.
+
+    The sandbox's root writes here and can swap any folder for a link to a host folder between a
+    check and a use, so the walk goes by descriptor: each part is opened relative to its parent with
+    O_NOFOLLOW|O_DIRECTORY (a link is refused, not followed), the listing reads that descriptor, and
+    entries are stat'ed without following. A race is a one-line UploadError/NotAFolder, never a
+    traceback. Blocking: call off the loop."""
     parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
     if ".." in parts:
         raise UploadError("Paths stay inside /data: no '..'.")
-    here = folder
-    for part in parts:  # walk one level at a time, refusing links, so no link can lead outside
-        here = here / part
-        if here.is_symlink() or not here.is_dir():
-            raise NotAFolder(f"/data/{'/'.join(parts)} is not a folder.")
-    if not here.is_dir():
-        return []
-    entries = []
-    with os.scandir(here) as listing:
-        for entry in listing:
-            if entry.name.startswith(".") and entry.name.endswith(".part"):
-                continue  # an upload being written
-            info = entry.stat(follow_symlinks=False)
-            kind = "link" if entry.is_symlink() else "folder" if entry.is_dir(follow_symlinks=False) else "file"
-            entries.append(FileEntry("/".join([*parts, entry.name]), info.st_size if kind == "file" else 0,
-                                     info.st_mtime, kind))
-            if len(entries) >= LIST_MAX:
-                break
+    shown = shown_name("/data/" + "/".join(parts)).rstrip("/")
+    try:
+        fd = os.open(folder, _OPEN_DIR)
+    except FileNotFoundError:
+        if parts:
+            raise NotAFolder(f"{shown} is not a folder.") from None
+        return []  # nothing uploaded yet
+    except OSError as exc:
+        raise _refusal(shown, exc) from None
+    try:
+        for part in parts:
+            try:
+                child = os.open(part, _OPEN_DIR, dir_fd=fd)
+            except OSError as exc:
+                raise _refusal(shown, exc) from None
+            os.close(fd)
+            fd = child
+        entries = []
+        try:
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    if entry.name.startswith(".") and entry.name.endswith(".part"):
+                        continue  # an upload being written
+                    try:
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # deleted since the folder was read: not there any more
+                    mode = info.st_mode
+                    kind = "link" if stat.S_ISLNK(mode) else "folder" if stat.S_ISDIR(mode) else "file"
+                    entries.append(FileEntry("/".join([*parts, entry.name]), info.st_size if kind == "file" else 0,
+                                             info.st_mtime, kind))
+                    if len(entries) >= LIST_MAX:
+                        break
+        except OSError as exc:  # the folder itself was opened: whatever happens now, it is no file to send
+            raise _refusal(shown, exc, opened=True) from None
+    finally:
+        os.close(fd)
     return sorted(entries, key=lambda e: e.modified, reverse=True)

@@ -15,10 +15,14 @@ import pytest_asyncio
 
 from core import Runtime, Settings, set_runtime
 from core.datadisk import unmount_under
+from tests import leaks
 from tests.fake_ollama import FakeOllama, free_port
 
 TEST_IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
 IN_CI = bool(os.environ.get("CI"))
+# Lazy unmounts and container removals may take a moment to show: how long growth is given to go away.
+LEAK_GRACE_SECONDS = float(os.environ.get("LEAK_GRACE_SECONDS", "15"))
+LEAKS = pytest.StashKey[tuple[leaks.Counts, leaks.Counts]]()
 
 
 def require(condition_error: str | None) -> None:
@@ -43,6 +47,41 @@ def docker_client() -> docker.DockerClient:
     except Exception as exc:  # noqa: BLE001
         require(f"needs the Docker engine and image {TEST_IMAGE} (bash tests/images/build.sh): {exc}")
     return client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def leak_check(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Count mounts, loop devices and test containers before the session and after it (see tests/leaks.py);
+    pytest_terminal_summary prints both, and in CI pytest_sessionfinish fails the run on growth."""
+    base = tmp_path_factory.getbasetemp()
+    start = leaks.snapshot()
+    before = leaks.census(start, start, base)
+    yield
+    deadline = time.monotonic() + LEAK_GRACE_SECONDS
+    while True:
+        after = leaks.census(leaks.snapshot(), start, base)
+        if not leaks.grown(before, after) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    request.config.stash[LEAKS] = (before, after)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    found = session.config.stash.get(LEAKS, None)
+    if IN_CI and found is not None and leaks.grown(*found) and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:  # type: ignore[no-untyped-def]
+    found = config.stash.get(LEAKS, None)
+    if found is None:
+        return
+    terminalreporter.section("what the run left on the host (* compared)")
+    for line in leaks.report(*found):
+        terminalreporter.write_line(line)
+    for line in leaks.grown(*found):
+        terminalreporter.write_line(f"LEFT BEHIND: {line}" + (" (fails the run: CI is set)" if IN_CI else ""),
+                                    red=True)
 
 
 @pytest.fixture(autouse=True)

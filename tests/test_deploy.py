@@ -71,6 +71,12 @@ def test_compose_file_validates_and_wires_the_services(folder: str, tmp_path: Pa
     assert "VM_DATA_HOST_DIR" not in bot["environment"] and bot["environment"]["UPLOAD_DIR"] == "/app/data/uploads"
     sources = {v["target"]: v["source"] for v in bot["volumes"]}
     assert sources["/app/data"] == str(ROOT / "data") and sources["/var/run/docker.sock"] == "/var/run/docker.sock"
+    # /data's disk images: mounted by the bot, seen by the host's engine (issue 16, item 5)
+    data = next(v for v in bot["volumes"] if v["target"] == "/app/data")
+    assert data["bind"]["propagation"] == "rshared" and bot["cap_add"] == ["SYS_ADMIN"]
+    assert bot["devices"][0]["source"] == "/dev/loop-control" and bot["device_cgroup_rules"] == ["b 7:* rmw"]
+    engine_files = next(v for v in bot["volumes"] if v["target"] == "/var/lib/docker")
+    assert engine_files["read_only"] is True
     assert "ollama" in config["volumes"]
 
 

@@ -22,6 +22,7 @@ from typing import Iterator
 import docker
 import pytest
 
+from core.datadisk import unmount_under
 from tests.conftest import TEST_IMAGE, remove_containers, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,18 +31,21 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this network's TLS may need this machine's CA
 
 PROBE = """
-import asyncio, json
+import asyncio, json, os
 from core import Settings
 from core.containers import ContainerManager
 from core.terminal import Terminal
 
 async def main():
     manager = ContainerManager(Settings(upload_dir="/app/data/uploads", vm_image={image!r}, vm_network=False,
-                                        vm_name_prefix={prefix!r}))
+                                        vm_name_prefix={prefix!r}, vm_disk=32 * 1024 ** 2))
     folder = await manager.prepare_data("alice", "general")
     (folder / "note.txt").write_text("written by the bot in its container")
-    result = await Terminal(manager).execute("alice", "general", "cat /data/note.txt")
-    print(json.dumps({{"host_root": manager.data_host_root, "seen": result.stdout, "exit": result.exit_code}}))
+    terminal = Terminal(manager)
+    result = await terminal.execute("alice", "general", "cat /data/note.txt")
+    filled = await terminal.execute("alice", "general", "dd if=/dev/zero of=/data/fill bs=1M count=100")
+    print(json.dumps({{"host_root": manager.data_host_root, "seen": result.stdout, "exit": result.exit_code,
+                      "hard": "No space left on device" in filled.stderr, "image": os.path.ismount(folder)}}))
     await manager.remove("alice", "general")
     await manager.close()
 
@@ -115,18 +119,30 @@ def test_readme_run_command_works_on_a_fresh_debian_and_the_bot_finds_its_upload
     imported = subprocess.run(f"tar -C {fresh_debian} -cf - . | docker import - {image}", shell=True,
                               capture_output=True, text=True)
     assert imported.returncode == 0, imported.stderr
+    # As docker-compose.yml runs it: mount rights and loop devices, /app/data bound rshared from a
+    # shared host mount, so the /data images the bot mounts reach the engine (issue 16, item 5).
+    assert sh("mount", "--bind", str(hostdata), str(hostdata)).returncode == 0
+    assert sh("mount", "--make-rshared", str(hostdata)).returncode == 0
     try:
         probe = tmp_path / "probe.py"
         probe.write_text(PROBE.format(image=TEST_IMAGE, prefix=prefix))
         output = docker_client.containers.run(
             image, ["/src/.venv/bin/python", "/probe.py"], working_dir="/src", environment={"PYTHONPATH": "/src"},
             volumes={"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-                     str(hostdata): {"bind": "/app/data", "mode": "rw"},
+                     str(hostdata): {"bind": "/app/data", "mode": "rw,rshared"},
+                     "/var/lib/docker": {"bind": "/var/lib/docker", "mode": "ro"},
+                     "/sys/fs/ext4": {"bind": "/sys/fs/ext4", "mode": "rw"},
                      str(probe): {"bind": "/probe.py", "mode": "ro"}},
-            remove=True, stderr=True)
+            cap_add=["SYS_ADMIN"], security_opt=["apparmor:unconfined"], devices=["/dev/loop-control"],
+            device_cgroup_rules=["b 7:* rmw"], remove=True, stderr=True)
         result = json.loads(output.decode().strip().splitlines()[-1])
         assert result == {"host_root": f"{hostdata}/uploads", "seen": "written by the bot in its container",
-                          "exit": 0}
+                          "exit": 0, "hard": True, "image": True}
+        # the bot removed its sandbox: its image is unmounted, on the host too
+        assert not [line for line in Path("/proc/self/mountinfo").read_text().splitlines()
+                    if f"{hostdata}/uploads/" in line]
     finally:
         remove_containers(docker_client, prefix)
         docker_client.images.remove(image, force=True)
+        unmount_under(hostdata)
+        sh("umount", "-l", str(hostdata))

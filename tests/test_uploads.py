@@ -1,12 +1,14 @@
 """Uploads: safe names, no clobbering, /data in the session's own container only, size caps."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from core import ChatSession, Runtime, UploadError
-from core.uploads import safe_filename
+from core.uploads import list_folder, safe_filename
 
 pytestmark = pytest.mark.asyncio
 
@@ -80,3 +82,57 @@ async def test_async_upload_streams_chunks(runtime: Runtime) -> None:
         path = await chat.save_upload("../msg.txt", chunks())
         assert path == "/data/msg.txt"
         assert (chat.upload_folder / "msg.txt").read_bytes() == b"hello from discord"
+
+
+# What a sandbox's root can do to /data: swap a folder and a link to a host folder, atomically, forever.
+SWAPPER = r"""
+import ctypes, os, signal, sys
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = os.fsencode(sys.argv[1]), os.fsencode(sys.argv[2])
+swaps = 0
+def stop(*_):
+    print(swaps, flush=True)
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+print("ready", flush=True)
+while True:
+    if libc.renameat2(-100, a, -100, b, 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        sys.exit("renameat2: " + os.strerror(ctypes.get_errno()))
+    swaps += 1
+"""
+
+
+async def test_a_folder_swapped_for_a_link_never_lists_the_host(tmp_path: Path) -> None:
+    """Issue 16: /files checked a path, then listed it by name; a swap in between listed the host's folder."""
+    folder, host = tmp_path / "data", tmp_path / "host"
+    (folder / "swap" / "inner").mkdir(parents=True)
+    (folder / "swap" / "real.txt").write_text("mine")
+    (folder / "swap" / "inner" / "deep.txt").write_text("mine too")
+    (host / "inner").mkdir(parents=True)
+    (host / "HOST_ONLY_id_rsa").write_text("secret")
+    (host / "inner" / "HOST_ONLY_id_rsa").write_text("secret")
+    (folder / "swap.tmp").symlink_to(host)
+    swapper = subprocess.Popen([sys.executable, "-c", SWAPPER, str(folder / "swap"), str(folder / "swap.tmp")],
+                               stdout=subprocess.PIPE, text=True)
+    listed, refused = 0, []
+    try:
+        assert swapper.stdout is not None and swapper.stdout.readline() == "ready\n"
+        for n in range(1500):
+            relative = ("swap", "swap/inner", "/swap/./inner/")[n % 3]
+            try:
+                entries = list_folder(folder, relative)
+            except UploadError as exc:
+                refused.append(str(exc))
+                continue
+            paths = sorted(e.path for e in entries)
+            assert not any("HOST_ONLY" in p for p in paths), paths
+            assert paths == (["swap/inner", "swap/real.txt"] if n % 3 == 0 else ["swap/inner/deep.txt"]), paths
+            listed += 1
+    finally:
+        swapper.terminate()
+        out, _ = swapper.communicate(timeout=10)
+    assert swapper.returncode == 0, out
+    assert int(out) > 100  # the swap really ran all along
+    assert set(refused) <= {"/data/swap is not a folder.", "/data/swap/inner is not a folder."}, set(refused)
+    assert listed > 0 and refused, (listed, len(refused))  # both sides of the race were hit
+    assert listed + len(refused) == 1500

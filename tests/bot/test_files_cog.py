@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import re
 import types
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,8 @@ from PIL import Image
 
 from bot.controls import ONLY_AUTHOR_OUTPUT, OUTPUT_GONE, FullOutputButton
 from core import ChatSession, Runtime
-from tests.bot.conftest import channel_messages
+from tests.bot.conftest import channel_messages, start_bot
+from tests.conftest import make_settings, open_runtime
 from tests.bot.test_chat_cog import settle
 from tests.bot.test_uploads_cog import send_with_files
 from tests.fake_ollama import FakeOllama, text, tool_calls
@@ -126,13 +129,8 @@ async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, run
                                                                   "🔗 `sneaky` (a link)"]
     assert all(line.split(" · ")[-1].startswith("<t:") for line in lines[1:])
     picker = sent["view"]
-    assert [o.value for o in picker.menu.options] == ["a.txt"]  # files only: never a link or a folder
-    pick = Press(member, channel)
-    token = selected_values.set({picker.menu.custom_id: ["a.txt"]})
-    try:
-        await picker.menu.callback(pick)
-    finally:
-        selected_values.reset(token)
+    assert [o.label for o in picker.menu.options] == ["a.txt"]  # files only: never a link or a folder
+    pick = await choose(picker, member, channel, "a.txt")
     assert pick.sent[-1]["file"].filename == "a.txt" and pick.file_bytes() == b"hello\n"
     # a folder, and a file named directly
     folder = Press(member, channel)
@@ -148,6 +146,50 @@ async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, run
     escape = Press(member, channel)
     await cog.files.callback(cog, escape, path="../..")
     assert escape.sent[-1]["content"] == "⚠️ Paths stay inside /data: no '..'."
+
+
+async def choose(picker: Any, member: Any, channel: Any, label: str) -> Press:
+    """Pick the menu option shown as `label`, as Discord would send the choice back: by its value."""
+    [value] = [o.value for o in picker.menu.options if o.label == label]
+    press = Press(member, channel)
+    token = selected_values.set({picker.menu.custom_id: [value]})
+    try:
+        await picker.menu.callback(press)
+    finally:
+        selected_values.reset(token)
+    return press
+
+
+async def test_a_name_with_a_newline_or_backticks_is_one_line_and_downloads_exactly(
+        bot: commands.Bot, runtime: Runtime) -> None:
+    config = dpytest.get_config()
+    channel, member = config.channels[0], config.members[0]
+    user, session = str(member.id), str(channel.id)
+    # names the sandbox chose to forge a line of the listing (and one ending in a newline, which a
+    # strip would turn into another file's name); \140 is a backtick
+    await runtime.terminal.execute(user, session, "printf forged > \"$(printf '/data/x\\n\\360\\237\\223\\204 "
+                                                  "\\140HOST_ONLY_id_rsa\\140 \\302\\267 1 KB')\" && "
+                                                  "n=$(printf '/data/tail\\n.') && printf tail > \"${n%.}\" && "
+                                                  "printf other > /data/tail")
+    names = sorted(p.name for p in runtime.containers.upload_dir(user, session).iterdir())
+    assert names == ["tail", "tail\n", "x\n📄 `HOST_ONLY_id_rsa` · 1 KB"]
+    cog = bot.get_cog("Uploads")
+    press = Press(member, channel)
+    await cog.files.callback(cog, press)
+    lines = press.sent[-1]["content"].split("\n")
+    assert lines[0] == "**/data**" and len(lines) == 4
+    assert sorted(line.rsplit(" · ", 1)[0] for line in lines[1:]) == [
+        "📄 `tail\\n` · 4 bytes", "📄 `tail` · 5 bytes", "📄 `x\\n📄 ˋHOST_ONLY_id_rsaˋ · 1 KB` · 6 bytes"]
+    assert all(line.startswith("📄 `") and line.count("`") == 2 and line.endswith(":R>") for line in lines[1:])
+    picker = press.sent[-1]["view"]
+    assert sorted(o.label for o in picker.menu.options) == ["tail", "tail\\n", "x\\n📄 `HOST_ONLY_id_rsa` · 1 KB"]
+    assert all(len(o.value) <= 100 and o.value.isdigit() for o in picker.menu.options)
+    assert (await choose(picker, member, channel, "tail\\n")).file_bytes() == b"tail"  # not /data/tail
+    assert (await choose(picker, member, channel, "tail")).file_bytes() == b"other"
+    forged = await choose(picker, member, channel, "x\\n📄 `HOST_ONLY_id_rsa` · 1 KB")
+    assert forged.file_bytes() == b"forged" and "\n" not in forged.sent[-1]["file"].filename
+    choices = await cog._files_path(Press(member, channel), "")
+    assert [c.value for c in choices] == ["tail"]  # a name that cannot come back intact is not offered
 
 
 async def test_files_works_the_same_in_a_dm(bot: commands.Bot, runtime: Runtime) -> None:
@@ -225,3 +267,33 @@ async def test_a_reply_with_a_file_and_a_cut_output_shows_both_on_its_last_messa
     assert await reply.attachments[0].read() == "".join(f"{n}\n" for n in range(1, 20001)).encode()
     assert [[c.label for c in row.children] for row in reply.components] == [
         ["Full output: seq 1 20000 | tee /data/n.txt (106 KB)"]]
+
+
+async def test_files_says_how_much_of_the_persons_total_their_conversations_hold(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: Any) -> None:
+    if os.geteuid() != 0 or not os.path.exists("/dev/loop-control"):
+        pytest.skip("disk images need root and loop devices on the Docker host")
+    settings = make_settings(tmp_path, fake_ollama.url, vm_disk=64 * 1024 ** 2, user_disk=70 * 1024 ** 2)
+    async with open_runtime(settings, docker_client) as rt:
+        bot = await start_bot(rt)
+        try:
+            config = dpytest.get_config()
+            channel, other, member = config.channels[0], config.channels[1], config.members[0]
+            user = str(member.id)
+            await rt.terminal.execute(user, str(channel.id), "dd if=/dev/zero of=/data/big bs=1M count=40")
+            cog = bot.get_cog("Uploads")
+            quiet = Press(member, channel)
+            await cog.files.callback(cog, quiet)
+            assert len(quiet.sent[-1]["content"].split("\n")) == 2  # 40 of 70 MB: nothing to say yet
+            await rt.terminal.execute(user, str(other.id), "dd if=/dev/zero of=/data/more bs=1M count=40")
+            press = Press(member, channel)
+            await cog.files.callback(cog, press)
+            lines = press.sent[-1]["content"].split("\n")
+            assert lines[0] == "**/data**" and lines[1].startswith("📄 `big` · 40 MB · <t:")
+            assert re.fullmatch(rf"-# ⚠️ Your conversations' files hold (69|70)(\.\d)? MB of your 70 MB in all "
+                                rf"\(<#{channel.id}> 40 MB, <#{other.id}> (29|30)(\.\d)? MB\)\. New files do not fit "
+                                r"until some are deleted: `rm` them here, or `/reset files:true` in a conversation "
+                                r"you no longer need\.", lines[2]), lines[2]
+            assert len(lines) == 3
+        finally:
+            await dpytest.empty_queue()
