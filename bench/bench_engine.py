@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -33,6 +34,7 @@ import ollama  # noqa: E402
 
 from core.datadisk import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
+from core.context import TokenCounter, fit  # noqa: E402
 from core.history import History, Message  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
 
@@ -183,6 +185,41 @@ def bench_history(tmp: Path, calls: int) -> None:
            f"(median of {calls}; filling took {filled:.1f} s)")
 
 
+def bench_context(tmp: Path, calls: int) -> None:
+    """Issue 18: the window built under a token budget (compacting old command results, fitting whole
+    turns newest first) for a 10,000-message conversation, against the count-based window alone."""
+    print("4. context window of a 10,000-message conversation: budgeted vs count-based", flush=True)
+    history = History(f"sqlite:///{tmp}/long.db")
+    sid = history.open_session("alice", "long")
+    call = json.dumps([{"function": {"name": "execute_terminal", "arguments": {"command": "make"}}}])
+    rows = []
+    for n in range(2500):  # a user message, a command, its output (some of it long), an answer
+        rows += [{"session": sid, "role": "user", "content": f"question {n} " * 6},
+                 {"session": sid, "role": "assistant", "content": "", "tool_calls": call},
+                 {"session": sid, "role": "tool", "content": f"output {n}\n" * (40 if n % 5 else 1200),
+                  "tool_name": "execute_terminal"},
+                 {"session": sid, "role": "assistant", "content": f"answer {n} " * 20}]
+    with history.db.atomic():
+        for start in range(0, len(rows), 5000):
+            Message.insert_many(rows[start:start + 5000]).execute()
+    counter, settings = TokenCounter(), Settings()
+    budget = counter.chars("qwen3:8b", settings.context_tokens - settings.reply_reserve_tokens) - 8000
+    plain, fitted, sizes = [], [], []
+    for _ in range(calls):
+        started = time.perf_counter()
+        history.window(sid, settings.history_window)
+        plain.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        window = fit(history.window(sid, settings.history_window, ids=True), budget)
+        fitted.append(time.perf_counter() - started)
+        sizes.append(window.chars)
+    history.close()
+    base, new = statistics.median(plain), statistics.median(fitted)
+    report("context window (budgeted)", new / base, 2.0,
+           f"{new * 1e6:.0f} us vs {base * 1e6:.0f} us count-based (median of {calls}; window of "
+           f"{max(sizes):,} chars within a budget of {budget:,})")
+
+
 async def main() -> int:
     parser = argparse.ArgumentParser(description="engine benchmarks")
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
@@ -192,6 +229,7 @@ async def main() -> int:
         await bench_turn(Path(tmp), turns)
         await bench_terminal(Path(tmp), runs)
         bench_history(Path(tmp), calls)
+        bench_context(Path(tmp), calls // 4)
         unmount_under(Path(tmp))
     return summary(RESULTS)
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 from core.config import Settings
+from core.context import Seen
 from core.uploads import human_size
 
 
 def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here: bool, model: str,
-              has_persona: bool, admin: bool) -> str:
+              has_persona: bool, admin: bool, seen: Seen | None = None) -> str:
     """The whole /help answer (under Discord's 2000 characters)."""
     if in_dm:
         how = "Just write here: every message in this DM goes to me."
@@ -21,6 +22,11 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         "**Talking to me**",
         f"• {how} Each channel is a separate conversation, and I remember it across restarts.",
         "• Reply to any message (and mention me) to ask about it: I see the message you replied to.",
+        f"• I read up to {settings.context_tokens:,} tokens of a conversation at a time; "
+        + ("earlier messages are kept as a short summary" if settings.summary else "earlier messages drop out")
+        + (f" (here I now see your last {seen.shown} messages"
+           + (" and a summary of the rest" if seen.summarized else "") + ")" if seen else "")
+        + ". `/reset` starts over.",
         "• While I answer, **Stop** ends my reply and any command I am running. Messages you send "
         "meanwhile get ⏳ and are answered together right after.",
         "",

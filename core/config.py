@@ -101,7 +101,9 @@ class Settings:
     ollama_model: str = "qwen3:8b"
     system_prompt: str = ""  # operator text added to the built-in instructions where no /admin prompt applies
     ollama_think: bool | str | None = None
-    ollama_num_ctx: int = 0  # 0: the model's own default
+    ollama_num_ctx: int = 16384  # the context every request is built to fit (0: the server's default, taken as 4096)
+    reply_reserve_tokens: int = 2048  # of that context, kept free for the reply
+    summary: bool = True  # what falls out of a long conversation's context is summarised (one extra model call)
     ollama_keep_alive: str = ""
     ollama_connect_timeout: float = 10.0  # seconds to reach the server
     ollama_stall_timeout: float = 180.0  # seconds without a byte before a reply counts as stuck (cold loads are slow)
@@ -164,6 +166,11 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
     @property
+    def context_tokens(self) -> int:
+        """The context requests are built to fit: OLLAMA_NUM_CTX, or the server's usual default."""
+        return self.ollama_num_ctx or 4096
+
+    @property
     def user_disk_limit(self) -> int:
         """USER_DISK, or three times VM_DISK: room for a few conversations' files, not for many."""
         return self.user_disk or 3 * self.vm_disk
@@ -194,7 +201,9 @@ class Settings:
         take("OLLAMA_MODEL", "ollama_model", text)
         take("SYSTEM_PROMPT", "system_prompt", _parse_prompt)
         take("OLLAMA_THINK", "ollama_think", _parse_think)
-        take("OLLAMA_NUM_CTX", "ollama_num_ctx", _parse_int)
+        take("OLLAMA_NUM_CTX", "ollama_num_ctx", _parse_num_ctx)
+        take("REPLY_RESERVE_TOKENS", "reply_reserve_tokens", lambda n, r: _parse_int(n, r, 256))
+        take("SUMMARY", "summary", _parse_bool)
         take("OLLAMA_KEEP_ALIVE", "ollama_keep_alive", text)
         take("OLLAMA_CONNECT_TIMEOUT", "ollama_connect_timeout", _parse_float)
         take("OLLAMA_STALL_TIMEOUT", "ollama_stall_timeout", _parse_float)
@@ -240,11 +249,21 @@ class Settings:
         take("LOG_LEVEL", "log_level", _parse_log_level)
         take("LOG_CONTENT", "log_content", _parse_bool)
         settings = cls(**values)  # type: ignore[arg-type]
+        if settings.reply_reserve_tokens * 2 > settings.context_tokens:
+            raise ConfigError(f"REPLY_RESERVE_TOKENS ({settings.reply_reserve_tokens}) must be at most half of "
+                              f"OLLAMA_NUM_CTX ({settings.context_tokens})")
         if settings.command_timeout > settings.command_timeout_max:
             raise ConfigError(
                 f"COMMAND_TIMEOUT ({settings.command_timeout}) must not exceed COMMAND_TIMEOUT_MAX ({settings.command_timeout_max})"
             )
         return settings
+
+
+def _parse_num_ctx(name: str, raw: str) -> int:
+    value = _parse_int(name, raw)
+    if 0 < value < 2048:
+        raise ConfigError(f"{name} must be 0 (the server's default) or at least 2048, got {value}")
+    return value
 
 
 def _parse_prompt(name: str, raw: str) -> str:

@@ -140,6 +140,7 @@ class ContainerManager(Sandboxes):
         self._uppers: dict[str, str | None] = {}  # container id -> its upper layer on this host, if readable
         self._data_seen: dict[str, int] = {}  # name -> its /data bytes at the last weighing
         self._folders: dict[str, Path] = {}  # name -> its /data folder, for the sandboxes commands ran in
+        self._slow: set[str] = set()  # sandboxes whose files could not be counted in time at the last weighing
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
         # Unset while adopt() sorts out what a restart found (made on the loop that adopts).
@@ -615,21 +616,28 @@ class ContainerManager(Sandboxes):
             return None
         return disk.full_line() if limited else None
 
-    async def _weigh(self, row: dict[str, Any]) -> quota.Weight:
-        """What one sandbox holds, within the time box; a sandbox that cannot be weighed in time is slow."""
+    async def _weigh(self, row: dict[str, Any]) -> quota.Weight | None:
+        """What one sandbox holds; None when the engine cannot say now (not the sandbox's doing).
+
+        The walks of what the sandbox wrote are time-boxed: a sandbox whose files cannot be counted
+        in time twice in a row (one slow pass may be the host's load) is `slow`, and counts as over.
+        """
         labels = row["Labels"]
         user, session = labels.get(f"{LABEL}.user", ""), labels.get(f"{LABEL}.session", "")
         weight = quota.Weight(_name(row), user, session)
         folder = self.upload_dir(user, session)
         try:
+            upper = await asyncio.wait_for(self._upper_dir(row), REQUEST_TIMEOUT)
+            if upper is None:  # the engine's files are out of reach (a remote engine): ask it, bytes only
+                state = await asyncio.wait_for(self.docker._query_json(  # noqa: SLF001
+                    f"containers/{weight.name}/json", params={"size": "true"}), quota.MEASURE_SECONDS * 4)
+                weight.root_bytes = int(state.get("SizeRw") or 0)
+        except (*DOCKER_ERRORS, SandboxUnavailable):
+            return None  # gone meanwhile, or the engine is busy: weighed next time
+        try:
             async with asyncio.timeout(quota.MEASURE_SECONDS):
-                upper = await self._upper_dir(row)
                 if upper is not None:
                     weight.root_bytes, weight.root_files = await quota.weigh_tree(upper)
-                else:  # the engine's files are out of reach (a remote engine): ask it, bytes only
-                    state = await self.docker._query_json(f"containers/{weight.name}/json",  # noqa: SLF001
-                                                          params={"size": "true"})
-                    weight.root_bytes = int(state.get("SizeRw") or 0)
                 used = datadisk.usage(folder)
                 if used is not None:
                     weight.data_image = True
@@ -637,7 +645,10 @@ class ContainerManager(Sandboxes):
                 elif folder.is_dir():
                     weight.data_bytes, weight.data_files = await quota.weigh_tree(folder)
         except (TimeoutError, quota.TooSlow):
-            weight.slow = True
+            weight.slow = weight.name in self._slow
+            self._slow.add(weight.name)
+            return weight if weight.slow else None
+        self._slow.discard(weight.name)
         return weight
 
     async def _upper_dir(self, row: dict[str, Any]) -> str | None:
@@ -662,11 +673,12 @@ class ContainerManager(Sandboxes):
             rows = [r for r in await self._list() if _name(r) in names]
         limit = asyncio.Semaphore(quota.MEASURE_AT_ONCE)
 
-        async def weigh(row: dict[str, Any]) -> quota.Weight:
+        async def weigh(row: dict[str, Any]) -> quota.Weight | None:
             async with limit:
                 return await self._weigh(row)
 
         weights = await asyncio.gather(*(weigh(r) for r in rows), return_exceptions=True)
+        self._slow &= {_name(r) for r in rows}
         removed: list[str] = []
         measured = [w for w in weights if isinstance(w, quota.Weight)]
         for weight in measured:

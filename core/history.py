@@ -38,6 +38,7 @@ SERVER_DB_THREADS = 4  # PostgreSQL and MySQL take concurrent writers
 
 
 IMAGE_REFS = "image_refs"  # in a window message: /data paths of its images, replaced before a request
+ROW_ID = "row_id"  # in a window message, when asked for: its id in the store (the context budget uses it)
 INTERRUPTED_RESULT = "interrupted: the assistant was restarted before this command finished"
 
 
@@ -108,7 +109,21 @@ class Audit(_Base):
         indexes = ((("user", "session", "id"), False),)
 
 
-MODELS = (User, Session, Message, Audit)
+class Summary(_Base):
+    """What fell out of a long conversation's context, in a few lines: one per session, replaced as
+    more falls out. It covers every message up to `upto` (an id of Message); the history itself is
+    never changed."""
+
+    session = ForeignKeyField(Session, primary_key=True, on_delete="CASCADE")
+    upto = IntegerField()
+    text = TextField()
+    created_at = DateTimeField(default=_now)
+
+    class Meta:
+        table_name = "summaries"
+
+
+MODELS = (User, Session, Message, Audit, Summary)
 
 
 @dataclass(frozen=True)
@@ -197,8 +212,39 @@ class History:
                 for row in query.dicts()]
 
     def clear(self, session_id: int) -> int:
-        """Delete a session's messages; the number deleted."""
-        return Message.delete().where(Message.session == session_id).execute()
+        """Delete a session's messages (and the summary of them); the number deleted."""
+        with self._write():
+            Summary.delete().where(Summary.session == session_id).execute()
+            return Message.delete().where(Message.session == session_id).execute()
+
+    # -- summaries of what fell out of the context ---------------------------
+    def summary(self, session_id: int) -> tuple[int, str] | None:
+        """(the last message id it covers, its text), or None."""
+        row = Summary.select(Summary.upto, Summary.text).where(Summary.session == session_id).first()
+        return (row.upto, row.text) if row else None
+
+    def save_summary(self, session_id: int, upto: int, text: str) -> None:
+        with self._write():
+            Summary.insert(session=session_id, upto=upto, text=text, created_at=_now()).on_conflict(
+                conflict_target=[Summary.session], update={Summary.upto: upto, Summary.text: text,
+                                                           Summary.created_at: _now()}).execute()
+
+    def between(self, session_id: int, after: int, before: int, limit: int) -> list[dict[str, Any]]:
+        """The complete messages with after < id < before, the newest `limit` of them, oldest first,
+        as {"role", "content", "tool_name"} (for a summary: no calls, no images)."""
+        rows = list(Message.select(Message.role, Message.content, Message.tool_name, Message.tool_calls)
+                    .where((Message.session == session_id) & (Message.complete == True)  # noqa: E712
+                           & (Message.id > after) & (Message.id < before))
+                    .order_by(Message.id.desc()).limit(limit).dicts())
+        rows.reverse()
+        return rows
+
+    def counts(self, session_id: int, after: int = 0) -> tuple[int, int]:
+        """(complete messages in all, those after id `after`), people's and the assistant's only."""
+        mine = (Message.session == session_id) & (Message.complete == True) & (Message.role != "tool")  # noqa: E712
+        total = Message.select().where(mine).count()
+        later = Message.select().where(mine & (Message.id > after)).count() if after else total
+        return total, later
 
     # -- messages ---------------------------------------------------------
     def add_message(self, session_id: int, role: str, content: str = "", *,
@@ -219,7 +265,7 @@ class History:
             for row in rows:
                 self.add_message(session_id, **row)
 
-    def window(self, session_id: int, limit: int) -> list[dict[str, Any]]:
+    def window(self, session_id: int, limit: int, *, after: int = 0, ids: bool = False) -> list[dict[str, Any]]:
         """About the last `limit` complete messages, in Ollama's shape, oldest first: always a valid request.
 
         It always holds the latest user message: when the current turn alone is longer than
@@ -229,6 +275,8 @@ class History:
         no result (a crash in between) an "interrupted" result.
         """
         complete = (Message.session == session_id) & (Message.complete == True)  # noqa: E712
+        if after:  # what a summary already covers is left out
+            complete &= Message.id > after
         columns = (Message.id, Message.role, Message.content, Message.tool_calls, Message.tool_name, Message.images)
         rows = list(Message.select(*columns).where(complete).order_by(Message.id.desc()).limit(limit).tuples())
         rows.reverse()
@@ -245,8 +293,10 @@ class History:
                 start = next((i for i, r in enumerate(rows) if r[1] != "tool"), len(rows))
             rows = rows[start:]
         out: list[dict[str, Any]] = []
-        for _id, role, content, tool_calls, tool_name, images in rows:
+        for row_id, role, content, tool_calls, tool_name, images in rows:
             message: dict[str, Any] = {"role": role, "content": content or ""}
+            if ids:
+                message[ROW_ID] = row_id
             if tool_calls:
                 message["tool_calls"] = json.loads(tool_calls)
             if tool_name:

@@ -4,7 +4,7 @@ Each sandbox is bounded in bytes (VM_DISK) and files (VM_INODES): its /data by i
 own disk image (a hard limit), its own filesystem by the watch, which weighs it
 from the host side (Docker's upper layer, by `du` in a process of its own that a
 time box can kill) so that no sandbox can slow the watch down for the others: a
-sandbox that cannot be weighed in time counts as over. One person's /data
+sandbox whose files cannot be counted in time, twice in a row, counts as over. One person's /data
 folders together are bounded by USER_DISK: where the folders are disk images,
 each gets only its share of what is left (writes past it fail with ENOSPC);
 elsewhere a sandbox whose /data grows while its person is over is stopped.

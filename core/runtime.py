@@ -13,6 +13,7 @@ import ollama
 
 from .config import Settings
 from .containers import ContainerManager
+from .context import Seen, TokenCounter
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .history import History
 from .incidents import Incidents
@@ -53,9 +54,12 @@ class Runtime:
         self._watch_problem: tuple[str, float] = ("", 0.0)
         self._warming: dict[Key, asyncio.Task[Any]] = {}
         self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
+        self._context_lengths: dict[str, int | None] = {}
         # Decoding pictures for vision models: CPU work, kept off the loop and off the default executor.
         self.image_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         self.told_no_vision: set[Key] = set()  # sessions told once that their model cannot see images
+        self.tokens = TokenCounter()  # characters to tokens, per model, learned from the server's counts
+        self.context_seen: dict[Key, Seen] = {}  # how much of each conversation the model saw last
 
     async def capabilities(self, model: str) -> frozenset[str]:
         """What `model` can do, per Ollama's /api/show ("tools", "vision", …); cached for a few
@@ -71,7 +75,15 @@ class Runtime:
             return frozenset()
         found = frozenset(getattr(shown, "capabilities", None) or ())
         self._capabilities[model] = (now, found)
+        info = getattr(shown, "modelinfo", None) or {}
+        lengths = [v for k, v in info.items() if k.endswith(".context_length") and isinstance(v, int)]
+        self._context_lengths[model] = lengths[0] if lengths else None
         return found
+
+    async def context_length(self, model: str) -> int | None:
+        """The most context `model` was trained for (Ollama's /api/show model_info), or None."""
+        await self.capabilities(model)
+        return self._context_lengths.get(model)
 
     def ollama(self) -> ollama.AsyncClient:
         """One client (one connection pool) per event loop."""

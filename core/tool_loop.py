@@ -19,7 +19,7 @@ import ollama
 
 from .errors import (OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError,
                      SandboxFileTooLarge)
-from . import images
+from . import context, images
 from .incidents import DOCKER, OLLAMA
 from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
                      ToolStarted)
@@ -90,7 +90,13 @@ class Turn:
     unshown: dict[str, str] = field(default_factory=dict)  # /data path -> why a picture is not shown (too large...)
     files_sent: int = 0
     file_bytes: int = 0
+    context_chars: int = 0  # the last request's size, in characters
+    last_prompt: int = 0  # the last request's size, in tokens, as the model server counted it
+    shown: int = 0  # messages (not command results) the last request carried
+    summarized: bool = False  # it carried a summary of what fell out
     started: float = field(default_factory=time.monotonic)
+
+    estimate: int = 0  # the last request's estimated tokens
 
     def ran(self, command: str, ending: str) -> None:
         shown = command if len(command) <= 60 else command[:57] + "..."
@@ -102,7 +108,9 @@ class Turn:
         commands = ", ".join(self.commands) if self.commands else "none"
         return (f"turn user={self.user} channel={self.session} model={self.model} {ending} in {took:.1f} s; "
                 f"rounds={self.rounds} commands=[{commands}] tokens: {self.prompt_tokens} in, "
-                f"{self.answer_tokens} out")
+                f"{self.answer_tokens} out; context: {self.context_chars} chars, ~{self.estimate} tokens estimated, "
+                f"{self.last_prompt} measured; {self.shown} messages shown"
+                f"{' + summary' if self.summarized else ''}")
 
 
 class TurnRunner:
@@ -156,9 +164,10 @@ class TurnRunner:
         settings = self.rt.settings
         gen = turn.gen
         while True:
-            window = await self.rt.history.run(self.rt.history.window, turn.session_id, settings.history_window)
-            messages = [system_prompt(settings, turn.persona)] + await self._with_images(turn, window)
             tools = tool_schemas(settings) if turn.rounds < settings.max_tool_rounds else None
+            system = system_prompt(settings, turn.persona)
+            window, summary = await self._context(turn, system, tools)
+            messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
             content, calls = await self._stream(turn, messages, tools)
             if not calls:
@@ -174,6 +183,73 @@ class TurnRunner:
             await self._run_tools(turn, calls)
             turn.rounds += 1
 
+    async def _context(self, turn: Turn, system: dict[str, Any],
+                       tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The conversation's window for this request, and the summary message (if any) of what fell
+        out of it: together with the system prompt, the tools and the reply's reserve, within num_ctx."""
+        s, history, counter = self.rt.settings, self.rt.history, self.rt.tokens
+        budget = counter.chars(turn.model, s.context_tokens - s.reply_reserve_tokens) \
+            - context.request_chars([system], tools)
+        image_chars = counter.chars(turn.model, context.IMAGE_TOKENS)
+        stored = await history.run(history.summary, turn.session_id) if s.summary else None
+        window = await self._fit(turn, stored, budget, image_chars)
+        if s.summary and window.first_id is not None and await history.run(
+                history.between, turn.session_id, stored[0] if stored else 0, window.first_id, 1):
+            # Messages fell out that no summary covers: fold them into it, up to a point that leaves
+            # the window room to grow, so the next turns need no new summary.
+            roomy = await self._fit(turn, stored, int(budget * context.REFRESH_FILL), image_chars,
+                                    limit=max(2, int(s.history_window * context.REFRESH_FILL)))
+            upto = (roomy.first_id or window.first_id) - 1
+            text = await self._summarize(turn, stored, upto, budget)
+            if text is not None:
+                stored = (upto, text)
+                window = await self._fit(turn, stored, budget, image_chars)
+        turn.shown = sum(1 for m in window.messages if m["role"] != "tool")
+        turn.summarized = stored is not None
+        turn.context_chars = window.chars + context.request_chars([system], tools)
+        turn.estimate = counter.tokens(turn.model, turn.context_chars)
+        self.rt.context_seen[(turn.user, turn.session)] = context.Seen(turn.shown, turn.summarized, s.context_tokens)
+        for note in window.notes:
+            log.info("session %s/%s: %s", turn.user, turn.session, note)
+        summary = [{"role": "system", "content": context.SUMMARY_HEAD + stored[1]}] if stored else []
+        return window.messages, summary
+
+    async def _fit(self, turn: Turn, stored: tuple[int, str] | None, budget: int, image_chars: int, *,
+                   limit: int | None = None) -> "context.Window":
+        """The window after what `stored` summarises, in `budget` characters and `limit` messages."""
+        history = self.rt.history
+        after = stored[0] if stored else 0
+        rows = await history.run(history.window, turn.session_id, limit or self.rt.settings.history_window,
+                                 after=after, ids=True)
+        room = budget - (len(context.SUMMARY_HEAD) + len(stored[1]) + context.MESSAGE_OVERHEAD if stored else 0)
+        return context.fit(rows, room, image_chars=image_chars)
+
+    async def _summarize(self, turn: Turn, stored: tuple[int, str] | None, upto: int, budget: int) -> str | None:
+        """One model call that folds the messages up to id `upto` into the session's summary; stored.
+        None (logged) when the model cannot make one now: the window is then only shorter."""
+        s, history = self.rt.settings, self.rt.history
+        after, previous = stored if stored else (0, None)
+        fallen = await history.run(history.between, turn.session_id, after, upto + 1, 400)
+        request = context.summary_request(previous, fallen, budget)
+        options: dict[str, Any] = {"num_ctx": s.ollama_num_ctx} if s.ollama_num_ctx else {}
+        try:
+            answer = await asyncio.wait_for(
+                self.rt.ollama().chat(model=turn.model, messages=request, stream=False, think=False,
+                                      options=options or None),
+                s.ollama_stall_timeout)
+        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError, ValueError) as exc:
+            log.warning("session %s/%s: could not summarise what fell out of the context: %r",
+                        turn.user, turn.session, exc)
+            return None
+        text = (answer.message.content or "").strip()
+        if not text:
+            return None
+        text = text[:4000]
+        await history.run(history.save_summary, turn.session_id, upto, text)
+        log.info("session %s/%s: summarised %d messages that fell out of the context", turn.user, turn.session,
+                 len(fallen))
+        return text
+
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
         """The model's whole answer for one request, streamed to the queue as it comes."""
@@ -186,6 +262,7 @@ class TurnRunner:
             kwargs["think"] = settings.ollama_think
         if settings.ollama_num_ctx:
             kwargs["options"] = {"num_ctx": settings.ollama_num_ctx}
+        sent_chars = context.request_chars(messages, tools)
         if settings.ollama_keep_alive:
             kwargs["keep_alive"] = settings.ollama_keep_alive
         parts: list[str] = []
@@ -206,6 +283,8 @@ class TurnRunner:
                 if chunk.done:
                     turn.prompt_tokens += chunk.prompt_eval_count or 0
                     turn.answer_tokens += chunk.eval_count or 0
+                    turn.last_prompt = chunk.prompt_eval_count or 0
+                    self.rt.tokens.observe(turn.model, sent_chars, turn.last_prompt)
         except ollama.ResponseError as exc:
             await self._keep_partial(session_id, parts)
             raise self._model_error(exc, turn.model) from exc

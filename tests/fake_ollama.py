@@ -129,6 +129,24 @@ def request_problems(body: dict[str, Any]) -> list[str]:
     return problems
 
 
+CHARS_PER_TOKEN = 3.6  # the fake's tokenizer: what it reports as prompt_eval_count
+
+
+def prompt_tokens(body: dict[str, Any]) -> int:
+    """The request's size in tokens, as a tokenizer would count it (about one per 3.6 characters)."""
+    size = sum(len(m.get("content") or "") + len(json.dumps(m.get("tool_calls") or "")) + 4
+               for m in body.get("messages") or [])
+    size += len(json.dumps(body["tools"])) if body.get("tools") else 0
+    return max(1, round(size / CHARS_PER_TOKEN))
+
+
+def is_summary_request(body: dict[str, Any]) -> bool:
+    """The engine's own call that summarises what fell out of a conversation's context."""
+    messages = body.get("messages") or []
+    return (not body.get("tools") and len(messages) == 1 and messages[0].get("role") == "user"
+            and str(messages[0].get("content", "")).startswith("Update the running summary"))
+
+
 def command_agent(body: dict[str, Any]) -> Response:
     """A model that runs the user's message as one command, then answers with the result's first line.
 
@@ -158,9 +176,13 @@ class FakeOllama:
         self.url = f"http://127.0.0.1:{self.port}"
         self.models: list[str] = ["qwen3:8b"]
         self.capabilities: dict[str, list[str]] = {}
+        self.context_lengths: dict[str, int] = {}  # what /api/show says a model was trained for (default 40960)
         self.shown: list[str] = []  # the models /api/show was asked about, in order
         self.strict_models = False
         self.fallback: Script | None = None  # answers when nothing is scripted
+        self.summary_requests: list[dict[str, Any]] = []  # the engine's context summaries, answered apart
+        self.summarizer: Callable[[dict[str, Any]], Response] = lambda body: text(
+            f"Earlier: {len(body['messages'][-1]['content'])} characters of conversation.")
         self._requests: list[dict[str, Any]] = []
         self._queue: list[Script] = []
         self._lock = threading.Lock()
@@ -257,7 +279,9 @@ class FakeOllama:
         return web.json_response({
             "modelfile": "", "parameters": "", "template": "{{ .Prompt }}",
             "details": self._model_entry(name)["details"],
-            "model_info": {}, "capabilities": self.capabilities.get(name, ["completion", "tools"]),
+            "model_info": {"general.architecture": "qwen3",
+                           "qwen3.context_length": self.context_lengths.get(name, 40960)},
+            "capabilities": self.capabilities.get(name, ["completion", "tools"]),
             "modified_at": _now(),
         })
 
@@ -269,6 +293,11 @@ class FakeOllama:
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
+        if is_summary_request(body):  # the engine's context summary: answered like a model would, unscripted
+            with self._lock:
+                self.summary_requests.append(body)
+                answer = self.summarizer(body)
+            return web.json_response(self._final(body.get("model", ""), answer, whole=True, body=body))
         with self._lock:
             self._requests.append(body)
             script = self._queue.pop(0) if self._queue else self.fallback
@@ -284,7 +313,7 @@ class FakeOllama:
         if answer.status != 200:
             return web.json_response({"error": answer.error}, status=answer.status)
         if body.get("stream", True) is False:
-            return web.json_response(self._final(model, answer, whole=True))
+            return web.json_response(self._final(model, answer, whole=True, body=body))
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
 
@@ -311,9 +340,9 @@ class FakeOllama:
             assert self._release is not None
             release = self._release
             await release.wait()
-            await response.write((json.dumps(self._final(model, answer)) + "\n").encode())
+            await response.write((json.dumps(self._final(model, answer, body=body)) + "\n").encode())
         else:
-            await response.write((json.dumps(self._final(model, answer)) + "\n").encode())
+            await response.write((json.dumps(self._final(model, answer, body=body)) + "\n").encode())
         await response.write_eof()
         return response
 
@@ -325,13 +354,15 @@ class FakeOllama:
     def _chunk(model: str, message: dict[str, Any]) -> dict[str, Any]:
         return {"model": model, "created_at": _now(), "message": message, "done": False}
 
-    def _final(self, model: str, answer: Response, whole: bool = False) -> dict[str, Any]:
+    def _final(self, model: str, answer: Response, whole: bool = False,
+               body: dict[str, Any] | None = None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": answer.content if whole else ""}
         if whole and answer.thinking:
             message["thinking"] = answer.thinking
         if whole and answer.calls:
             message["tool_calls"] = self._calls(answer)
         return {"model": model, "created_at": _now(), "message": message, "done": True, "done_reason": "stop",
-                "total_duration": 1_000_000, "load_duration": 100_000, "prompt_eval_count": 10,
+                "total_duration": 1_000_000, "load_duration": 100_000,
+                "prompt_eval_count": prompt_tokens(body) if body is not None else 10,
                 "prompt_eval_duration": 200_000, "eval_count": max(len(answer.content) // 4, 1),
                 "eval_duration": 500_000}

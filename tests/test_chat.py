@@ -132,7 +132,9 @@ async def test_only_a_bounded_window_is_sent(runtime: Runtime, fake_ollama: Fake
         for i in range(5):
             await reply(chat, f"question {i}")
     last = fake_ollama.requests[-1]["messages"]
-    assert len(last) <= 1 + 4 and last[-1]["content"] == "question 4" and last[1]["role"] == "user"
+    # the system prompt, the summary of what fell out of the window, then at most 4 messages
+    assert len(last) <= 2 + 4 and last[-1]["content"] == "question 4" and last[2]["role"] == "user"
+    assert last[1]["role"] == "system" and last[1]["content"].startswith("Summary of the earlier part")
 
 
 async def test_thinking_is_reported_but_not_stored(runtime: Runtime, fake_ollama: FakeOllama) -> None:

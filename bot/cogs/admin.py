@@ -12,6 +12,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from core import ChatSession, EngineError
+from core.context import Seen
 from core.errors import OLLAMA_UNREACHABLE
 from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
 from core.uploads import human_size
@@ -27,6 +28,14 @@ log = logging.getLogger(__name__)
 REFUSAL = "Only server managers and the bot's admins can use /admin."
 ONLY_BOT_ADMINS = "Only the bot's admins (ADMIN_USER_IDS) can change the default for every server and DM."
 UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
+
+
+def _seen(seen: Seen | None) -> str:
+    """How much of a conversation the model saw in its latest request, for /sessions."""
+    if seen is None:
+        return ""
+    return f" · the model sees its last {seen.shown} messages" + (" and a summary of the rest" if seen.summarized
+                                                                   else "")
 
 
 def _stamp(moment: datetime) -> str:
@@ -149,6 +158,7 @@ class Admin(commands.Cog):
         running = await self._running()
         lines = [f"<#{i.session}> · {i.message_count} messages · last active {_stamp(i.last_active)} · "
                  + ("🟢 sandbox running" if running.get((i.user, i.session)) == "running" else "⚪ no sandbox")
+                 + _seen(self.rt.context_seen.get((i.user, i.session)))
                  for i in infos[:25]]
         await self._say(interaction, "\n".join(lines))
 
@@ -163,6 +173,7 @@ class Admin(commands.Cog):
         ids = channel_ids(channel) if channel is not None else {interaction.channel_id}
         me = self.bot.user
         text = help_text(self.rt.settings, bot_name=me.display_name if me else "the bot",
+                         seen=self.rt.context_seen.get((str(interaction.user.id), str(interaction.channel_id))),
                          in_dm=interaction.guild is None,
                          auto_reply_here=bool(ids & self.rt.settings.auto_reply_channel_ids),
                          model=(await self.rt.places.model(place)).value,
@@ -309,7 +320,8 @@ class Admin(commands.Cog):
         place = self._place(interaction, scope)
         before = await self.rt.places.model(place)
         if name is None:
-            return await self._say(interaction, f"Model for {label}: `{before.value}` ({_source(before.source)}).")
+            return await self._say(interaction, f"Model for {label}: `{before.value}` ({_source(before.source)})."
+                                                + await self._context_line(before.value))
         by = str(interaction.user.id)
         try:
             await self.rt.switch_model(scope, None if name.strip().lower() == "default" else name.strip(), by=by)
@@ -317,7 +329,21 @@ class Admin(commands.Cog):
             return await self._say(interaction, f"⚠️ {exc.user_message}")
         after = await self.rt.places.model(place)  # switch_model logs the change
         await self._say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
-                                     f"({_source(after.source)}); it applies from the next message.")
+                                     f"({_source(after.source)}); it applies from the next message."
+                                     + await self._context_line(after.value))
+
+    async def _context_line(self, model: str) -> str:
+        """The model's own maximum context beside the one requests are built for; a warning when the
+        setting is larger (the server would then cut long conversations from their start)."""
+        most = await self.rt.context_length(model)
+        used = self.rt.settings.context_tokens
+        if most is None:
+            return f"\nRequests are built to fit {used:,} tokens of context (OLLAMA_NUM_CTX)."
+        line = f"\nIts context: up to {most:,} tokens; requests are built to fit {used:,} (OLLAMA_NUM_CTX)."
+        if used > most:
+            line += (f"\n⚠️ OLLAMA_NUM_CTX is more than this model can hold: long conversations would be cut "
+                     f"without a word. Set OLLAMA_NUM_CTX to {most} or less.")
+        return line
 
     @admin_model.autocomplete("name")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:

@@ -129,6 +129,23 @@ async def test_sessions_lists_only_the_callers_conversations(bot: commands.Bot, 
     assert "⚪ no sandbox" in next(l for l in lines if l.startswith("<#222>"))
 
 
+async def test_sessions_and_help_say_how_much_of_a_conversation_the_model_sees(
+        bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama) -> None:
+    runtime.settings = runtime.settings.replace(history_window=4)
+    async with ChatSession(user=9, session=CHANNEL, runtime=runtime) as chat:
+        for n in range(4):
+            fake_ollama.script(text(f"answer {n}"))
+            async for _ in chat.chat_stream(f"question {n}"):
+                pass
+    [line] = (await call(bot, ("sessions",), Interaction(9))).splitlines()
+    assert line.startswith(f"<#{CHANNEL}> · 8 messages · last active <t:")
+    assert line.endswith("· ⚪ no sandbox · the model sees its last 3 messages and a summary of the rest")
+    help_lines = (await call(bot, ("help",), Interaction(9))).splitlines()
+    assert help_lines[3] == ("• I read up to 16,384 tokens of a conversation at a time; earlier messages are kept "
+                             "as a short summary (here I now see your last 3 messages and a summary of the rest). "
+                             "`/reset` starts over.")
+
+
 ADMIN_COMMANDS = [
     (("admin", "sessions"), {}),
     (("admin", "status"), {}),

@@ -151,6 +151,7 @@ async def test_model_switch_checks_tools_targets_a_channel_and_survives_a_restar
         docker_client: docker.DockerClient) -> None:
     fake_ollama.models = ["qwen3:8b", "llama3.1:8b", "gemma3:4b", "mistral-nemo:12b"]
     fake_ollama.capabilities["gemma3:4b"] = ["completion", "vision"]
+    fake_ollama.context_lengths["mistral-nemo:12b"] = 8192  # smaller than the context requests are built for
     choices = await bot.get_cog("Admin")._model_choices(manager(), "lla")
     assert [c.value for c in choices] == ["llama3.1:8b"]
     said = await call(bot, ("admin", "model"), manager(), name="gemma3:4b")
@@ -160,15 +161,20 @@ async def test_model_switch_checks_tools_targets_a_channel_and_survives_a_restar
     assert said.startswith("⚠️ The model 'no-such-model' is not pulled: run `ollama pull no-such-model`")
     assert await runtime.places.overrides() == {}
     said = await call(bot, ("admin", "model"), manager(), name="llama3.1:8b")
-    assert said == ("Model for this server switched from `qwen3:8b` to `llama3.1:8b` (set for this server); "
-                    "it applies from the next message.")
+    assert said.splitlines() == [
+        "Model for this server switched from `qwen3:8b` to `llama3.1:8b` (set for this server); "
+        "it applies from the next message.",
+        "Its context: up to 40,960 tokens; requests are built to fit 16,384 (OLLAMA_NUM_CTX)."]
     said = await call(bot, ("admin", "model"), manager(), name="mistral-nemo:12b", channel=channel(30))
     assert said.startswith("Model for <#30> switched from `llama3.1:8b` to `mistral-nemo:12b`")
     assert (await ask(runtime, fake_ollama, Place(channel="30", server="1")))["model"] == "mistral-nemo:12b"
     assert (await ask(runtime, fake_ollama, Place(channel="31", server="1")))["model"] == "llama3.1:8b"
     assert (await ask(runtime, fake_ollama, Place(channel="40", server="2")))["model"] == "qwen3:8b"
-    assert await call(bot, ("admin", "model"), manager(), channel=channel(30)) == \
-        "Model for <#30>: `mistral-nemo:12b` (set for <#30>)."
+    assert (await call(bot, ("admin", "model"), manager(), channel=channel(30))).splitlines() == [
+        "Model for <#30>: `mistral-nemo:12b` (set for <#30>).",
+        "Its context: up to 8,192 tokens; requests are built to fit 16,384 (OLLAMA_NUM_CTX).",
+        "⚠️ OLLAMA_NUM_CTX is more than this model can hold: long conversations would be cut without a word. "
+        "Set OLLAMA_NUM_CTX to 8192 or less."]
     # a restart: a new process reads the same database
     assert await models_after_restart(settings, [Place(channel="30", server="1"), Place(channel="31", server="1"),
                                                  Place(channel="40", server="2")]) == \
@@ -217,6 +223,8 @@ async def test_help_says_how_to_talk_here(bot: commands.Bot, runtime: Runtime) -
     assert "• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, `files` " \
            "deletes your files too)." in lines
     assert lines[-1] == "Here I use the model `qwen3:8b`."
+    assert lines[3] == ("• I read up to 16,384 tokens of a conversation at a time; earlier messages are kept as a "
+                        "short summary. `/reset` starts over.")
     assert not any("/admin" in line for line in lines)
     runtime.settings = runtime.settings.replace(auto_reply_channel_ids=frozenset({CHANNEL}), allow_dms=False)
     await runtime.places.set("server:1", by="t", prompt="Be kind.")
