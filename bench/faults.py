@@ -9,8 +9,16 @@ same conversation sends one more message. The table says:
   has its result, arguments are objects...) and ends with the user's latest message;
 - lost: history rows lost: messages the user sent that are not stored, tool calls left without a
   result, and reply text the user saw that is not kept;
-- leaked: sandboxes of the run beyond one per conversation.
-The exit code is 0 only when every row is valid with nothing lost or leaked.
+- leaked: sandboxes of the run beyond one per conversation;
+- host bytes / inodes added (the four rows of a sandbox trying to fill the host, issue 16): what
+  the filesystem holding Docker's data (/var/lib/docker) gained in bytes in use
+  (shutil.disk_usage) and inodes in use (statvfs f_files - f_ffree) from just before the hostile
+  turn to just after it (the sandbox already running), and the peak seen meanwhile; for one
+  person's conversations, also their /data total against USER_DISK.
+The exit code is 0 only when every row is valid with nothing lost or leaked, and no hostile row
+left the host more than HOST_BYTES_BOUND / HOST_FILES_BOUND beyond what it may keep (one person's
+/data, up to USER_DISK). The host is shared (other runs write to it too): a hostile row over its
+bound is run again, up to HOST_ATTEMPTS times, and its smallest gain counts.
 """
 from __future__ import annotations
 
@@ -23,8 +31,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import uuid
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Awaitable, Callable
@@ -45,6 +54,10 @@ from tests.fake_ollama import (FakeOllama, chunk_line, cut, hang, raw_lines, req
 from tests.socket_proxy import SocketProxy  # noqa: E402
 
 FOLLOW_UP = "still there?"
+MB = 1024 ** 2
+HOST_BYTES_BOUND = 16 * MB  # what a hostile row may add to the host beyond what it may keep
+HOST_FILES_BOUND = 2_000  # inodes, likewise
+HOST_ATTEMPTS = 3  # a hostile row over its bound runs again (the host is shared): its smallest gain counts
 
 
 @dataclass
@@ -66,6 +79,74 @@ class Seen:
         return f"{ran}answer: {self.text}"
 
 
+def megabytes(n: int) -> str:
+    return f"{n / MB:+.1f} MB"
+
+
+@dataclass
+class Gain:
+    """What the host gained during one hostile turn: at its end, and at its peak."""
+
+    bytes: int
+    files: int
+    peak_bytes: int
+    peak_files: int
+    allowed: int = 0  # bytes the row may keep (one person's /data, up to USER_DISK)
+    within: bool = True  # the row's own bound held too (one person's total within USER_DISK)
+    note: str = ""
+    attempts: int = 1
+
+    @property
+    def excess(self) -> int:
+        return max(self.bytes - self.allowed - HOST_BYTES_BOUND, 0) + max(self.files - HOST_FILES_BOUND, 0) * 4096
+
+    @property
+    def ok(self) -> bool:
+        return self.within and self.excess == 0
+
+    def text(self) -> str:
+        tries = f"; best of {self.attempts}" if self.attempts > 1 else ""
+        note = f"; {self.note}" if self.note else ""
+        return (f"{megabytes(self.bytes)} / {self.files:+,} (peak {megabytes(self.peak_bytes)} / "
+                f"{self.peak_files:+,}){note}{tries}")
+
+
+class HostMeter:
+    """Bytes and inodes in use on the filesystem holding Docker's data, before and after, and the
+    peak in between (sampled every 50 ms by a thread of its own)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.before = self.after = self.peak = (0, 0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def usage(self) -> tuple[int, int]:
+        stats = os.statvfs(self.root)
+        return shutil.disk_usage(self.root).used, stats.f_files - stats.f_ffree
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            used, files = self.usage()
+            self.peak = (max(self.peak[0], used - self.before[0]), max(self.peak[1], files - self.before[1]))
+
+    async def __aenter__(self) -> "HostMeter":
+        await asyncio.to_thread(os.sync)  # what is still in the page cache is counted on both sides alike
+        self.before = self.usage()
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(os.sync)
+        self.after = self.usage()
+
+    def gain(self, **kw: Any) -> Gain:
+        added = (self.after[0] - self.before[0], self.after[1] - self.before[1])
+        return Gain(*added, max(self.peak[0], added[0]), max(self.peak[1], added[1]), **kw)
+
+
 @dataclass
 class Row:
     fault: str
@@ -73,10 +154,12 @@ class Row:
     valid: str
     lost: int
     leaked: int
+    host: Gain | None = None  # the hostile rows: what the host gained
 
     @property
     def ok(self) -> bool:
-        return self.valid in ("yes", "n/a") and self.lost == 0 and self.leaked == 0
+        return (self.valid in ("yes", "n/a") and self.lost == 0 and self.leaked == 0
+                and (self.host is None or self.host.ok))
 
 
 async def turn(chat: ChatSession, message: str) -> Seen:
@@ -111,6 +194,11 @@ class Lab:
     def __init__(self, tmp: Path, fake: FakeOllama, client: docker.DockerClient) -> None:
         self.tmp, self.fake, self.docker = tmp, fake, client
         self.prefixes: list[str] = []
+        root = client.info().get("DockerRootDir") or "/var/lib/docker"
+        self.docker_root = root if os.path.exists(root) else "/"  # a remote engine: this host's root
+
+    def meter(self) -> HostMeter:
+        return HostMeter(self.docker_root)
 
     def settings(self, **overrides: Any) -> Settings:
         folder = self.tmp / uuid.uuid4().hex[:8]
@@ -304,6 +392,116 @@ async def image_missing(lab: Lab) -> Row:
     return Row("image missing (run.py)", line, "n/a", 0, lab.sandboxes(settings))
 
 
+# -- a sandbox trying to fill the host (issue 16) -------------------------------------------------
+async def hostile_turn(lab: Lab, chat: ChatSession, message: str, command: str) -> Seen:
+    lab.fake.script(tool_calls(("execute_terminal", {"command": command, "timeout": 60})))
+    lab.fake.fallback = text("Done.")  # the answer after the command, when the turn gets that far
+    try:
+        return await turn(chat, message)
+    finally:
+        lab.fake.fallback = None
+
+
+def last_line(seen: Seen, containing: str = "") -> str:
+    """The command's line the user would look for (its first line containing `containing`, else its last)."""
+    lines = [line for t in seen.tools for line in t.output.splitlines() if line.strip()]
+    return next((line for line in lines if containing and containing in line), lines[-1] if lines else seen.line)
+
+
+async def on_host(lab: Lab, hostile: Callable[[Lab], Awaitable[Row]]) -> Row:
+    """Run a hostile row; again while the host gained more than its bound (another process may have
+    written meanwhile), at most HOST_ATTEMPTS times: the attempt that gained least counts."""
+    best: Row | None = None
+    for attempt in range(1, HOST_ATTEMPTS + 1):
+        row = await hostile(lab)
+        for prefix in lab.prefixes:  # the next attempt starts on a host without this one's sandboxes
+            await asyncio.to_thread(remove_containers, lab.docker, prefix)
+        assert row.host is not None
+        if best is None or (best.host is not None and row.host.excess < best.host.excess):
+            best = row
+        assert best.host is not None
+        best.host.attempts = attempt
+        if best.host.excess == 0:
+            break
+    assert best is not None
+    return best
+
+
+async def log_flood(lab: Lab) -> Row:
+    settings = lab.settings(command_timeout=60, command_timeout_max=60)
+    command = "head -c 400m /dev/zero > /proc/1/fd/1; echo written"
+    async with lab.runtime(settings) as rt:
+        rt.start_background()
+        async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
+            await rt.terminal.execute("alice", "fault", "true")
+            async with lab.meter() as meter:
+                seen = await hostile_turn(lab, chat, "fill the log", command)
+            row = await lab.verdict("400 MB into PID 1's stdout (the log)", rt, chat, seen, ["fill the log"])
+            row.line = f"{command.split(';')[0]} → {last_line(seen)}"
+            row.host = meter.gain()
+            return row
+
+
+async def etc_files(lab: Lab) -> Row:
+    settings = lab.settings(vm_disk=64 * MB, command_timeout=60, command_timeout_max=60)
+    command = "for f in hosts hostname resolv.conf; do dd if=/dev/zero of=/etc/$f bs=1M count=400; done"
+    async with lab.runtime(settings) as rt:
+        rt.start_background()
+        async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
+            await rt.terminal.execute("alice", "fault", "true")
+            async with lab.meter() as meter:
+                seen = await hostile_turn(lab, chat, "grow /etc", command)
+            row = await lab.verdict("400 MB into /etc/hosts, hostname, resolv.conf", rt, chat, seen, ["grow /etc"])
+            row.line = last_line(seen, "/etc/hosts")
+            row.host = meter.gain()
+            return row
+
+
+async def many_files(lab: Lab) -> Row:
+    settings = lab.settings(vm_inodes=20_000, command_timeout=60, command_timeout_max=60)
+    command = "mkdir /root/many && cd /root/many && seq 1 300000 | xargs touch; sleep 30"
+    async with lab.runtime(settings) as rt:
+        rt.start_background()
+        async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
+            await rt.terminal.execute("alice", "fault", "true")
+            async with lab.meter() as meter:
+                seen = await hostile_turn(lab, chat, "make many files", command)
+                for _ in range(75):  # stopped: its removal gives the host its inodes back
+                    if not lab.sandboxes(settings):
+                        break
+                    await asyncio.sleep(0.2)
+            row = await lab.verdict("300,000 empty files in / (VM_INODES 20,000)", rt, chat, seen,
+                                    ["make many files"])
+            row.host = meter.gain()
+            return row
+
+
+async def one_persons_total(lab: Lab) -> Row:
+    user_disk = 130 * MB
+    settings = lab.settings(vm_disk=64 * MB, user_disk=user_disk, max_sandboxes_per_user=6,
+                            command_timeout=60, command_timeout_max=60)
+    command = "dd if=/dev/zero of=/data/fill bs=1M count=50; sync; du -sk /data/fill"
+    sessions = [f"t{n}" for n in range(6)]
+    async with lab.runtime(settings) as rt, AsyncExitStack() as stack:
+        rt.start_background()
+        chats = [await stack.enter_async_context(ChatSession(user="alice", session=s, runtime=rt)) for s in sessions]
+        for session in sessions:
+            await rt.terminal.execute("alice", session, "true")
+        async with lab.meter() as meter:
+            seen = [await hostile_turn(lab, chat, "write 50 MB", command) for chat in chats]
+        disk = await rt.containers.user_disk("alice")
+        rows = [await lab.verdict("", rt, chat, s, ["write 50 MB"], conversations=len(chats))
+                for chat, s in zip(chats, seen)]
+        within = disk.total <= user_disk + MB and len(disk.parts) == len(chats)
+        note = (f"alice's /data {disk.total / MB:.1f} MB of USER_DISK {user_disk // MB} MB "
+                f"({len(chats)} × 50 MB tried)")
+        return Row(f"one person, {len(chats)} conversations × 50 MB in /data (VM_DISK 64 MB)",
+                   last_line(seen[-1], "Your conversations").removeprefix("note: "),
+                   "yes" if all(r.valid == "yes" for r in rows) else "no",
+                   sum(r.lost for r in rows), max(r.leaked for r in rows),
+                   meter.gain(allowed=user_disk, within=within, note=note))
+
+
 async def main() -> int:
     logging.basicConfig(level=logging.CRITICAL)  # the engine's operator log would bury the table
     client = docker.from_env()
@@ -330,6 +528,10 @@ async def main() -> int:
             lambda: upload_dir_changed(lab),
             lambda: adoption_races_first_commands(lab),
             lambda: image_missing(lab),
+            lambda: on_host(lab, log_flood),
+            lambda: on_host(lab, etc_files),
+            lambda: on_host(lab, many_files),
+            lambda: on_host(lab, one_persons_total),
         ]
         try:
             for fault in faults:
@@ -342,11 +544,13 @@ async def main() -> int:
             unmount_under(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print("| fault | user-visible line | history valid | rows lost | containers leaked |")
-    print("|---|---|---|---|---|")
+    print("| fault | user-visible line | history valid | rows lost | containers leaked "
+          "| host bytes / inodes added |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
         line = row.line if len(row.line) <= 110 else row.line[:107] + "…"
-        print(f"| {row.fault} | {line.replace('|', '/')} | {row.valid} | {row.lost} | {row.leaked} |")
+        host = row.host.text() if row.host else "—"
+        print(f"| {row.fault} | {line.replace('|', '/')} | {row.valid} | {row.lost} | {row.leaked} | {host} |")
     return 0 if all(row.ok for row in rows) else 1
 
 
