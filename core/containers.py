@@ -120,7 +120,7 @@ def _is_gone(exc: BaseException) -> bool:
         return False
     text = str(exc.message).lower()
     return exc.status == 404 or any(w in text for w in ("is not running", "no such container", "is paused",
-                                                        "restarting"))
+                                                        "restarting", "removal", "marked for removal"))
 
 
 class ContainerManager(Sandboxes):
@@ -141,6 +141,7 @@ class ContainerManager(Sandboxes):
         self._data_seen: dict[str, int] = {}  # name -> its /data bytes at the last weighing
         self._folders: dict[str, Path] = {}  # name -> its /data folder, for the sandboxes commands ran in
         self._slow: set[str] = set()  # sandboxes whose files could not be counted in time at the last weighing
+        self._evictions: set[asyncio.Future[None]] = set()  # removals of sandboxes stopped by the watch
         self._owner: dict[str, str] = {}  # name -> user, for the sandboxes this process knows exist
         self._census = False  # adopt() has seen every sandbox there was at start-up
         # Unset while adopt() sorts out what a restart found (made on the loop that adopts).
@@ -263,6 +264,7 @@ class ContainerManager(Sandboxes):
         """Release the Docker client's connections and the disk pool's threads (a mkfs or mount under
         way finishes first). Both come back on next use: the client is made on demand, and the fresh
         pool starts no thread until it is given work."""
+        await asyncio.gather(*self._evictions, return_exceptions=True)  # a sandbox the watch stopped goes first
         client, self._client = self._client, None
         loop, self._client_loop = self._client_loop, None
         if client is not None and loop is asyncio.get_running_loop():
@@ -344,14 +346,23 @@ class ContainerManager(Sandboxes):
             raise
 
     async def _delete(self, name: str) -> None:
+        self._up.discard(name)  # from now on a command goes through _ensure, never straight to exec here
         try:
             await self.docker.containers.container(name).delete(force=True, timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT))
         except aiodocker.DockerError as exc:
-            if exc.status != 404:
+            if exc.status == 409 and "in progress" in str(exc.message).lower():
+                await self._removed(name)  # another path is removing it: done once that finishes
+            elif exc.status != 404:
                 raise
         self._last_used.pop(name, None)
         self._up.discard(name)
         self._owner.pop(name, None)
+
+    async def _removed(self, name: str, seconds: float = 30.0) -> None:
+        """Wait until the engine has finished removing a container."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline and await self._inspect(name) is not None:
+            await asyncio.sleep(0.1)
 
     async def _list(self, *labels: str) -> list[dict[str, Any]]:
         """This deployment's containers (narrowed by more `key=value` labels), running or not."""
@@ -502,6 +513,8 @@ class ContainerManager(Sandboxes):
                     f"({cap}). Try again when one of them finishes.")
             raise SandboxUnavailable(line, user=line)
         for victim in idle[:excess]:
+            if self.busy(victim) or self._locks.busy(victim):
+                continue  # a command started there meanwhile: spared (the cap is one over, briefly)
             log.info("removing %s to make room for %s (at most %d sandboxes per user)", victim, name, cap)
             await self._delete(victim)
         await self.release_data()
@@ -582,8 +595,9 @@ class ContainerManager(Sandboxes):
         released = []
         for folder in mounted:
             key = folder.name.rsplit("-", 1)[-1]  # digest(user, session): in the sandbox's name too
-            if key in live or folder.parent.parent != root or self._locks.busy(("data", str(folder))):
-                continue
+            if key in live or folder.parent.parent != root or folder.name.endswith(".moving") \
+                    or self._locks.busy(("data", str(folder))):
+                continue  # in use, not a conversation's /data, or a move into its image under way
             async with self._locks.hold(("data", str(folder))):
                 if self._in_hand(key):
                     continue  # a sandbox of this conversation is being started right now
@@ -670,7 +684,11 @@ class ContainerManager(Sandboxes):
         at once; /data stays (and cannot grow past its image where it has one).
         """
         with reported_as_unavailable():
-            rows = [r for r in await self._list() if _name(r) in names]
+            every = await self._list()
+        rows = [r for r in every if _name(r) in names]
+        existing = {r.get("Id") for r in every}
+        for cid in [c for c in self._uppers if c not in existing]:
+            del self._uppers[cid]
         limit = asyncio.Semaphore(quota.MEASURE_AT_ONCE)
 
         async def weigh(row: dict[str, Any]) -> quota.Weight | None:
@@ -688,9 +706,6 @@ class ContainerManager(Sandboxes):
                 removed.append(weight.name)
         for user in {w.user for w in measured}:
             removed += await self._keep_user_within(user, [w for w in measured if w.user == user and w.name not in removed])
-        live = {r.get("Id") for r in rows}
-        for cid in [c for c in self._uppers if c not in live and not any(_name(r) in names for r in rows)]:
-            self._uppers.pop(cid, None)
         return removed
 
     async def _keep_user_within(self, user: str, weights: list[quota.Weight]) -> list[str]:
@@ -709,12 +724,23 @@ class ContainerManager(Sandboxes):
         return removed
 
     async def _evict(self, name: str, reason: str) -> None:
+        """Stop a sandbox for going over: the reason is recorded at once, the removal (seconds for a
+        tree of many files) goes on in the background, so the watch weighs the others meanwhile."""
         log.warning("stopping %s: it %s", name, reason)
         self._evicted[name] = reason
         self._data_seen.pop(name, None)
-        async with self._locks.hold(name):
-            await self._delete(name)
-        await self.release_data()
+        self._up.discard(name)
+        task = asyncio.ensure_future(self._remove_evicted(name))
+        self._evictions.add(task)
+        task.add_done_callback(self._evictions.discard)
+
+    async def _remove_evicted(self, name: str) -> None:
+        try:
+            async with self._locks.hold(name):
+                await self._delete(name)
+            await self.release_data()
+        except (*DOCKER_ERRORS, SandboxUnavailable) as exc:
+            log.warning("could not remove %s: %s", name, explain(exc))
 
     def eviction_message(self, name: str) -> str | None:
         reason = self._evicted.pop(name, None)

@@ -25,6 +25,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from pathlib import Path
 
 from .hostmount import mounts, run
@@ -50,7 +51,9 @@ def loop_mount(image: Path, target: Path) -> None:
     """Attach `image` to a free loop device and mount it (ext4, nosuid, nodev) on `target`."""
     control = os.open("/dev/loop-control", os.O_RDWR)
     try:
-        for _ in range(8):  # another process may take the free device first
+        for attempt in range(20):  # another process may take the free device first
+            if attempt:
+                time.sleep(0.05 * attempt)
             number = fcntl.ioctl(control, LOOP_CTL_GET_FREE)
             device = f"/dev/loop{number}"
             if not os.path.exists(device):  # a container's /dev holds only the devices there were at its start

@@ -83,8 +83,7 @@ class Weight:
 def over(weight: Weight, settings: Settings) -> str | None:
     """Why this sandbox must stop (a clause after "it "), or None."""
     if weight.slow:
-        return (f"held so many files that they could not be counted in {MEASURE_SECONDS:g} s "
-                f"(at most {settings.vm_inodes:,} files)")
+        return f"held so many files that they could not be counted in {MEASURE_SECONDS:g} s"
     if weight.bytes > settings.vm_disk:
         return f"held {human_size(weight.bytes)}, more than its {human_size(settings.vm_disk)} of disk"
     if weight.files > settings.vm_inodes:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old /data folders
 DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DISK
 DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
+DISK_WATCH_RECENT_SECONDS = 5.0  # how often sandboxes used lately (but idle now) are weighed
 DISK_WATCH_ALL_SECONDS = 60.0  # every sandbox (background jobs write too) this often
 CAPABILITIES_TTL = 300.0  # seconds a model's /api/show capabilities are trusted
 
@@ -127,12 +128,16 @@ class Runtime:
             self._disk_watch = asyncio.create_task(self._watch_disk_forever(), name="sandbox-disk-watch")
 
     async def _watch_disk_forever(self) -> None:
-        """Weigh sandboxes against VM_DISK: those in use every second, all of them every minute."""
-        everyone_at = 0.0
+        """Weigh sandboxes against their bounds: those running a command every second, those used in
+        the last minute every few seconds (background jobs), all of them every minute."""
+        everyone_at = recent_at = 0.0
         while True:
             await asyncio.sleep(DISK_WATCH_SECONDS)
             now = time.monotonic()
-            names = {n for n in self.containers.names_in_use(DISK_WATCH_RECENT)}
+            names = self.containers.names_in_use(0.0)  # running a command now
+            if now - recent_at >= DISK_WATCH_RECENT_SECONDS:
+                recent_at = now
+                names |= self.containers.names_in_use(DISK_WATCH_RECENT)
             if now - everyone_at >= DISK_WATCH_ALL_SECONDS:
                 everyone_at = now
                 names |= {i.name for i in await self._quietly(self.containers.info(), [])}

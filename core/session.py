@@ -80,10 +80,11 @@ class ChatSession:
                           size: int | None = None, overwrite: bool = False) -> str:
         """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
         rt = self.runtime
-        folder = await rt.containers.prepare_data(self.user, self.session)
-        await rt.containers.share_disk(self.user, self.session)  # the room USER_DISK leaves, given to this one
         try:
-            target = await rt.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
+            async with rt.containers.in_use(self.user, self.session):  # its image stays mounted meanwhile
+                folder = await rt.containers.prepare_data(self.user, self.session)
+                await rt.containers.share_disk(self.user, self.session)  # the room USER_DISK leaves, for this one
+                target = await rt.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
         except UploadError as exc:
             disk = await self.disk_usage()
             if size is None and isinstance(data, (bytes, bytearray)):
@@ -95,10 +96,12 @@ class ChatSession:
 
     async def list_files(self, path: str = "") -> list[FileEntry]:
         """What /data (or a folder in it) holds, newest first; links are listed, never followed."""
-        folder = self.upload_folder
-        if folder.exists():  # its disk image may be unmounted (no sandbox runs): mount it, start nothing
-            folder = await self.runtime.containers.prepare_data(self.user, self.session)
-        return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
+        folder, containers = self.upload_folder, self.runtime.containers
+        if not folder.exists():
+            return []
+        async with containers.in_use(self.user, self.session):  # its image stays mounted meanwhile
+            folder = await containers.prepare_data(self.user, self.session)  # mounted if it was not: starts nothing
+            return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
 
     async def disk_usage(self) -> UserDisk:
         """What this person's conversations hold in /data together, against USER_DISK."""
