@@ -282,6 +282,7 @@ async def test_a_turn_stopped_as_its_command_starts_leaves_nothing_running(
         assert await chat.stop()
         await task
         assert type(seen[-1]).__name__ == "Stopped"
+        await runtime.containers.start("alice", f"early{delay}")  # the sandbox may still have been starting
         sandbox = docker_client.containers.get(runtime.containers.name("alice", f"early{delay}"))
         assert b"sleep 60" not in sandbox.exec_run("ps").output
 

@@ -16,7 +16,7 @@ from bot.discord_bot import create_bot
 from bot.logs import CHATTY_LOGGERS, CONTENT_LOGGERS, setup_logging
 from core import ChatSession, Runtime
 from tests.bot.test_chat_cog import settle
-from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.fake_ollama import FakeOllama, prompt_tokens, text, tool_calls
 from tests.test_concurrency import wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -63,9 +63,14 @@ async def test_each_turn_logs_one_line_with_rounds_commands_and_tokens(runtime: 
         async for _ in chat.chat_stream("please run two things"):
             pass
     [line] = turn_lines(logs)
-    # the fake server counts 10 prompt tokens per request and a token per 4 characters of answer
-    assert re.fullmatch(r"turn user=5 channel=9 model=qwen3:8b answered in \d+\.\d s; rounds=1 "
-                        r"commands=\['echo hi' exit 0, 'exit 3' exit 3\] tokens: 20 in, 8 out", line), line
+    # the fake server counts a prompt token per 3.6 characters of the request, and one per 4 of the answer
+    first, second = (prompt_tokens(body) for body in fake_ollama.requests)
+    match = re.fullmatch(r"turn user=5 channel=9 model=qwen3:8b answered in \d+\.\d s; rounds=1 "
+                         r"commands=\['echo hi' exit 0, 'exit 3' exit 3\] tokens: (\d+) in, 8 out; "
+                         r"context: (\d+) chars, ~(\d+) tokens estimated, (\d+) measured; 2 messages shown", line)
+    assert match, line
+    assert int(match.group(1)) == first + second and int(match.group(4)) == second
+    assert int(match.group(3)) >= second  # the estimate errs on the safe side
     assert "please run two things" not in logs.text() and "the second one failed" not in logs.text()
 
 
@@ -83,8 +88,10 @@ async def test_a_stopped_turn_says_so_in_its_line(runtime: Runtime, fake_ollama:
         assert await chat.stop()
         await task
     [line] = turn_lines(logs)
+    tokens = prompt_tokens(fake_ollama.requests[0])
     assert re.fullmatch(r"turn user=5 channel=10 model=qwen3:8b stopped in \d+\.\d s; rounds=0 "
-                        r"commands=\['sleep 30' stopped\] tokens: 10 in, 1 out", line), line
+                        rf"commands=\['sleep 30' stopped\] tokens: {tokens} in, 1 out; context: \d+ chars, "
+                        rf"~\d+ tokens estimated, {tokens} measured; 1 messages shown", line), line
 
 
 async def message_through_discord(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama) -> None:
