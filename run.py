@@ -13,17 +13,53 @@ import argparse
 import asyncio
 import sys
 
-from core import ChatSession, ConfigError, EngineError, Settings, get_runtime
 from pathlib import Path
+from typing import Any
 
+from core import ChatSession, ConfigError, EngineError, Settings, get_runtime
 from core.attachments import compose
-from core.events import FileReady, Notice, TextDelta, ToolFinished, ToolStarted
+from core.events import FileReady
 from core.preflight import run_checks
+from core.render import Reply, ToolLine
 from core.uploads import human_size, safe_filename
 
 DEFAULT_PROMPT = "Use the execute_terminal tool to run `uname -a`, then tell me in one sentence what it printed."
 ATTACH_PROMPT = ("Use execute_terminal to write a short report on the file(s) I attached (size in bytes and the "
                  "first lines) to /data/report.txt, then send /data/report.txt back to me with send_file.")
+
+
+class Printed(Reply):
+    """The reply the bot would show (core/render.py), printed as it grows: the text as it streams, a
+    line per command when it starts and when it ends, notices as they come; files saved under `out`."""
+
+    def __init__(self, out: Path) -> None:
+        super().__init__()
+        self.out = out
+
+    def add_text(self, text: str) -> None:
+        super().add_text(text)
+        print(text, end="", flush=True)
+
+    def add_line(self, line: str) -> None:
+        super().add_line(line)
+        print(f"\n{line}", flush=True)
+
+    def tool_started(self, command: str, kind: str = "command") -> None:
+        super().tool_started(command, kind)
+        print(f"\n[{'running' if kind == 'command' else 'sending'}: {command}]", flush=True)
+
+    def tool_finished(self, **outcome: Any) -> ToolLine | None:
+        tool = super().tool_finished(**outcome)
+        if tool is not None and tool.kind == "command":
+            print(tool.line(), flush=True)
+        return tool
+
+    def add_file(self, file: FileReady) -> None:
+        super().add_file(file)
+        target = self.out / safe_filename(file.name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(file.data)
+        print(f"[file: {file.path} ({human_size(len(file.data))}) → {target}]", flush=True)
 
 
 async def smoke(args: argparse.Namespace) -> int:
@@ -44,21 +80,9 @@ async def smoke(args: argparse.Namespace) -> int:
                 print(f"[uploaded: {local} → {path}]", flush=True)
             prompt, pictures = compose(prompt, saved, settings.inline_text_max_bytes)
             print(f"> {args.prompt or (ATTACH_PROMPT if args.attach else DEFAULT_PROMPT)}", flush=True)
+            reply = Printed(Path(args.out))
             async for event in chat.events(prompt, images=pictures):
-                if isinstance(event, TextDelta):
-                    print(event.text, end="", flush=True)
-                elif isinstance(event, ToolStarted):
-                    shown = event.command if event.name == "execute_terminal" else f"{event.name} {event.path}"
-                    print(f"\n[running: {shown}]", flush=True)
-                elif isinstance(event, ToolFinished):
-                    print(f"[exit code: {event.exit_code}]", flush=True)
-                elif isinstance(event, FileReady):
-                    target = Path(args.out) / safe_filename(event.name)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    target.write_bytes(event.data)
-                    print(f"[file: {event.path} ({human_size(len(event.data))}) → {target}]", flush=True)
-                elif isinstance(event, Notice):
-                    print(f"[note: {event.text}]", flush=True)
+                reply.apply(event)
         print(f"\n\n(saved as user {args.user!r}, session {args.session!r} in {settings.database_url})")
         return 0
     except EngineError as exc:

@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any, Sequence
 
 import aiohttp
 import discord
@@ -22,16 +23,32 @@ from core.preflight import print_checks, run_checks
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.uploads", "bot.cogs.admin")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin")
+
+
+def _options() -> dict[str, Any]:
+    """How this bot talks to Discord: message content (to read what it is asked), no prefix commands
+    of its own (slash commands instead), and no mention it sends ever pings anyone."""
+    intents = discord.Intents.default()
+    intents.message_content = True
+    return dict(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
+                allowed_mentions=discord.AllowedMentions.none())
 
 
 class _BotMixin:
-    """What the plain and the sharded bot share: the runtime and extension loading."""
+    """What the plain and the sharded bot share: handed the engine's runtime, loading the cogs."""
 
-    runtime: Runtime
+    def __init__(self, runtime: Runtime, *, initial_extensions: Sequence[str] = EXTENSIONS, **options: Any) -> None:
+        # The bot never joins voice: the "PyNaCl/davey is not installed" warnings (said while the
+        # client is built) only alarm operators.
+        discord.VoiceClient.warn_nacl = False
+        discord.VoiceClient.warn_dave = False
+        super().__init__(**{**_options(), **options})  # type: ignore[call-arg]
+        self.runtime = runtime
+        self.initial_extensions = tuple(initial_extensions)
 
     async def setup_hook(self) -> None:
-        for extension in EXTENSIONS:
+        for extension in self.initial_extensions:
             await self.load_extension(extension)  # type: ignore[attr-defined]
         try:
             synced = await self.tree.sync()  # type: ignore[attr-defined]
@@ -58,30 +75,19 @@ class _BotMixin:
 
 
 class LLMBot(_BotMixin, commands.Bot):
-    pass
+    """`LLMBot(runtime)`: the bot, not connected; `setup_hook` loads the cogs when it starts."""
 
 
 class ShardedLLMBot(_BotMixin, commands.AutoShardedBot):
-    pass
+    """The same, over SHARD_COUNT shards (for many servers)."""
 
 
-def create_bot(settings: Settings | None = None, runtime: Runtime | None = None) -> commands.Bot:
-    """The bot, not connected; `setup_hook` loads the cogs when it starts."""
+def create_bot(settings: Settings | None = None, runtime: Runtime | None = None) -> LLMBot | ShardedLLMBot:
+    """The bot for these settings (or this runtime), sharded when SHARD_COUNT asks for it."""
     runtime = runtime or get_runtime(settings)
-    settings = runtime.settings
-    # The bot never joins voice: the "PyNaCl/davey is not installed" warnings only alarm operators.
-    discord.VoiceClient.warn_nacl = False
-    discord.VoiceClient.warn_dave = False
-    intents = discord.Intents.default()
-    intents.message_content = True
-    options = dict(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
-                   allowed_mentions=discord.AllowedMentions.none())
-    if settings.shard_count > 0:
-        bot: commands.Bot = ShardedLLMBot(shard_count=settings.shard_count, **options)
-    else:
-        bot = LLMBot(**options)
-    bot.runtime = runtime  # type: ignore[attr-defined]
-    return bot
+    if runtime.settings.shard_count > 0:
+        return ShardedLLMBot(runtime, shard_count=runtime.settings.shard_count)
+    return LLMBot(runtime)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,10 @@
 """Text shaping for Discord: 2,000-character messages that never break a code block."""
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+from core.render import inline_code, thinking_line  # noqa: F401 - the wording is shared with run.py
+
 LIMIT = 2000
 FENCE = "```"
 
@@ -49,17 +53,6 @@ def _hard_split(line: str, width: int) -> list[str]:
     return pieces
 
 
-def inline_code(text: str, width: int = 80) -> str:
-    """A command shown inline: one line, shortened, backticks neutralised."""
-    flat = " ".join(text.split())
-    if len(flat) > width:
-        flat = flat[: width - 1] + "…"
-    return "`" + flat.replace("`", "ˋ") + "`"
-
-
-def thinking_line(thinking: str, width: int = 160) -> str:
-    """Reasoning, collapsed to one small line (Discord's -# subtext) showing its latest words."""
-    flat = " ".join(thinking.split())
-    if len(flat) > width:
-        flat = "…" + flat[-width:]
-    return f"-# 💭 {flat}" if flat else ""
+def stamp(moment: datetime) -> str:
+    """A moment (naive UTC) that Discord shows as a relative time in each reader's own time zone."""
+    return f"<t:{int(moment.replace(tzinfo=timezone.utc).timestamp())}:R>"

@@ -1,4 +1,4 @@
-"""One streamed reply on Discord: text, tool progress and thinking, shown by paced edits.
+"""One streamed reply on Discord: the reply core/render.py builds from a turn's events, shown by paced edits.
 
 Updates only mark the reply dirty; a single flusher per reply applies the
 latest state whenever the channel's pacer allows, so pending text coalesces and
@@ -9,78 +9,34 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import discord
 
-from .formatting import LIMIT, inline_code, split_message, thinking_line
+from core.render import Reply
+
+from .formatting import LIMIT, split_message
 from .pacing import ChannelPacer
 
 log = logging.getLogger(__name__)
 NO_MENTIONS = discord.AllowedMentions.none()
 
 
-@dataclass
-class _Tool:
-    command: str  # for a file (send_file): its name
-    status: str = "running"  # queued, running, ok, failed, timeout, error, stopped
-    exit_code: int | None = None
-    ahead: int = 0  # while queued: commands before it
-    kind: str = "command"  # or "file"
-    output_id: str = ""  # the whole output is kept (the model's copy was cut): a button offers it
-    output_bytes: int = 0
-
-    def line(self) -> str:
-        if self.kind == "file":
-            name = inline_code(self.command or "(no name)")
-            return {"running": f"-# 📎 sending {name}…", "ok": f"-# 📎 {name} attached below",
-                    "stopped": f"-# ⏹️ {name} not sent"}.get(self.status, f"-# ⚠️ {name} not sent")
-        cmd = inline_code(self.command or "(no command)")
-        if self.status == "queued":
-            return f"-# ⏳ queued behind {self.ahead} command{'' if self.ahead == 1 else 's'}…"
-        if self.status == "running":
-            return f"-# ⚙️ running {cmd}…"
-        if self.status == "timeout":
-            return f"-# ⏱️ {cmd} timed out"
-        if self.status == "error":
-            return f"-# ⚠️ {cmd} could not run"
-        if self.status == "stopped":
-            return f"-# ⏹️ {cmd} stopped"
-        mark = "✅" if self.status == "ok" else "❌"
-        more = " · 📄 full output below" if self.output_id else ""
-        return f"-# {mark} {cmd} → exit {self.exit_code}{more}"
-
-
-@dataclass
-class _Notice:
-    """A line of its own: a notice or an error, never glued to the answer's text."""
-
-    text: str
-
-
-NO_ANSWER = "-# (no answer)"
-
-
-class ReplyStream:
-    """Renders a reply into one or more messages, paced per channel."""
+class ReplyStream(Reply):
+    """A Reply (core/render.py) shown on Discord: one or more messages, edited as it grows, paced per channel."""
 
     def __init__(self, channel: Any, reply_to: discord.Message | None, pacer: ChannelPacer, *,
                  show_thinking: bool = False, limit: int = LIMIT, min_interval: float = 1.0,
                  view: discord.ui.View | None = None,
                  outputs_view: Callable[[list[tuple[str, str, int]]], discord.ui.View] | None = None) -> None:
+        super().__init__(show_thinking=show_thinking)
         self.channel = channel
         self.reply_to = reply_to
         self.pacer = pacer
-        self.show_thinking = show_thinking
         self.limit = limit
-        self.parts: list[str | _Tool | _Notice] = []
-        self.files: list[tuple[str, bytes, str]] = []  # (name, bytes, caption), attached at the end
-        self.ignored = False  # the engine ignored the message (a reply was already streaming)
         self.view = view  # controls shown on the first message while the reply runs (the Stop button)
         self.outputs_view = outputs_view  # builds the buttons that hand out cut outputs, shown when it ends
         self._view_shown = False
-        self.thinking = ""
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
         self.min_interval = min_interval  # Discord shows about one edit a second per channel anyway
@@ -89,80 +45,8 @@ class ReplyStream:
         self._closed = False
         self._flusher: asyncio.Task[None] | None = None
 
-    # -- what happened ----------------------------------------------------
-    def add_text(self, text: str) -> None:
-        if self.parts and isinstance(self.parts[-1], str):
-            self.parts[-1] += text
-        else:
-            self.parts.append(text)
+    def changed(self) -> None:
         self._touch()
-
-    def add_line(self, line: str) -> None:
-        """A line of its own (notices, errors)."""
-        self.parts.append(_Notice(line))
-        self._touch()
-
-    def add_thinking(self, text: str) -> None:
-        self.thinking += text
-        if self.show_thinking:
-            self._touch()
-
-    def tool_started(self, command: str, kind: str = "command") -> None:
-        self.parts.append(_Tool(command, kind=kind))
-        self._touch()
-
-    def add_file(self, name: str, data: bytes, caption: str = "") -> None:
-        """A file for the user: attached to the reply's last message when the reply ends."""
-        self.files.append((name, data, caption))
-
-    def tool_queued(self, ahead: int) -> None:
-        """The current command waits for a free slot behind `ahead` others (0: it runs now)."""
-        for part in reversed(self.parts):
-            if isinstance(part, _Tool) and part.status in ("queued", "running"):
-                part.status, part.ahead = ("queued", ahead) if ahead > 0 else ("running", 0)
-                break
-        self._touch()
-
-    def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool, output_id: str = "",
-                      output_bytes: int = 0) -> None:
-        for part in reversed(self.parts):
-            if isinstance(part, _Tool) and part.status in ("queued", "running"):
-                part.exit_code = exit_code
-                part.output_id, part.output_bytes = output_id, output_bytes
-                part.status = ("timeout" if timed_out else "error" if error or exit_code is None
-                               else "ok" if exit_code == 0 else "failed")
-                break
-        self._touch()
-
-    def stop_tools(self) -> None:
-        """Commands still shown as running or queued were killed with the reply."""
-        for part in self.parts:
-            if isinstance(part, _Tool) and part.status in ("queued", "running"):
-                part.status = "stopped"
-        self._touch()
-
-    def finish(self) -> None:
-        """The model's answer is complete: an empty one still shows that it came."""
-        if not self.text.strip():
-            self.add_line(NO_ANSWER)
-
-    @property
-    def text(self) -> str:
-        return "".join(p for p in self.parts if isinstance(p, str))
-
-    def render(self) -> str:
-        """Thinking (collapsed, when shown) above; text, tool lines and notices each on lines of their own."""
-        blocks: list[str] = []
-        if self.show_thinking and self.thinking.strip():
-            blocks.append(thinking_line(self.thinking))
-        for part in self.parts:
-            if isinstance(part, _Tool):
-                blocks.append(part.line())
-            elif isinstance(part, _Notice):
-                blocks.append(part.text)
-            elif part.strip():
-                blocks.append(part.strip("\n"))
-        return "\n".join(blocks)
 
     # -- showing it ---------------------------------------------------------
     def _touch(self) -> None:
@@ -247,10 +131,10 @@ class ReplyStream:
         """The reply's files and the buttons for its cut outputs go onto its last message, in one edit
         (images render inline). With no message yet, or when Discord refuses the files, the files go
         in a message of their own."""
-        files = [discord.File(io.BytesIO(data), filename=name, description=caption[:1024] or None)
-                 for name, data, caption in self.files]
+        files = [discord.File(io.BytesIO(f.data), filename=f.name, description=f.caption[:1024] or None)
+                 for f in self.files]
         self.files = []
-        kept = [(p.command, p.output_id, p.output_bytes) for p in self.parts if isinstance(p, _Tool) and p.output_id]
+        kept = self.kept_outputs
         view = self.outputs_view(kept) if kept and self.outputs_view is not None and self.messages else None
         if self.messages and (files or view is not None):
             fields: dict[str, Any] = {}

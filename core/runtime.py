@@ -15,7 +15,7 @@ from .config import Settings
 from .containers import ContainerManager
 from .context import Seen, TokenCounter
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
-from .history import History
+from .history import Audit, History, SessionInfo
 from .incidents import Incidents
 from .model_client import ModelClient
 from .outputs import OutputStore
@@ -31,7 +31,7 @@ RETENTION_INTERVAL = 3600.0  # seconds between sweeps of old audit rows and old 
 DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DISK
 DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
 DISK_WATCH_RECENT_SECONDS = 5.0  # how often sandboxes used lately (but idle now) are weighed
-DISK_WATCH_ALL_SECONDS = 60.0  # every sandbox (background jobs write too) this often
+DISK_WATCH_ALL_SECONDS = 10.0  # every sandbox (background jobs write too) this often
 CAPABILITIES_TTL = 300.0  # seconds a model's /api/show capabilities are trusted
 
 
@@ -117,6 +117,38 @@ class Runtime:
                 raise ModelError(line, user=line)
         await self.places.set(scope, by=by, model=model)
         log.info("model for %s set to %s by %s", scope, model or "(inherited)", by)
+
+    # -- what the bot reads (its cogs ask these, never the stores and clients behind them) --------
+    async def sessions_of(self, user: str | None) -> list[SessionInfo]:
+        """A person's conversations (everyone's with None), the most recently active first."""
+        return await self.history.run(self.history.list_sessions, user)
+
+    async def find_session(self, user: str, session: str) -> int | None:
+        """The conversation's id if this person has talked to the bot there; None (nothing is created) if not."""
+        return await self.history.run(self.history.find_session, user, session)
+
+    async def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
+        """The latest commands run in sandboxes, newest first: everyone's, or one person's or channel's."""
+        return await self.history.run(self.history.audit, user, session, limit)
+
+    async def models(self) -> list[str] | None:
+        """The models the Ollama server has pulled; None when it cannot be asked now."""
+        try:
+            listed = await asyncio.wait_for(self.ollama().list(), timeout=10)
+        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError):
+            return None
+        return [m.model for m in listed.models if m.model]
+
+    async def sandbox_states(self) -> dict[Key, str]:
+        """Each sandbox's state ("running", "exited", …) by (user, session); empty when Docker cannot be asked."""
+        try:
+            return {(c.user, c.session): c.status for c in await self.containers.info()}
+        except EngineError:
+            return {}
+
+    async def sandboxes_reachable(self) -> bool:
+        """Whether the sandbox backend (Docker) answers now."""
+        return await self.containers.ping()
 
     def start_background(self) -> None:
         """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""

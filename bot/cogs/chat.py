@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import posixpath
 import re
 import time
 from collections import OrderedDict
@@ -11,17 +10,16 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from core import ChatSession, EngineError
+from core import ChatSession, EngineError, Settings
 from core.attachments import compose
-from core.events import (Done, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta, ToolFinished,
-                         ToolQueued, ToolStarted)
 from core.registry import Phase
-from core.tools import EXECUTE_TERMINAL, SEND_FILE
+from core.render import failure_line
 
 from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
+from ..uploads import save_attachments
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
@@ -49,7 +47,7 @@ class Chat(commands.Cog):
         self.bot.add_dynamic_items(FullOutputButton)  # full-output buttons work on replies sent before a restart
 
     @property
-    def settings(self):  # type: ignore[no-untyped-def]
+    def settings(self) -> Settings:
         return self.bot.runtime.settings
 
     # -- which messages -------------------------------------------------------
@@ -89,8 +87,7 @@ class Chat(commands.Cog):
                                file_limit=upload_limit(message.channel), runtime=self.bot.runtime) as chat:
             pictures: list[str] = []
             if message.attachments:
-                uploads = self.bot.get_cog("Uploads")
-                saved = await uploads.save_attachments(message, chat) if uploads else []  # type: ignore[attr-defined]
+                saved = await save_attachments(message, chat, self.settings.upload_max_file_bytes)
                 if saved and text:
                     text, pictures = compose(text, saved, self.settings.inline_text_max_bytes)
             if not text:
@@ -162,8 +159,7 @@ class Chat(commands.Cog):
         ref = message.reference
         if ref is None or ref.message_id is None:
             return None
-        found = ref.resolved if isinstance(ref.resolved, discord.Message) \
-            else self.bot._connection._get_message(ref.message_id)
+        found = ref.resolved if isinstance(ref.resolved, discord.Message) else ref.cached_message
         return found if found is not None and found.channel.id == message.channel.id else None
 
     async def _referenced(self, message: discord.Message) -> discord.Message | None:
@@ -196,8 +192,11 @@ class Chat(commands.Cog):
 
     async def respond(self, message: discord.Message, chat: ChatSession, text: str,
                       pictures: list[str] | None = None) -> ReplyStream:
+        """Run one turn and show it as a reply to `message`; the stream says whether the engine
+        ignored the message (a reply was already streaming there)."""
         async def stop(who: discord.abc.User) -> None:
             log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
+            stream.stopped_by = who.display_name
             await chat.stop()
 
         view = StopView(message.author.id, self.may_stop, stop)
@@ -208,48 +207,17 @@ class Chat(commands.Cog):
         try:
             async with message.channel.typing():
                 async for event in chat.events(text, images=pictures or []):
-                    if isinstance(event, Ignored):  # a reply started streaming first: the caller queues this
-                        stream.ignored = True
+                    stream.apply(event)  # core/render.py words every event
+                    if stream.ignored:  # a reply started streaming first: the caller queues this
                         return stream
-                    if isinstance(event, TextDelta):
-                        stream.add_text(event.text)
-                    elif isinstance(event, ThinkingDelta):
-                        stream.add_thinking(event.text)
-                    elif isinstance(event, ToolStarted):
-                        if event.name == SEND_FILE:
-                            stream.tool_started(posixpath.basename(event.path) or event.path, kind="file")
-                        else:
-                            stream.tool_started(event.command if event.name == EXECUTE_TERMINAL else event.name)
-                    elif isinstance(event, FileReady):
-                        stream.add_file(event.name, event.data, event.caption)
-                    elif isinstance(event, Notice):
-                        stream.add_line(f"-# ℹ️ {event.text}")
-                    elif isinstance(event, ToolQueued):
-                        stream.tool_queued(event.ahead)
-                    elif isinstance(event, ToolFinished):
-                        stream.tool_finished(exit_code=event.exit_code, timed_out=event.timed_out, error=event.error,
-                                             output_id=event.full_output_id, output_bytes=event.full_output_bytes)
-                    elif isinstance(event, Replacing):
-                        stream.add_line("-# ↩️ Stopped my previous reply to answer this instead.")
-                    elif isinstance(event, Replaced):
-                        stream.stop_tools()
-                        stream.add_line("-# ⏹️ Stopped: a newer message took over.")
-                    elif isinstance(event, Stopped):
-                        stream.stop_tools()
-                        who = view.stopped_by
-                        stream.add_line(f"-# ⏹️ Stopped by {who.display_name}." if who else "-# ⏹️ Stopped.")
-                    elif isinstance(event, Done):
-                        stream.finish()
         except EngineError as exc:
             log.debug("reply failed in channel %s: %s", message.channel.id, exc)  # incidents log the detail once
-            stream.stop_tools()
-            stream.add_line(f"⚠️ {exc.user_message}")
+            stream.fail(failure_line(exc))
         except discord.HTTPException as exc:
             log.warning("discord refused an update in channel %s: %s", message.channel.id, exc)
-        except Exception:  # noqa: BLE001 - no traceback ever reaches Discord
+        except Exception as exc:  # noqa: BLE001 - no traceback ever reaches Discord
             log.exception("unexpected failure while replying in channel %s", message.channel.id)
-            stream.stop_tools()
-            stream.add_line("⚠️ Something went wrong on my side; the details are in the bot's log.")
+            stream.fail(failure_line(exc))
         finally:
             if self.streams.get(chat.key) is stream:
                 del self.streams[chat.key]

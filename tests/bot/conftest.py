@@ -16,6 +16,7 @@ import discord.ext.test.backend as dpy_backend
 import discord.ext.test.factories as facts
 import pytest
 import pytest_asyncio
+from discord import app_commands
 from discord.ext import commands
 from discord.http import MultipartParameters
 
@@ -133,3 +134,27 @@ def channel_messages(channel: discord.abc.Messageable, bot: commands.Bot) -> lis
     stored = dpy_backend._cur_config.messages.get(channel.id, [])
     return [discord.Message(state=dpy_backend.get_state(), channel=channel, data=data)
             for data in stored if int(data["author"]["id"]) == bot.user.id]
+
+
+def slash_command(bot: commands.Bot, *path: str) -> app_commands.Command:
+    """A slash command of the bot's tree by its path, e.g. ("admin", "prompt", "set")."""
+    cmd = bot.tree.get_command(path[0])
+    for name in path[1:]:
+        cmd = cmd.get_command(name)
+    return cmd
+
+
+async def invoke(bot: commands.Bot, path: tuple[str, ...], interaction: Any, /, **options: Any) -> None:
+    """Run a slash command as discord.py's CommandTree does on an interaction: its cog's
+    interaction_check, then the callback with the options given, and on failure the error
+    handlers (the cog's cog_app_command_error). `interaction` is a test double recording answers;
+    `options` are already what Discord's payload resolves to (users, channels)."""
+    cmd = slash_command(bot, *path)
+    interaction.command = cmd
+    interaction.namespace = types.SimpleNamespace(**options)
+    try:
+        if not await cmd._check_can_run(interaction):
+            raise app_commands.CheckFailure(f"The check functions for command {cmd.name!r} failed.")
+        await cmd._do_call(interaction, options)
+    except app_commands.AppCommandError as error:
+        await cmd._invoke_error_handlers(interaction, error)

@@ -10,7 +10,8 @@ import docker
 import pytest
 from discord.ext import commands
 
-from core import ChatSession, ModelError, Runtime
+from core import ChatSession, ModelError, Runtime, SandboxUnavailable
+from tests.bot.conftest import invoke
 from tests.fake_ollama import FakeOllama, error, text
 
 pytestmark = pytest.mark.asyncio
@@ -79,15 +80,8 @@ class Interaction:
         return content
 
 
-def command(bot: commands.Bot, *path: str):  # type: ignore[no-untyped-def]
-    cmd = bot.tree.get_command(path[0])
-    for name in path[1:]:
-        cmd = cmd.get_command(name)
-    return cmd
-
-
 async def call(bot: commands.Bot, path: tuple[str, ...], interaction: Interaction, **kwargs: Any) -> str:
-    await command(bot, *path).callback(bot.get_cog("Admin"), interaction, **kwargs)
+    await invoke(bot, path, interaction, **kwargs)
     assert interaction.response.deferred, "every command acknowledges at once (defer), then follows up"
     return interaction.said
 
@@ -267,3 +261,23 @@ async def test_reset_with_files_deletes_data_now(bot: commands.Bot, runtime: Run
     said = await call(bot, ("reset",), Interaction(7), files=True)
     assert said == "Cleared 0 messages here, deleted your files in /data and restarted your sandbox."
     assert (await runtime.terminal.execute("7", str(CHANNEL), "ls -A /data")).stdout == ""
+
+
+async def test_a_command_that_fails_says_so_in_one_line(bot: commands.Bot, runtime: Runtime,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every cog's cog_app_command_error: an engine error's own line, anything else a pointer to the log."""
+    assert isinstance(bot.get_cog("Admin"), commands.GroupCog)
+
+    async def broken(*_args: Any) -> None:
+        raise RuntimeError("the database is on fire")
+
+    monkeypatch.setattr(runtime, "sessions_of", broken)
+    said = await call(bot, ("sessions",), Interaction(9))
+    assert said == "⚠️ Something went wrong on my side; the details are in the bot's log."
+
+    async def unavailable(*_args: Any) -> None:
+        raise SandboxUnavailable("docker said no")
+
+    monkeypatch.setattr(runtime, "stop_session", unavailable)
+    said = await call(bot, ("reset",), Interaction(9))
+    assert said == f"⚠️ {SandboxUnavailable.user_line}"

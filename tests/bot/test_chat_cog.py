@@ -29,7 +29,7 @@ def bot_text(bot: commands.Bot, channel) -> str:  # type: ignore[no-untyped-def]
 
 
 async def test_setup_hook_loads_the_three_cogs_and_their_commands(bot: commands.Bot) -> None:
-    assert {"Chat", "Uploads", "Admin"} <= set(bot.cogs)
+    assert {"Chat", "Everyone", "Admin"} <= set(bot.cogs)
     names = {c.name for c in bot.tree.get_commands()}
     assert {"reset", "sessions", "help", "admin"} <= names
     admin = bot.tree.get_command("admin")

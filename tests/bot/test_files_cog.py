@@ -19,7 +19,7 @@ from PIL import Image
 
 from bot.controls import ONLY_AUTHOR_OUTPUT, OUTPUT_GONE, FullOutputButton
 from core import ChatSession, Runtime
-from tests.bot.conftest import channel_messages, start_bot
+from tests.bot.conftest import channel_messages, invoke, start_bot
 from tests.conftest import make_settings, open_runtime
 from tests.bot.test_chat_cog import settle
 from tests.bot.test_uploads_cog import send_with_files
@@ -119,9 +119,9 @@ async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, run
     await runtime.terminal.execute(user, session, "mkdir -p /data/results && printf 'hello\\n' > /data/a.txt && "
                                                   "head -c 3000 /dev/zero > /data/results/z.bin && "
                                                   "ln -s /etc/shadow /data/sneaky")
-    cog = bot.get_cog("Uploads")
+    cog = bot.get_cog("Everyone")
     press = Press(member, channel)
-    await cog.files.callback(cog, press)
+    await invoke(bot, ("files",), press)
     sent = press.sent[-1]
     lines = sent["content"].split("\n")
     assert lines[0] == "**/data**" and sent["ephemeral"] is True
@@ -134,17 +134,17 @@ async def test_files_lists_data_and_sends_the_file_picked(bot: commands.Bot, run
     assert pick.sent[-1]["file"].filename == "a.txt" and pick.file_bytes() == b"hello\n"
     # a folder, and a file named directly
     folder = Press(member, channel)
-    await cog.files.callback(cog, folder, path="/data/results")
+    await invoke(bot, ("files",), folder, path="/data/results")
     assert folder.sent[-1]["content"].split("\n")[:2] == ["**/data/results**", f"📄 `z.bin` · 3 KB · "
                                                           + folder.sent[-1]["content"].split(" · ")[-1]]
     direct = Press(member, channel)
-    await cog.files.callback(cog, direct, path="results/z.bin")
+    await invoke(bot, ("files",), direct, path="results/z.bin")
     assert direct.file_bytes() == b"\0" * 3000
     choices = await cog._files_path(Press(member, channel), "res")
     assert [(c.name, c.value) for c in choices] == [("results/", "results")]
     assert [c.value for c in await cog._files_path(Press(member, channel), "/data/results/z")] == ["results/z.bin"]
     escape = Press(member, channel)
-    await cog.files.callback(cog, escape, path="../..")
+    await invoke(bot, ("files",), escape, path="../..")
     assert escape.sent[-1]["content"] == "⚠️ Paths stay inside /data: no '..'."
 
 
@@ -173,9 +173,9 @@ async def test_a_name_with_a_newline_or_backticks_is_one_line_and_downloads_exac
                                                   "printf other > /data/tail")
     names = sorted(p.name for p in runtime.containers.upload_dir(user, session).iterdir())
     assert names == ["tail", "tail\n", "x\n📄 `HOST_ONLY_id_rsa` · 1 KB"]
-    cog = bot.get_cog("Uploads")
+    cog = bot.get_cog("Everyone")
     press = Press(member, channel)
-    await cog.files.callback(cog, press)
+    await invoke(bot, ("files",), press)
     lines = press.sent[-1]["content"].split("\n")
     assert lines[0] == "**/data**" and len(lines) == 4
     assert sorted(line.rsplit(" · ", 1)[0] for line in lines[1:]) == [
@@ -198,13 +198,12 @@ async def test_files_works_the_same_in_a_dm(bot: commands.Bot, runtime: Runtime)
     dm = await member.create_dm()
     press = Press(member, dm, guild=None)
     press.guild = None
-    cog = bot.get_cog("Uploads")
-    await cog.files.callback(cog, press)
+    await invoke(bot, ("files",), press)
     assert press.sent[-1]["content"] == "Your /data here is empty. Attach files to a message to me to put them there."
     await runtime.terminal.execute(str(member.id), str(dm.id), "printf 'dm file' > /data/d.txt")
     again = Press(member, dm, guild=None)
     again.guild = None
-    await cog.files.callback(cog, again, path="d.txt")
+    await invoke(bot, ("files",), again, path="d.txt")
     assert again.file_bytes() == b"dm file"
 
 
@@ -249,7 +248,7 @@ async def test_files_applies_the_same_access_lists_as_chat(bot: commands.Bot, ru
     runtime.settings = runtime.settings.replace(blocked_user_ids=frozenset({member.id}))
     await runtime.terminal.execute(str(member.id), str(config.channels[0].id), "echo secret > /data/s.txt")
     press = Press(member, config.channels[0])
-    await bot.get_cog("Uploads").files.callback(bot.get_cog("Uploads"), press, path="s.txt")
+    await invoke(bot, ("files",), press, path="s.txt")
     assert press.sent == [{"content": "Sorry, I'm not available to you here.", "ephemeral": True}]
 
 
@@ -281,13 +280,12 @@ async def test_files_says_how_much_of_the_persons_total_their_conversations_hold
             channel, other, member = config.channels[0], config.channels[1], config.members[0]
             user = str(member.id)
             await rt.terminal.execute(user, str(channel.id), "dd if=/dev/zero of=/data/big bs=1M count=40")
-            cog = bot.get_cog("Uploads")
             quiet = Press(member, channel)
-            await cog.files.callback(cog, quiet)
+            await invoke(bot, ("files",), quiet)
             assert len(quiet.sent[-1]["content"].split("\n")) == 2  # 40 of 70 MB: nothing to say yet
             await rt.terminal.execute(user, str(other.id), "dd if=/dev/zero of=/data/more bs=1M count=40")
             press = Press(member, channel)
-            await cog.files.callback(cog, press)
+            await invoke(bot, ("files",), press)
             lines = press.sent[-1]["content"].split("\n")
             assert lines[0] == "**/data**" and lines[1].startswith("📄 `big` · 40 MB · <t:")
             assert re.fullmatch(rf"-# ⚠️ Your conversations' files hold (69|70)(\.\d)? MB of your 70 MB in all "

@@ -17,8 +17,8 @@ from discord.ext import commands
 
 from core import ChatSession, Place, Runtime
 from core.prompt import TEMPLATE
-from tests.bot.test_admin_cog import CHANNEL, Interaction, call, command
-from tests.bot.conftest import channel_messages
+from tests.bot.test_admin_cog import CHANNEL, Interaction, call
+from tests.bot.conftest import channel_messages, invoke
 from tests.bot.test_chat_cog import settle
 from tests.conftest import open_runtime
 from tests.fake_ollama import FakeOllama, text
@@ -120,10 +120,9 @@ async def test_system_prompt_setting_is_the_default_persona(tmp_path: Path, fake
 
 async def test_prompt_set_without_text_opens_a_form_holding_the_current_text(bot: commands.Bot, runtime: Runtime,
                                                                              fake_ollama: FakeOllama) -> None:
-    cog = bot.get_cog("Admin")
     await runtime.places.set("server:1", by="t", prompt="Old line one.\nOld line two.")
     opening = manager()
-    await command(bot, "admin", "prompt", "set").callback(cog, opening)
+    await invoke(bot, ("admin", "prompt", "set"), opening)
     form = opening.response.modal
     assert form is not None and not opening.response.sent
     assert form.text.default == "Old line one.\nOld line two." and form.text.max_length == 4000
@@ -136,9 +135,8 @@ async def test_prompt_set_without_text_opens_a_form_holding_the_current_text(bot
 
 
 async def test_a_persona_past_the_limit_is_refused_whole(bot: commands.Bot, runtime: Runtime) -> None:
-    cog = bot.get_cog("Admin")
     opening = manager()
-    await command(bot, "admin", "prompt", "set").callback(cog, opening)
+    await invoke(bot, ("admin", "prompt", "set"), opening)
     opening.response.modal.text._value = "x" * 4001
     submitted = manager()
     await opening.response.modal.on_submit(submitted)

@@ -1,0 +1,83 @@
+"""What every cog with slash commands shares: its check and its error handler, written once.
+
+discord.py runs a cog's `interaction_check` before each of its app commands and hands whatever
+a command raises to its `cog_app_command_error`: commands hold only what they do.
+"""
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from core import EngineError, Runtime
+from core.render import failure_line
+
+from ..access import interaction_refusal
+
+if TYPE_CHECKING:
+    from ..discord_bot import LLMBot
+
+log = logging.getLogger(__name__)
+
+
+class Refused(app_commands.CheckFailure):
+    """A command not run, and the one line that says why (an access list, a missing right, a bad target)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
+
+
+async def say(interaction: discord.Interaction, text: str) -> None:
+    """An answer only the asker sees: the first answer, or a follow-up once answered (or deferred).
+    Mentions never ping: the bot sends with AllowedMentions.none() (LLMBot)."""
+    text = text if len(text) <= 2000 else text[:1990] + "\n…"
+    if interaction.response.is_done():
+        await interaction.followup.send(text, ephemeral=True)
+    else:
+        await interaction.response.send_message(text, ephemeral=True)
+
+
+class SlashCog(commands.Cog):
+    """A cog of slash commands: each acknowledged at once, under the same access lists as chat, and
+    any failure said in one line, never a traceback and never silence."""
+
+    def __init__(self, bot: "LLMBot") -> None:
+        self.bot = bot
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.bot.runtime
+
+    def opens_a_form(self, interaction: discord.Interaction) -> bool:
+        """True for a command whose first answer is a form (a modal must be the first answer)."""
+        return False
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        """Acknowledge at once (Discord gives 3 s, and Docker or the database may take longer under
+        load), then apply the same access lists as chat."""
+        if not interaction.response.is_done() and not self.opens_a_form(interaction):
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        line = interaction_refusal(self.runtime.settings, interaction)
+        if line:
+            raise Refused(line)
+        return True
+
+    async def cog_app_command_error(self, interaction: discord.Interaction,
+                                    error: app_commands.AppCommandError, /) -> None:
+        if isinstance(error, Refused):
+            await say(interaction, error.line)
+            return
+        cause = error.original if isinstance(error, app_commands.CommandInvokeError) else error
+        name = getattr(interaction.command, "qualified_name", "?")
+        if isinstance(cause, EngineError):
+            log.debug("/%s failed: %s", name, cause)  # incidents log the detail once
+        else:
+            log.error("/%s failed", name, exc_info=cause)
+        try:
+            await say(interaction, failure_line(cause))
+        except discord.HTTPException as exc:
+            log.warning("could not say why /%s failed: %s", name, exc)
