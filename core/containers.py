@@ -138,6 +138,7 @@ class ContainerManager(Sandboxes):
         self._disk_warned = False
         self._evicted: dict[str, str] = {}  # name -> why it was stopped (over VM_DISK, VM_INODES or USER_DISK)
         self._uppers: dict[str, str | None] = {}  # container id -> its upper layer on this host, if readable
+        self._pids: dict[str, int] = {}  # container id -> its first process, on this host
         self._data_seen: dict[str, int] = {}  # name -> its /data bytes at the last weighing
         self._folders: dict[str, Path] = {}  # name -> its /data folder, for the sandboxes commands ran in
         self._slow: set[str] = set()  # sandboxes whose files could not be counted in time at the last weighing
@@ -239,7 +240,7 @@ class ContainerManager(Sandboxes):
     def config_hash(self) -> str:
         s = self.settings
         key = (f"{s.vm_image}|{s.vm_network}|{s.vm_memory}|{s.vm_cpus}|{s.vm_pids}|{self.data_host_root or ''}|"
-               f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|tools={bool(self._tool_binds())}|v3")
+               f"{self._data_root()}|{s.vm_userns}|{s.vm_runtime}|tools={bool(self._tool_binds())}|v4")
         return hashlib.sha256(key.encode()).hexdigest()[:12]
 
     # -- the client -------------------------------------------------------
@@ -371,8 +372,9 @@ class ContainerManager(Sandboxes):
             "containers/json", params={"all": "true", "filters": json.dumps(filters)})
 
     async def _create(self, name: str, user: str, session: str) -> None:
-        # /data's disk is needed only when the container starts (binds are resolved then): make it
-        # while Docker creates the container.
+        # /data's disk is needed only when the container starts (mounts are made then): mount it while
+        # Docker creates the container, which needs only the folder to exist (it checks a bind's source).
+        self.upload_dir(user, session).mkdir(parents=True, exist_ok=True)
         data = asyncio.ensure_future(self.prepare_data(user, session))
         try:
             await self._create_and_start(name, user, session, data)
@@ -398,7 +400,11 @@ class ContainerManager(Sandboxes):
             "Env": [],
             "HostConfig": {
                 "Init": True,
-                "Binds": [f"{self._host_dir(user, session)}:/data:rw", *self._etc_binds(), *self._tool_binds()],
+                "Binds": [*self._etc_binds(), *self._tool_binds()],
+                # A Mount, not a Bind: a missing source is an error, never a folder Docker makes (and
+                # no image bounds), e.g. when /reset files:true deleted it a moment before.
+                "Mounts": [{"Type": "bind", "Source": self._host_dir(user, session), "Target": "/data",
+                            "ReadOnly": False}],
                 "Memory": s.vm_memory,
                 "MemorySwap": s.vm_memory,
                 "NanoCpus": int(s.vm_cpus * 1e9),
@@ -410,6 +416,8 @@ class ContainerManager(Sandboxes):
                 # No log on the host: PID 1's output would otherwise grow a json file there without
                 # bound (SizeRw never sees it). The bot reads output from its exec streams only.
                 "LogConfig": {"Type": "none", "Config": {}},
+                # Open files per process: bounds what the watch reads to find deleted-but-open files.
+                "Ulimits": [{"Name": "nofile", "Soft": 4096, "Hard": 4096}],
                 "NetworkMode": await self._network() if s.vm_network else "none",
                 **({"UsernsMode": s.vm_userns} if s.vm_userns else {}),
                 **({"Runtime": s.vm_runtime} if s.vm_runtime else {}),
@@ -534,14 +542,23 @@ class ContainerManager(Sandboxes):
         await self.discover_host_root()
         folder = self.upload_dir(user, session)
         async with self._locks.hold(("data", str(folder))):
-            problem = await asyncio.get_running_loop().run_in_executor(self._disk_pool, self._prepare, folder)
+            try:
+                problem = await asyncio.get_running_loop().run_in_executor(self._disk_pool, self._prepare, folder)
+            except datadisk.DiskBusy as exc:
+                log.warning("not mounting %s: %s", folder, exc)
+                raise SandboxUnavailable("This conversation's files are still in use elsewhere; try again in a "
+                                         "moment.", user="This conversation's files are busy; try again in a moment.") \
+                    from exc
         self._disk_problem(problem)
         return folder
 
     def prepare_data_sync(self, user: str, session: str) -> Path:
         """The same, for synchronous callers (ChatSession.upload_document)."""
         folder = self.upload_dir(user, session)
-        self._disk_problem(self._prepare(folder))
+        try:
+            self._disk_problem(self._prepare(folder))
+        except datadisk.DiskBusy as exc:
+            raise SandboxUnavailable("This conversation's files are busy; try again in a moment.") from exc
         return folder
 
     def _prepare(self, folder: Path) -> str | None:
@@ -576,8 +593,13 @@ class ContainerManager(Sandboxes):
     async def delete_data(self, user: str, session: str) -> None:
         """Delete the session's /data now: its image and its folder (the sandbox must be gone)."""
         await self.discover_host_root()
-        folder = self.upload_dir(user, session)
-        async with self._locks.hold(("data", str(folder))):
+        folder, name = self.upload_dir(user, session), self.name(user, session)
+        # Under the name's lock too (start-ups hold it from inspect to start): a sandbox started a moment
+        # ago (a message right after /reset) goes first, and none starts until the folder is gone.
+        async with self._locks.hold(name), self._locks.hold(("data", str(folder))):
+            with reported_as_unavailable():
+                if await self._inspect(name) is not None:
+                    await self._delete(name)
             await asyncio.get_running_loop().run_in_executor(self._disk_pool, datadisk.destroy, folder)
             await remove_folder(folder)
 
@@ -598,9 +620,15 @@ class ContainerManager(Sandboxes):
             if key in live or folder.parent.parent != root or folder.name.endswith(".moving") \
                     or self._locks.busy(("data", str(folder))):
                 continue  # in use, not a conversation's /data, or a move into its image under way
-            async with self._locks.hold(("data", str(folder))):
-                if self._in_hand(key):
-                    continue  # a sandbox of this conversation is being started right now
+            name = self._name_of(folder)
+            if self._in_hand(key) or self._locks.busy(name):
+                continue  # a sandbox of this conversation is being started or used right now
+            # Under its name's lock (which every start-up holds from inspect to start) and with the
+            # engine asked again: a sandbox started since the list above keeps its image mounted.
+            async with self._locks.hold(name), self._locks.hold(("data", str(folder))):
+                with reported_as_unavailable():
+                    if any(n.endswith("-" + key) for n in self._busy) or await self._inspect(name) is not None:
+                        continue
                 problem = await loop.run_in_executor(self._disk_pool, datadisk.release, folder)
             if problem:
                 log.warning("could not unmount %s: %s", folder, problem)
@@ -609,6 +637,12 @@ class ContainerManager(Sandboxes):
         if released:
             log.info("unmounted %d /data image(s) no sandbox uses", len(released))
         return released
+
+    def _name_of(self, folder: Path) -> str:
+        """The sandbox name of a /data folder (both carry the readable ids and the exact digest)."""
+        user_part = folder.parent.name.rsplit("-", 1)[0]
+        session_part, key = folder.name.rsplit("-", 1)
+        return f"{self.settings.vm_name_prefix}-{user_part[:12]}-{session_part[:12]}-{key}"
 
     def _in_hand(self, key: str) -> bool:
         """A sandbox of this conversation (`key`: the digest ending its name) is being started,
@@ -651,7 +685,11 @@ class ContainerManager(Sandboxes):
         try:
             async with asyncio.timeout(quota.MEASURE_SECONDS):
                 if upper is not None:
-                    weight.root_bytes, weight.root_files = await quota.weigh_tree(upper)
+                    deadline = time.monotonic() + quota.MEASURE_SECONDS
+                    (weight.root_bytes, weight.root_files), hidden = await asyncio.gather(
+                        quota.weigh_tree(upper), self._unlinked(row, deadline))
+                    weight.root_bytes += hidden[0]
+                    weight.root_files = (weight.root_files or 0) + hidden[1]
                 used = datadisk.usage(folder)
                 if used is not None:
                     weight.data_image = True
@@ -665,15 +703,30 @@ class ContainerManager(Sandboxes):
         self._slow.discard(weight.name)
         return weight
 
-    async def _upper_dir(self, row: dict[str, Any]) -> str | None:
+    async def _upper_dir(self, row: dict[str, Any], *, fresh: bool = False) -> str | None:
         """The host folder of what the sandbox wrote to its own filesystem (overlay2's upper layer),
-        when this process can read it; cached by container id."""
+        when this process can read it, and its first process; cached by container id."""
         cid = row.get("Id", "")
-        if cid not in self._uppers:
+        if cid not in self._uppers or fresh:
             state = await self.docker._query_json(f"containers/{cid}/json")  # noqa: SLF001
             upper = ((state.get("GraphDriver") or {}).get("Data") or {}).get("UpperDir")
             self._uppers[cid] = upper if upper and os.path.isdir(upper) else None
+            self._pids[cid] = int((state.get("State") or {}).get("Pid") or 0)
         return self._uppers[cid]
+
+    async def _unlinked(self, row: dict[str, Any], deadline: float) -> tuple[int, int]:
+        """What the sandbox's processes hold open after deleting it (see quota.unlinked_open)."""
+        cid = row.get("Id", "")
+        loop = asyncio.get_running_loop()
+        for fresh in (False, True):  # a restarted sandbox has a new first process: ask the engine again
+            if fresh:
+                await self._upper_dir(row, fresh=True)
+            pid = self._pids.get(cid, 0)
+            if pid:
+                found = await loop.run_in_executor(self._disk_pool, quota.unlinked_open, pid, cid, deadline)
+                if found is not None:
+                    return found
+        return (0, 0)  # its processes are out of sight here (the bot in a container of its own)
 
     async def enforce_disk(self, names: set[str]) -> list[str]:
         """Stop (remove) each of these sandboxes that holds more than VM_DISK or VM_INODES, or that
@@ -689,6 +742,7 @@ class ContainerManager(Sandboxes):
         existing = {r.get("Id") for r in every}
         for cid in [c for c in self._uppers if c not in existing]:
             del self._uppers[cid]
+            self._pids.pop(cid, None)
         limit = asyncio.Semaphore(quota.MEASURE_AT_ONCE)
 
         async def weigh(row: dict[str, Any]) -> quota.Weight | None:
@@ -696,7 +750,7 @@ class ContainerManager(Sandboxes):
                 return await self._weigh(row)
 
         weights = await asyncio.gather(*(weigh(r) for r in rows), return_exceptions=True)
-        self._slow &= {_name(r) for r in rows}
+        self._slow &= {_name(r) for r in every}  # forgotten only once the sandbox is gone
         removed: list[str] = []
         measured = [w for w in weights if isinstance(w, quota.Weight)]
         for weight in measured:

@@ -144,6 +144,10 @@ def prepare(folder: Path, size: int, inodes: int) -> str | None:
     folder.mkdir(parents=True, exist_ok=True)
     image = image_for(folder)
     fresh = not image.exists()
+    if not fresh and attached(image):
+        # Still in use through another loop device (a sandbox's own view of it, a lazy unmount): a second
+        # mount of the same ext4 would corrupt it. The caller tries again later; nothing is mounted.
+        raise DiskBusy(f"{image.name} is still attached to a loop device")
     if fresh:
         problem = _clone(_template(folder.parent.parent, size, inodes), image, size)
         if problem:
@@ -160,6 +164,22 @@ def prepare(folder: Path, size: int, inodes: int) -> str | None:
     if fresh:
         (folder / "lost+found").rmdir()
     return None
+
+
+class DiskBusy(OSError):
+    """The image is attached to a loop device already: mounting it again would corrupt it."""
+
+
+def attached(image: Path) -> bool:
+    """Some loop device is backed by `image` now."""
+    target = str(image.resolve())
+    for backing in Path("/sys/block").glob("loop*/loop/backing_file"):
+        try:
+            if backing.read_text().strip() == target:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _move_into_image(folder: Path, image: Path) -> str | None:

@@ -30,7 +30,6 @@ CACHE_BYTES = 32 * 1024 ** 2  # model-ready pictures kept for later turns (about
 
 _REDUCIBLE = {"L", "LA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "I", "F"}  # reduce() averages these
 _EXTRA_BYTES = {"webp": 12}  # libwebp: its own RGBA canvas and a copy, then Pillow's (measured: 16 in all)
-PROGRESSIVE_BYTES = 6  # a progressive JPEG's coefficients: 2 bytes each, 3 per pixel at worst (4:4:4)
 
 
 def sniff(data: bytes) -> str | None:
@@ -84,8 +83,9 @@ def for_model(data: bytes) -> bytes:
                     return data
                 extra = 0
                 if kind == "jpeg":  # libjpeg decodes at 1/2, 1/4 or 1/8 scale directly: never the full size
-                    if picture.info.get("progressive"):  # ...but holds every coefficient of the full size first
-                        extra = claimed[0] * claimed[1] * PROGRESSIVE_BYTES
+                    if picture.info.get("progressive") or _scans(data) > 1:
+                        # ...but a picture in several scans has every coefficient of the full size held first
+                        extra = claimed[0] * claimed[1] * 2 * max(3, len(picture.getbands()))
                     picture.draft(picture.mode, _fitted(claimed))
                 else:
                     picture.seek(0)  # a GIF's or an animated WEBP's first frame
@@ -99,6 +99,37 @@ def for_model(data: bytes) -> bytes:
         raise NotAnImage("the picture is too large to look at (out of memory)") from exc
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
         raise NotAnImage(f"the picture could not be read ({type(exc).__name__})") from exc
+
+
+def _scans(data: bytes) -> int:
+    """How many scans (SOS segments) a JPEG has; more than one makes libjpeg buffer the whole picture's
+    coefficients, progressive or not. Walks the segment headers only, up to the first scan's data."""
+    count, at = 0, 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            at += 1
+            continue
+        marker = data[at + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            at += 1 if marker == 0xFF else 2
+            continue
+        if marker == 0xD9:  # the end
+            break
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if marker == 0xDA:
+            count += 1
+            at += 2 + length
+            while True:  # entropy-coded data: on to the next marker (0xFF not followed by 0, a restart, 0xFF)
+                at = data.find(b"\xff", at)
+                if at < 0 or at + 1 >= len(data):
+                    return count
+                if data[at + 1] == 0 or 0xD0 <= data[at + 1] <= 0xD7 or data[at + 1] == 0xFF:
+                    at += 1
+                    continue
+                break
+            continue
+        at += 2 + length
+    return count
 
 
 def _check_cost(kind: str, mode: str, claimed: tuple[int, int], decoded: tuple[int, int], extra: int) -> None:

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import stat
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,6 +56,61 @@ async def du(path: str | os.PathLike[str], *, files: bool = False, seconds: floa
 async def weigh_tree(path: str | os.PathLike[str], seconds: float = MEASURE_SECONDS) -> tuple[int, int]:
     """(bytes, files) below `path`: both walks at once, under one time box."""
     size, files = await asyncio.gather(du(path, seconds=seconds), du(path, files=True, seconds=seconds))
+    return size, files
+
+
+def container_procs(pid: int, container_id: str) -> list[str] | None:
+    """The processes of the container whose first process is `pid` (from its cgroup), or None when
+    `pid` is no longer that container's (it restarted) or this host's /proc cannot tell."""
+    try:
+        lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _number, controllers, path = line.split(":", 2)
+        if container_id not in path:
+            continue
+        for folder in ([Path("/sys/fs/cgroup") / path.lstrip("/")] if controllers == "" else
+                       [Path("/sys/fs/cgroup") / c / path.lstrip("/") for c in controllers.split(",")]):
+            try:
+                return (folder / "cgroup.procs").read_text().split()
+            except OSError:
+                continue
+    return None
+
+
+def unlinked_open(pid: int, container_id: str, deadline: float) -> tuple[int, int] | None:
+    """(bytes, files) of files in the sandbox's own filesystem that its processes hold open (or
+    mapped) after deleting them: they take host disk, but no walk of names finds them. None when
+    this host cannot see the sandbox's processes (or `pid` is no longer its first); TooSlow when
+    the count does not finish by `deadline` (monotonic). Blocking: run it off the loop."""
+    procs = container_procs(pid, container_id)
+    if procs is None:
+        return None
+    try:
+        device = os.stat(f"/proc/{pid}/root/").st_dev  # the sandbox's root filesystem (its overlay)
+    except OSError:
+        return None
+    seen: set[int] = set()
+    size = files = 0
+    for proc in procs:
+        for kind in ("fd", "map_files"):
+            try:
+                entries = os.listdir(f"/proc/{proc}/{kind}")
+            except OSError:
+                continue
+            for entry in entries:
+                if time.monotonic() > deadline:
+                    raise TooSlow(f"the open files of {container_id[:12]}")
+                try:
+                    info = os.stat(f"/proc/{proc}/{kind}/{entry}")
+                except OSError:
+                    continue
+                if info.st_nlink == 0 and info.st_dev == device and stat.S_ISREG(info.st_mode) \
+                        and info.st_ino not in seen:
+                    seen.add(info.st_ino)
+                    size += info.st_blocks * 512
+                    files += 1
     return size, files
 
 
@@ -176,10 +234,24 @@ def user_disk(user_root: Path, settings: Settings) -> UserDisk:
     return UserDisk(settings.user_disk_limit, [(session_of(f), folder_bytes(f)) for f in folders_of(user_root)])
 
 
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _person_lock(user_root: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(user_root, threading.Lock())
+
+
 def rebalance(user_root: Path, settings: Settings, active: frozenset[Path] = frozenset()) -> UserDisk:
     """Share out what USER_DISK leaves this person among their mounted images, so that all of them
     together can never hold more: the conversations at work now (`active`) get equal shares, the
     others none until they are at work again. Blocking: run it off the loop."""
+    with _person_lock(user_root):  # two conversations starting at once must not both get what is left
+        return _rebalance(user_root, settings, active)
+
+
+def _rebalance(user_root: Path, settings: Settings, active: frozenset[Path]) -> UserDisk:
     disk = user_disk(user_root, settings)
     mounted = [f for f in folders_of(user_root) if os.path.ismount(f)]
     if not mounted:

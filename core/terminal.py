@@ -58,12 +58,14 @@ cd "$__d" 2>/dev/null || cd /data 2>/dev/null || cd /
 trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; rm -f "$__s/running"; exit $__rc' EXIT
 eval "$__c"
 """
-# $1: the command's start time; $0: the busybox (for rm). Every process that started since is first
-# stopped, so none can react or fork while the others die (a parent whose child is killed would run its
-# next statement), then killed. Spared: PID 1 (the init), the keepalive (the oldest child of PID 1: it
-# can share the command's clock tick when the sandbox has just started) and this script. Start times and
-# parents come from the kernel, only busybox's builtins run and rm by busybox's own path: nothing a
-# sandbox writes or installs changes what is killed.
+# $1: the command's start time; $0: the busybox (for rm). First every process but PID 1 (the init) and
+# this script is stopped at once (kill -1 walks the process list under the lock fork needs, so no chain
+# of forks can outrun it, and none can react while the others die), then every one that started at or
+# after the command is killed, and the rest (background jobs of earlier commands, the keepalive) go on.
+# Spared from the kill as well: the keepalive (the oldest child of PID 1: it can share the command's
+# clock tick when the sandbox has just started). Start times and parents come from the kernel, only
+# busybox's builtins run and rm by busybox's own path: nothing a sandbox writes or installs changes
+# what is killed.
 KILL = r"""
 __t=$1
 __keep=; __kept=
@@ -72,17 +74,18 @@ for __d in /proc/[0-9]*; do
   set -- ${__st##*) }
   if [ "$2" = 1 ] && { [ -z "$__kept" ] || [ "${20}" -lt "$__kept" ]; }; then __keep=${__d#/proc/}; __kept=${20}; fi
 done
-__each() {
-  __sig=$1
+__kill() {
   for __d in /proc/[0-9]*; do
     __p=${__d#/proc/}
     [ "$__p" = 1 ] || [ "$__p" = $$ ] || [ "$__p" = "$__keep" ] && continue
     read -r __st < "$__d/stat" 2>/dev/null || continue
     set -- ${__st##*) }
-    [ "${20:-0}" -ge "$__t" ] 2>/dev/null && kill -"$__sig" "$__p" 2>/dev/null
+    [ "${20:-0}" -ge "$__t" ] 2>/dev/null && kill -KILL "$__p" 2>/dev/null
   done
 }
-__each STOP; __each STOP; __each KILL; __each KILL
+kill -STOP -1 2>/dev/null
+__kill; __kill
+kill -CONT -1 2>/dev/null
 "$0" rm -f /tmp/.agent/running
 true
 """

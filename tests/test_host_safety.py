@@ -13,7 +13,7 @@ import pytest
 from core import ChatSession, SandboxUnavailable, UploadError
 from core import datadisk
 from tests.conftest import make_settings, open_runtime
-from tests.fake_ollama import FakeOllama
+from tests.fake_ollama import FakeOllama, text
 
 pytestmark = pytest.mark.asyncio
 MB = 1024 ** 2
@@ -189,3 +189,69 @@ async def test_an_upload_past_the_persons_total_says_where_their_files_are(
         assert "of your 60 MB in all (`t0` 45 MB" in line and line.endswith(
             "`rm` them here, or `/reset files:true` in a conversation you no longer need.")
         assert not [p.name for p in rt.containers.upload_dir("alice", "t1").iterdir() if p.name != "small.txt"]
+
+
+async def test_a_deleted_file_held_open_still_counts(tmp_path: Path, fake_ollama: FakeOllama,
+                                                     docker_client: docker.DockerClient) -> None:
+    # a file deleted while a process keeps writing to it has no name for a walk to find, yet takes host disk
+    settings = make_settings(tmp_path, fake_ollama.url, vm_disk=64 * MB, command_timeout=60, command_timeout_max=60)
+    async with open_runtime(settings, docker_client) as rt:
+        rt.start_background()
+        await rt.terminal.execute("alice", "s", "true")
+        name = rt.containers.name("alice", "s")
+        before = host_bytes()
+        hide = ("nohup sh -c 'exec 3>/root/hidden; rm /root/hidden; "
+                "while :; do head -c 1048576 /dev/zero >&3; done' >/dev/null 2>&1 &")
+        await rt.terminal.execute("alice", "s", hide)
+        peak = 0
+        for _ in range(100):
+            peak = max(peak, host_bytes() - before)
+            if not docker_client.containers.list(all=True, filters={"name": name}):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"still running, the host {peak // MB} MB fuller")
+        assert host_bytes() - before < 16 * MB  # gone with the sandbox
+        assert peak < 2048 * MB
+        later = await rt.terminal.execute("alice", "s", "true")
+        assert "more than its 64 MB of disk" in later.for_model()
+
+
+async def test_reset_with_files_right_before_a_message_never_leaves_data_unbounded(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    needs_root()
+    async with open_runtime(make_settings(tmp_path, fake_ollama.url, vm_disk=64 * MB), docker_client) as rt:
+        await rt.terminal.execute("alice", "s", "echo old > /data/x")
+        fake_ollama.script(text("hi"))
+        async with ChatSession(user="alice", session="s", runtime=rt) as chat:
+            await asyncio.gather(chat.reset(delete_files=True), rt.containers.start("alice", "s"),
+                                 return_exceptions=True)
+        for _ in range(3):  # whichever came first, /data is its own image again, empty and bounded
+            done = await rt.terminal.execute("alice", "s", "ls /data; df -k /data | tail -1")
+            if done.exit_code == 0:
+                break
+        folder = rt.containers.upload_dir("alice", "s")
+        assert os.path.ismount(folder)
+        assert "x" not in done.stdout.split()
+        assert int(done.stdout.split()[-5]) < 70 * 1024  # df's size column: the 64 MB image, not the host
+
+
+async def test_an_image_still_attached_elsewhere_is_never_mounted_twice(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    needs_root()
+    import subprocess
+    async with open_runtime(make_settings(tmp_path, fake_ollama.url, vm_disk=64 * MB), docker_client) as rt:
+        await rt.terminal.execute("alice", "s", "echo kept > /data/x")
+        await rt.containers.remove("alice", "s")
+        folder = rt.containers.upload_dir("alice", "s")
+        image = datadisk.image_for(folder)
+        assert not os.path.ismount(folder)
+        device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
+                                check=True).stdout.strip()  # what a sandbox's own view of it would hold
+        try:
+            with pytest.raises(SandboxUnavailable, match="still in use elsewhere"):
+                await rt.containers.prepare_data("alice", "s")
+            assert not os.path.ismount(folder)
+        finally:
+            subprocess.run(["losetup", "-d", device], check=True)
+        assert (await rt.terminal.execute("alice", "s", "cat /data/x")).stdout == "kept\n"

@@ -179,3 +179,17 @@ def test_scripts_never_name_a_command_from_path() -> None:
     argv = sandbox_tools.script(sandbox_tools.BUSYBOX, "body", "1")
     assert argv == [sandbox_tools.BUSYBOX, "sh", "-c", "body", sandbox_tools.BUSYBOX, "1"]
     assert sandbox_tools.script(None, "body") == ["sh", "-c", "body", "command"]
+
+
+@pytest.mark.asyncio
+async def test_a_chain_of_forks_does_not_outlive_a_timeout(runtime: Runtime) -> None:
+    # each process forks the next and exits at once: a single pass over /proc never sees them all alive
+    chain = ("c() { ( i=$((i+1)); [ $((i%50)) = 0 ] && echo $i > /root/n$1; c $1 ) & }; "
+             "c a; c b; c c; c d; sleep 100")
+    done = await runtime.terminal.execute("alice", "forks", chain, timeout=3)
+    assert done.timed_out
+    await asyncio.sleep(1)
+    first = await runtime.terminal.execute("alice", "forks", "cat /root/na /root/nb /root/nc /root/nd 2>/dev/null")
+    await asyncio.sleep(2)
+    second = await runtime.terminal.execute("alice", "forks", "cat /root/na /root/nb /root/nc /root/nd 2>/dev/null")
+    assert first.stdout == second.stdout  # nothing counts on after the kill
