@@ -125,6 +125,19 @@ def _weigh(unit: list[dict[str, Any]], image_chars: int) -> int:
     return sum(message_chars(m) + image_chars * len(m.get(IMAGE_REFS) or []) for m in unit)
 
 
+def _newest_that_fit(units: list[list[dict[str, Any]]], left: int,
+                     image_chars: int) -> tuple[list[list[dict[str, Any]]], int, bool]:
+    """The newest of `units` that fit in `left` characters, newest first; what is left; whether all fit."""
+    kept = []
+    for unit in reversed(units):
+        weight = _weigh(unit, image_chars)
+        if weight > left:
+            return kept, left, False
+        kept.append(unit)
+        left -= weight
+    return kept, left, True
+
+
 def fit(messages: list[dict[str, Any]], budget: int, *, image_chars: int = 0) -> Window:
     """The newest part of `messages` (a valid window, oldest first) that fits `budget` characters.
 
@@ -171,25 +184,10 @@ def fit(messages: list[dict[str, Any]], budget: int, *, image_chars: int = 0) ->
             notes.append("the latest command output was cut to fit")
         must = _weigh(head, image_chars) + _weigh(last_round, image_chars)
 
-    left = budget - must
-    kept_rounds: list[list[dict[str, Any]]] = []
-    complete = True
-    for unit in reversed(rounds[:-1]):
-        weight = _weigh(unit, image_chars)
-        if weight > left:
-            complete = False
-            break
-        kept_rounds.append(unit)
-        left -= weight
+    kept_rounds, left, complete = _newest_that_fit(rounds[:-1], budget - must, image_chars)
     earlier: list[list[dict[str, Any]]] = []
     if complete:
-        for unit in reversed(units[:latest]):
-            weight = _weigh(unit, image_chars)
-            if weight > left:
-                complete = False
-                break
-            earlier.append(unit)
-            left -= weight
+        earlier, left, complete = _newest_that_fit(units[:latest], left, image_chars)
     # A window never opens on an answer whose question fell out: it opens on a user message.
     while earlier and earlier[-1][0]["role"] != "user":
         left += _weigh(earlier.pop(), image_chars)
