@@ -35,7 +35,7 @@ import ollama  # noqa: E402
 from core.datadisk import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
 from core.context import TokenCounter, fit  # noqa: E402
-from core.history import History, Message  # noqa: E402
+from core.store import Message, Store  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402
 
 IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
@@ -141,27 +141,27 @@ async def bench_terminal(tmp: Path, runs: int) -> None:
         cleanup(settings.vm_name_prefix)
 
 
-def fill(history: History, sessions: int, per_session: int) -> list[int]:
+def fill(store: Store, sessions: int, per_session: int) -> list[int]:
     ids = []
-    with history.db.atomic():
+    with store.database.write():
         for s in range(sessions):
-            ids.append(history.open_session(f"user{s % 97}", f"session{s}"))
+            ids.append(store.history.open_session(f"user{s % 97}", f"session{s}"))
     rows = []
     for n in range(per_session):
         for sid in ids:  # interleaved, as real traffic is: one session's rows are far apart
             rows.append({"session": sid, "role": "user" if n % 2 == 0 else "assistant", "content": f"message {n} " * 8})
-    with history.db.atomic():
+    with store.database.write():
         for start in range(0, len(rows), 5000):
             Message.insert_many(rows[start:start + 5000]).execute()
     return ids
 
 
-def time_windows(history: History, ids: list[int], calls: int) -> float:
+def time_windows(store: Store, ids: list[int], calls: int) -> float:
     samples = []
     for i in range(calls):
         sid = ids[(i * 7919) % len(ids)]
         started = time.perf_counter()
-        window = history.window(sid, 40)
+        window = store.history.window(sid, 40)
         samples.append(time.perf_counter() - started)
         assert window
     return statistics.median(samples)
@@ -169,11 +169,11 @@ def time_windows(history: History, ids: list[int], calls: int) -> float:
 
 def bench_history(tmp: Path, calls: int) -> None:
     print("3. history window with 200,000 messages vs 200", flush=True)
-    small = History(f"sqlite:///{tmp}/small.db")
+    small = Store(f"sqlite:///{tmp}/small.db")
     small_ids = fill(small, 2, 100)
     small_time = time_windows(small, small_ids, calls)
     small.close()
-    big = History(f"sqlite:///{tmp}/big.db")
+    big = Store(f"sqlite:///{tmp}/big.db")
     started = time.perf_counter()
     big_ids = fill(big, 2000, 100)
     filled = time.perf_counter() - started
@@ -189,7 +189,8 @@ def bench_context(tmp: Path, calls: int) -> None:
     """Issue 18: the window built under a token budget (compacting old command results, fitting whole
     turns newest first) for a 10,000-message conversation, against the count-based window alone."""
     print("4. context window of a 10,000-message conversation: budgeted vs count-based", flush=True)
-    history = History(f"sqlite:///{tmp}/long.db")
+    store = Store(f"sqlite:///{tmp}/long.db")
+    history = store.history
     sid = history.open_session("alice", "long")
     call = json.dumps([{"function": {"name": "execute_terminal", "arguments": {"command": "make"}}}])
     rows = []
@@ -199,7 +200,7 @@ def bench_context(tmp: Path, calls: int) -> None:
                  {"session": sid, "role": "tool", "content": f"output {n}\n" * (40 if n % 5 else 1200),
                   "tool_name": "execute_terminal"},
                  {"session": sid, "role": "assistant", "content": f"answer {n} " * 20}]
-    with history.db.atomic():
+    with store.database.write():
         for start in range(0, len(rows), 5000):
             Message.insert_many(rows[start:start + 5000]).execute()
     counter, settings = TokenCounter(), Settings()
@@ -213,7 +214,7 @@ def bench_context(tmp: Path, calls: int) -> None:
         window = fit(history.window(sid, settings.history_window, ids=True), budget)
         fitted.append(time.perf_counter() - started)
         sizes.append(window.chars)
-    history.close()
+    store.close()
     base, new = statistics.median(plain), statistics.median(fitted)
     report("context window (budgeted)", new / base, 2.0,
            f"{new * 1e6:.0f} us vs {base * 1e6:.0f} us count-based (median of {calls}; window of "

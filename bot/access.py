@@ -4,8 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from core.config import Settings
-from core.places import Place
+from core import Place, Settings
 
 REFUSED = "Sorry, I'm not available to you here."
 NO_DMS = "Sorry, I don't answer direct messages on this server's setup. Mention me in a channel instead."

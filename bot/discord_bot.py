@@ -16,8 +16,7 @@ import aiohttp
 import discord
 from discord.ext import commands
 
-from core import ConfigError, Runtime, Settings, get_runtime
-from core.places import Place
+from core import ConfigError, Place, Runtime, Settings, get_runtime
 from core.preflight import print_checks, run_checks
 
 from .logs import setup_logging

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .history import IMAGE_REFS, ROW_ID
+from .store import IMAGE_REFS, ROW_ID
 from .uploads import human_size
 
 CHARS_PER_TOKEN = 3.5  # a first guess for a model whose tokenizer has not been seen yet

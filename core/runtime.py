@@ -15,13 +15,12 @@ from .config import Settings
 from .containers import ContainerManager
 from .context import Seen, TokenCounter
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
-from .history import Audit, History, SessionInfo
 from .incidents import Incidents
 from .model_client import ModelClient
 from .outputs import OutputStore
-from .places import Places
 from .preflight import model_problem
 from .registry import Key, SessionRegistry
+from .store import Audit, Scope, SessionInfo, Store
 from .terminal import Terminal
 from .tool_loop import TurnRunner
 from .uploads import UploadStore
@@ -40,8 +39,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.history = History(settings.database_url)
-        self.places = Places(self.history, settings)  # persona and model per channel and server
+        self.store = Store(settings.database_url, settings)  # conversations, the audit log, place settings
+        self.history = self.store.history
+        self.places = self.store.places  # persona and model per channel and server
         self.containers = ContainerManager(settings)
         self.terminal = Terminal(self.containers)
         self.registry = SessionRegistry()
@@ -97,7 +97,7 @@ class Runtime:
             self._ollama = (loop, ModelClient(host=s.ollama_host, timeout=timeout))
         return self._ollama[1]
 
-    async def switch_model(self, scope: str, model: str | None, *, by: str) -> None:
+    async def switch_model(self, scope: Scope, model: str | None, *, by: str) -> None:
         """Use `model` for turns in `scope` from the next one on (None: as the wider place says),
         after checking that the Ollama server has it and that it can call tools."""
         if model is not None:
@@ -129,7 +129,7 @@ class Runtime:
 
     async def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
         """The latest commands run in sandboxes, newest first: everyone's, or one person's or channel's."""
-        return await self.history.run(self.history.audit, user, session, limit)
+        return await self.store.audit.run(self.store.audit.latest, user, session, limit)
 
     async def models(self) -> list[str] | None:
         """The models the Ollama server has pulled; None when it cannot be asked now."""
@@ -213,7 +213,7 @@ class Runtime:
     async def retention_pass(self) -> tuple[int, list[str]]:
         """Drop audit rows past AUDIT_RETENTION_DAYS and /data folders unused for DATA_RETENTION_DAYS."""
         s = self.settings
-        purged = await self.history.run(self.history.purge_audit, timedelta(days=s.audit_retention_days))
+        purged = await self.store.audit.run(self.store.audit.purge, timedelta(days=s.audit_retention_days))
         removed = []
         for user, session in await self.history.run(self.history.idle_sessions, timedelta(days=s.data_retention_days)):
             if self.registry.phase((user, session)) is not None or self.containers.busy(self.containers.name(user, session)):
@@ -277,7 +277,7 @@ class Runtime:
         # Queued picture decodes are dropped (no turn is left to read them); one under way finishes.
         pool, self.image_pool = self.image_pool, ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
-        self.history.close()
+        self.store.close()
         await asyncio.sleep(0)  # the transports closed above let go of their sockets on the next loop pass
 
 

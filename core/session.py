@@ -11,8 +11,8 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 from .config import Settings
 from .errors import EngineError, UploadError
 from .events import Event, Ignored, Replacing, TextDelta
-from .places import Place
 from .quota import DELETE_SOME, UserDisk
+from .store import Place
 from .registry import Phase
 from .uploads import FileEntry, list_folder, safe_filename
 from .runtime import Runtime, get_runtime

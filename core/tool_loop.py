@@ -23,10 +23,9 @@ from . import context, images
 from .incidents import DOCKER, OLLAMA
 from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
                      ToolStarted)
-from .history import IMAGE_REFS
-from .places import Place
 from .prompt import system_prompt
 from .registry import Generation, Phase
+from .store import IMAGE_REFS, Place
 from .tools import (MAX_FILES_PER_REPLY, ModelCall, SendFileCall, TerminalCall, ToolArgumentError, parse_call,
                     tool_schemas)
 from .uploads import human_size
@@ -479,9 +478,9 @@ class TurnRunner:
         """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files sent."""
         if duration is None:
             duration = asyncio.get_running_loop().time() - began
-        await self.rt.history.run(self.rt.history.add_audit, user, session, command, exit_code=exit_code,
-                                  duration=duration, output_bytes=output_bytes, timed_out=timed_out,
-                                  cancelled=cancelled)
+        audit = self.rt.store.audit
+        await audit.run(audit.add, user, session, command, exit_code=exit_code, duration=duration,
+                        output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
         await self.rt.history.run(self.rt.history.add_message, session_id, role, content, **extra)

@@ -8,7 +8,7 @@ import docker
 import pytest
 
 from core import ChatSession, Runtime
-from core.history import Audit, Session
+from core.store import Audit, Session
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, command_agent
 
@@ -28,17 +28,17 @@ async def test_every_command_is_audited_and_reset_keeps_the_audit(tmp_path: Path
             await turn(chat, "echo hello; exit 3")
             await turn(chat, "sleep 30")
             assert await chat.reset() == 8
-        rows = runtime.history.audit("alice", "chan")
-        assert runtime.history.audit("bob") == []
+        rows = runtime.store.audit.latest("alice", "chan")
+        assert runtime.store.audit.latest("bob") == []
     assert [(r.command, r.exit_code, r.output_bytes, r.timed_out, r.cancelled) for r in rows] == [
         ("sleep 30", 137, 0, True, False), ("echo hello; exit 3", 3, 6, False, False)]
     assert 0.9 < rows[0].duration < 5 and rows[1].duration < 2
 
 
 async def test_retention_drops_old_audit_rows_and_unused_data_folders(runtime: Runtime) -> None:
-    history = runtime.history
-    history.add_audit("alice", "old", "true", exit_code=0, duration=0.1, output_bytes=0)
-    history.add_audit("alice", "new", "true", exit_code=0, duration=0.1, output_bytes=0)
+    history, audit = runtime.store.history, runtime.store.audit
+    audit.add("alice", "old", "true", exit_code=0, duration=0.1, output_bytes=0)
+    audit.add("alice", "new", "true", exit_code=0, duration=0.1, output_bytes=0)
     long_ago = datetime.datetime.now() - datetime.timedelta(days=runtime.settings.audit_retention_days + 1)
     Audit.update(created_at=long_ago).where(Audit.session == "old").execute()
 
@@ -51,7 +51,7 @@ async def test_retention_drops_old_audit_rows_and_unused_data_folders(runtime: R
 
     async with runtime.containers.in_use("alice", "busy"):  # a command is running there right now
         purged, removed = await runtime.retention_pass()
-    assert purged == 1 and [r.session for r in history.audit()] == ["new"]
+    assert purged == 1 and [r.session for r in audit.latest()] == ["new"]
     assert removed == [str(folders["stale"])]
     assert not folders["stale"].exists() and folders["fresh"].exists() and folders["busy"].exists()
     # the conversation itself stays; coming back starts with an empty /data

@@ -13,7 +13,7 @@ import pytest
 from core import ChatSession
 from core.context import (KEEP_OLD_RESULT, MESSAGE_CUT, TokenCounter, cut_middle, fit, message_chars,
                           request_chars)
-from core.history import ROW_ID
+from core.store import ROW_ID
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import CHARS_PER_TOKEN, FakeOllama, request_problems, text, tool_calls
 

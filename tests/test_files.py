@@ -62,7 +62,7 @@ async def test_a_file_made_in_the_sandbox_comes_back_with_the_same_bytes(
         stored = results(await chat.history())
         assert stored[-1] == ("sent /data/blob.bin (293 KB) (random bytes) to the user: it is attached to your "
                               "reply, so do not paste its contents.")
-    audit = runtime.history.audit("u1", "s1")
+    audit = runtime.store.audit.latest("u1", "s1")
     assert audit[0].command == "send_file /data/blob.bin" and audit[0].exit_code == 0
     assert audit[0].output_bytes == 300000
     assert all(request_problems(r) == [] for r in fake_ollama.requests)
@@ -185,7 +185,7 @@ async def test_an_image_reaches_a_vision_model_and_the_history_keeps_a_reference
         rows = await chat.history()
     user = next(r for r in rows if r["role"] == "user")
     assert user["images"] == ["/data/red.png"] and user["content"] == "[uploaded: /data/red.png]\nwhat is this?"
-    stored = runtime.history.db.execute_sql("SELECT content, images FROM messages").fetchall()
+    stored = runtime.store.database.db.execute_sql("SELECT content, images FROM messages").fetchall()
     assert all(base64.b64encode(picture).decode()[:40] not in (c or "") + (i or "") for c, i in stored)
 
 

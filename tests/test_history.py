@@ -1,4 +1,5 @@
-"""History: per-pair storage, resumption, the bounded window, indexes — on SQLite and PostgreSQL."""
+"""The store's history: per-pair storage, resumption, the bounded window, indexes, columns added since —
+on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import os
@@ -8,26 +9,31 @@ from typing import Iterator
 
 import pytest
 
-from core.history import History, Message, Session, User
+from core.store import History, Message, Session, Store, User
 from tests.conftest import require
 
 POSTGRES = os.environ.get("TEST_POSTGRES_URL")
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def history(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[History]:
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
-        h = History(f"sqlite:///{tmp_path}/chat.db")
+        s = Store(f"sqlite:///{tmp_path}/chat.db")
     else:
         require(None if POSTGRES else "needs TEST_POSTGRES_URL (set by .ci/run) for the PostgreSQL run")
-        h = History(POSTGRES)
-    yield h
+        s = Store(POSTGRES)
+    yield s
     if request.param == "postgresql":
-        with h.db.atomic():
+        with s.database.write():
             Message.delete().execute()
             Session.delete().execute()
             User.delete().execute()
-    h.close()
+    s.close()
+
+
+@pytest.fixture
+def history(store: Store) -> History:
+    return store.history
 
 
 def test_pairs_are_isolated_and_resumable(history: History) -> None:
@@ -87,10 +93,10 @@ def test_list_and_clear(history: History) -> None:
 
 
 def test_sqlite_uses_wal_and_the_window_index(tmp_path: Path) -> None:
-    h = History(f"sqlite:///{tmp_path}/chat.db")
-    assert h.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
-    s = h.open_session("u", "s")
-    plan = " ".join(str(row) for row in h.db.execute_sql(
+    h = Store(f"sqlite:///{tmp_path}/chat.db")
+    assert h.database.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"
+    s = h.history.open_session("u", "s")
+    plan = " ".join(str(row) for row in h.database.db.execute_sql(
         "EXPLAIN QUERY PLAN SELECT role FROM messages WHERE session_id = ? AND complete = 1 ORDER BY id DESC LIMIT 5",
         (s,)).fetchall())
     assert "USING INDEX" in plan and "session_id_id" in plan, plan
@@ -99,10 +105,11 @@ def test_sqlite_uses_wal_and_the_window_index(tmp_path: Path) -> None:
 
 def test_schema_is_created_automatically(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/nested/dir/chat.db"
-    History(url).close()
+    Store(url).close()
     assert (tmp_path / "nested/dir/chat.db").exists()
-    h = History(url)  # a second start over existing tables is fine
-    assert h.open_session("a", "b") > 0
+    h = Store(url)  # a second start over existing tables is fine
+    assert h.history.open_session("a", "b") > 0
+    assert {"users", "sessions", "messages", "summaries", "audit", "place_settings"} <= set(h.database.db.get_tables())
     h.close()
 
 
@@ -122,16 +129,16 @@ def test_concurrent_writers_from_many_threads(history: History) -> None:
     assert all(len(history.window(sid, 10)) == 5 for sid in ids)
 
 
-def test_a_database_from_before_images_gains_the_column(history: History) -> None:
+def test_a_database_from_before_images_gains_the_column(store: Store) -> None:
     """create_tables never alters a table: a store made by an older version gets `images` added."""
-    history.db.execute_sql("ALTER TABLE messages DROP COLUMN images")
-    url = history.url
-    history.close()
-    again = History(url)
+    store.database.db.execute_sql("ALTER TABLE messages DROP COLUMN images")
+    url = store.url
+    store.close()
+    again = Store(url)
     try:
-        assert "images" in {c.name for c in again.db.get_columns("messages")}
-        sid = again.open_session("u", "s")
-        again.add_message(sid, "user", "look", images=["/data/a.png"])
-        assert again.window(sid, 10) == [{"role": "user", "content": "look", "image_refs": ["/data/a.png"]}]
+        assert "images" in {c.name for c in again.database.db.get_columns("messages")}
+        sid = again.history.open_session("u", "s")
+        again.history.add_message(sid, "user", "look", images=["/data/a.png"])
+        assert again.history.window(sid, 10) == [{"role": "user", "content": "look", "image_refs": ["/data/a.png"]}]
     finally:
         again.close()

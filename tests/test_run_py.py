@@ -9,7 +9,7 @@ from pathlib import Path
 
 import docker
 
-from core.history import History
+from core.store import Store
 from tests.conftest import closed_port, TEST_IMAGE, remove_containers
 from tests.fake_ollama import FakeOllama, text, tool_calls
 
@@ -36,11 +36,11 @@ def test_run_py_streams_a_command_result_and_stores_the_conversation(
         remove_containers(docker_client, prefix)
     assert done.returncode == 0, done.stderr
     assert "[running: uname -s]" in done.stdout and "It printed Linux." in done.stdout
-    history = History(f"sqlite:///{tmp_path}/chat.db")
-    sid = history.find_session("smoke-test", "run.py")
+    store = Store(f"sqlite:///{tmp_path}/chat.db")
+    sid = store.history.find_session("smoke-test", "run.py")
     assert sid is not None
-    assert [m.role for m in history.messages(sid)] == ["user", "assistant", "tool", "assistant"]
-    history.close()
+    assert [m.role for m in store.history.messages(sid)] == ["user", "assistant", "tool", "assistant"]
+    store.close()
 
 
 def test_run_py_without_ollama_says_what_to_start(tmp_path: Path) -> None:

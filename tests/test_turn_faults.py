@@ -17,7 +17,7 @@ import pytest
 from core import ChatSession, ModelError, Runtime
 from core.containers import ContainerManager
 from core.events import Notice, ToolFinished, ToolStarted
-from core.history import INTERRUPTED_RESULT, History
+from core.store import INTERRUPTED_RESULT, Store
 from core.tool_loop import OVER_CAP_RESULT, UNREADABLE
 from tests import crash_child
 from tests.conftest import make_settings, open_runtime
@@ -56,7 +56,7 @@ async def test_a_hundred_tool_calls_in_one_message(runtime: Runtime, fake_ollama
         results = [content for role, content, _ in stored if role == "tool"]
         assert [r.splitlines()[-1] for r in results[:8]] == [f"call-{i}" for i in range(8)]
         assert results[8:] == [OVER_CAP_RESULT.format(cap=8)] * 92
-        assert len(runtime.history.audit("alice", "many", limit=200)) == 8
+        assert len(runtime.store.audit.latest("alice", "many", limit=200)) == 8
 
         # The request after the calls: 102 rows of this turn against a window of 40, still valid,
         # still holding the user's message and every one of the 100 results.
@@ -185,7 +185,8 @@ async def test_a_refused_database_write_between_call_and_result(runtime: Runtime
 
 
 async def test_the_window_repairs_an_old_orphan_in_the_request(tmp_path: Path) -> None:
-    history = History(f"sqlite:///{tmp_path}/h.db")
+    store = Store(f"sqlite:///{tmp_path}/h.db")
+    history = store.history
     try:
         sid = history.open_session("u", "s")
         calls = [{"function": {"name": "execute_terminal", "arguments": {"command": c}}} for c in ("a", "b")]
@@ -200,7 +201,7 @@ async def test_the_window_repairs_an_old_orphan_in_the_request(tmp_path: Path) -
         assert [m["content"] for m in window][-1] == "second"
         assert history.repair_interrupted(sid) == 0  # not the last round: only the request is repaired
     finally:
-        history.close()
+        store.close()
 
 
 # -- item 4: malformed model output -------------------------------------------------------------
@@ -227,7 +228,7 @@ async def test_bad_tool_arguments_go_back_to_the_model(runtime: Runtime, fake_ol
         assert_valid(body, "list files")
         assert body["messages"][-1] == {"role": "tool", "content": error, "tool_name": "execute_terminal"}
         assert body["messages"][-2]["tool_calls"] == [{"function": {"name": "execute_terminal", "arguments": {}}}]
-        assert len(runtime.history.audit("alice", "badargs")) == 0
+        assert len(runtime.store.audit.latest("alice", "badargs")) == 0
 
 
 async def test_arguments_sent_as_a_json_string_still_run(runtime: Runtime, fake_ollama: FakeOllama) -> None:

@@ -9,8 +9,8 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from core import ChatSession, EngineError
-from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
+from core import ChatSession, EngineError, Place, Scope
+from core.store import PROMPT_MAX_CHARS
 from core.render import failure_line, inline_code
 from core.uploads import human_size
 
@@ -28,12 +28,14 @@ UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that us
 AUDIT_ROWS = 15
 
 
-def _source(scope: str) -> str:
-    """Where a setting in effect comes from, as an admin reads it."""
-    kind, _, ref = scope.partition(":")
-    return {"channel": f"set for <#{ref}>", "server": "set for this server", EVERYWHERE: "the bot-wide default",
-            "SYSTEM_PROMPT": "SYSTEM_PROMPT in the bot's settings",
-            "OLLAMA_MODEL": "OLLAMA_MODEL in the bot's settings"}.get(kind, scope)
+def _source(source: Scope | str) -> str:
+    """Where a setting in effect comes from (a Scope, or the setting it falls back to), as an admin reads it."""
+    if isinstance(source, Scope):
+        if source.kind == Scope.CHANNEL:
+            return f"set for <#{source.id}>"
+        return "set for this server" if source.kind == Scope.SERVER else "the bot-wide default"
+    return {"SYSTEM_PROMPT": "SYSTEM_PROMPT in the bot's settings",
+            "OLLAMA_MODEL": "OLLAMA_MODEL in the bot's settings"}.get(source, source)
 
 
 def _quoted(text: str, limit: int = 1800) -> str:
@@ -45,7 +47,7 @@ def _quoted(text: str, limit: int = 1800) -> str:
 class PersonaForm(discord.ui.Modal, title="Persona"):
     """/admin prompt set without text: a form with room for several lines, holding the current text."""
 
-    def __init__(self, cog: "Admin", target: tuple[str, str], current: str) -> None:
+    def __init__(self, cog: "Admin", target: tuple[Scope, str], current: str) -> None:
         super().__init__()
         self.cog, self.target = cog, target
         self.text = discord.ui.TextInput(label=f"Persona for {target[1]}"[:45], style=discord.TextStyle.paragraph,
@@ -168,27 +170,25 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
 
     # -- model and persona per place ------------------------------------------------
     def _target(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None,
-                everywhere: bool) -> tuple[str, str]:
+                everywhere: bool) -> tuple[Scope, str]:
         """The place a change applies to, and how to name it; refused with the line saying why not.
         A server's managers change their server and its channels; the bot-wide default
         (DMs, and servers without their own) is for ADMIN_USER_IDS only."""
         if everywhere or interaction.guild is None:
             if interaction.user.id not in self.runtime.settings.admin_user_ids:
                 raise Refused(ONLY_BOT_ADMINS)
-            return EVERYWHERE, "every server and DM (the default)"
+            return Scope.everywhere(), "every server and DM (the default)"
         if channel is not None:
             if getattr(getattr(channel, "guild", None), "id", None) != interaction.guild.id:
                 raise Refused("Pick a channel of this server.")
-            return channel_scope(channel.id), f"<#{channel.id}>"
-        return server_scope(interaction.guild.id), "this server"
+            return Scope.channel(channel.id), f"<#{channel.id}>"
+        return Scope.server(interaction.guild.id), "this server"
 
-    def _place(self, interaction: discord.Interaction, scope: str) -> Place:
+    def _place(self, interaction: discord.Interaction, scope: Scope) -> Place:
         """The place whose settings in effect /admin … show reports for `scope`."""
-        kind, _, ref = scope.partition(":")
-        server = str(interaction.guild.id) if interaction.guild is not None else None
-        if kind == "channel":
-            return Place(channel=ref, server=server)
-        return Place(server=ref) if kind == "server" else Place()
+        if scope.kind == Scope.CHANNEL:
+            return Place(channel=scope.id, server=str(interaction.guild.id) if interaction.guild is not None else None)
+        return Place(server=scope.id) if scope.kind == Scope.SERVER else Place()
 
     @app_commands.command(name="model", description="Show or switch the model, for this server, one channel, or everywhere")
     @app_commands.describe(name='A tool-capable model the Ollama server has pulled; "default" to inherit again',
@@ -242,7 +242,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
                 PersonaForm(self, target, own.prompt if own is not None and own.prompt else ""))
         await self.save_prompt(interaction, target, text)
 
-    async def save_prompt(self, interaction: discord.Interaction, target: tuple[str, str], text: str) -> None:
+    async def save_prompt(self, interaction: discord.Interaction, target: tuple[Scope, str], text: str) -> None:
         scope, label = target
         await self.runtime.places.set(scope, by=str(interaction.user.id), prompt=text)
         log.info("persona for %s set by %s (%d characters)", scope, interaction.user.id, len(text.strip()))

@@ -7,10 +7,9 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, UploadError
+from core import ChatSession, EngineError, Place, UploadError
 from core.context import Seen
 from core.errors import NotAFolder
-from core.places import Place
 from core.uploads import shown_name
 
 from ..access import channel_ids, place_of, upload_limit, user_is_admin

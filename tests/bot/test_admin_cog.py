@@ -243,8 +243,8 @@ async def test_admin_reset_and_stop_take_only_known_channels(bot: commands.Bot, 
 
 
 async def test_admins_read_the_audit_others_cannot(bot: commands.Bot, runtime: Runtime) -> None:
-    runtime.history.add_audit("9", str(CHANNEL), "ls -la /data", exit_code=0, duration=0.04, output_bytes=2048)
-    runtime.history.add_audit("10", "111", "rm -rf /", exit_code=None, duration=0.0, output_bytes=0, cancelled=True)
+    runtime.store.audit.add("9", str(CHANNEL), "ls -la /data", exit_code=0, duration=0.04, output_bytes=2048)
+    runtime.store.audit.add("10", "111", "rm -rf /", exit_code=None, duration=0.0, output_bytes=0, cancelled=True)
     said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True))
     lines = said.splitlines()
     assert len(lines) == 2

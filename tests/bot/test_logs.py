@@ -14,7 +14,7 @@ from discord.ext import commands
 
 from bot.discord_bot import create_bot
 from bot.logs import CHATTY_LOGGERS, CONTENT_LOGGERS, setup_logging
-from core import ChatSession, Runtime
+from core import ChatSession, Runtime, Scope
 from tests.bot.test_chat_cog import settle
 from tests.fake_ollama import FakeOllama, prompt_tokens, text, tool_calls
 from tests.test_concurrency import wait_until
@@ -132,7 +132,7 @@ async def test_info_has_no_third_party_noise(runtime: Runtime, fake_ollama: Fake
 
 async def test_ready_line_names_the_servers_and_model(bot: commands.Bot, runtime: Runtime,
                                                       caplog: pytest.LogCaptureFixture) -> None:
-    await runtime.places.set("channel:4", by="t", model="llama3.1:8b")
+    await runtime.places.set(Scope.channel(4), by="t", model="llama3.1:8b")
     with caplog.at_level(logging.INFO, logger="bot.discord_bot"):
         await bot.on_ready()
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ready")]

@@ -15,7 +15,7 @@ import docker
 import pytest
 from discord.ext import commands
 
-from core import ChatSession, Place, Runtime
+from core import ChatSession, Place, Runtime, Scope
 from core.prompt import TEMPLATE
 from tests.bot.test_admin_cog import CHANNEL, Interaction, call
 from tests.bot.conftest import channel_messages, invoke
@@ -48,14 +48,12 @@ async def ask(runtime: Runtime, fake: FakeOllama, place: Place, user: str = "5")
 RESTARTED = """
 import asyncio, json, sys
 from core import Place, Settings
-from core.history import History
-from core.places import Places
+from core.store import Store
 
 async def main():
-    history = History(sys.argv[1])
-    places = Places(history, Settings(ollama_model=sys.argv[2]))
-    print(json.dumps([(await places.model(Place(**p))).value for p in json.loads(sys.argv[3])]))
-    history.close()
+    store = Store(sys.argv[1], Settings(ollama_model=sys.argv[2]))
+    print(json.dumps([(await store.places.model(Place(**p))).value for p in json.loads(sys.argv[3])]))
+    store.close()
 
 asyncio.run(main())
 """
@@ -113,14 +111,14 @@ async def test_system_prompt_setting_is_the_default_persona(tmp_path: Path, fake
     async with open_runtime(settings.replace(system_prompt="Always sign as Zed."), docker_client) as runtime:
         prompt = system(await ask(runtime, fake_ollama, Place(channel="1", server="1")))
         assert "Always sign as Zed." in prompt and BUILT_IN in prompt
-        await runtime.places.set("server:1", by="t", prompt="You are Ada.")
+        await runtime.places.set(Scope.server(1), by="t", prompt="You are Ada.")
         prompt = system(await ask(runtime, fake_ollama, Place(channel="1", server="1")))
         assert "You are Ada." in prompt and "Zed" not in prompt
 
 
 async def test_prompt_set_without_text_opens_a_form_holding_the_current_text(bot: commands.Bot, runtime: Runtime,
                                                                              fake_ollama: FakeOllama) -> None:
-    await runtime.places.set("server:1", by="t", prompt="Old line one.\nOld line two.")
+    await runtime.places.set(Scope.server(1), by="t", prompt="Old line one.\nOld line two.")
     opening = manager()
     await invoke(bot, ("admin", "prompt", "set"), opening)
     form = opening.response.modal
@@ -225,7 +223,7 @@ async def test_help_says_how_to_talk_here(bot: commands.Bot, runtime: Runtime) -
                         "short summary. `/reset` starts over.")
     assert not any("/admin" in line for line in lines)
     runtime.settings = runtime.settings.replace(auto_reply_channel_ids=frozenset({CHANNEL}), allow_dms=False)
-    await runtime.places.set("server:1", by="t", prompt="Be kind.")
+    await runtime.places.set(Scope.server(1), by="t", prompt="Be kind.")
     lines = (await call(bot, ("help",), Interaction(1, manage_guild=True))).splitlines()
     assert lines[1].startswith(f"• In this channel I answer every message; elsewhere, mention "
                                f"@{bot.user.display_name} or reply to me. Each channel")

@@ -1,78 +1,54 @@
-"""Conversation history in SQL (SQLite by default, PostgreSQL through DATABASE_URL).
-
-Everything here is synchronous peewee; the engine calls it through `History.run`,
-which uses the store's own small thread pool (one thread for SQLite, its only
-writer), never asyncio's shared default executor: a slow Docker daemon or a pile
-of uploads can then never delay storing a message.
-"""
+"""Conversations: users, their sessions, the messages, the summaries of what fell out of the
+context, and the window (the last messages, shaped into a valid request for the model)."""
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, TypeVar
 
 from peewee import (
+    JOIN,
     AutoField,
     BooleanField,
     CharField,
-    DatabaseProxy,
     DateTimeField,
-    FloatField,
-    IntegerField,
-    JOIN,
     ForeignKeyField,
-    Model,
+    IntegerField,
     TextField,
     fn,
 )
-from playhouse.db_url import connect
 
-database = DatabaseProxy()
+from .database import AddedColumn, Database, Table, now
+
 T = TypeVar("T")
-SERVER_DB_THREADS = 4  # PostgreSQL and MySQL take concurrent writers
-
-
 IMAGE_REFS = "image_refs"  # in a window message: /data paths of its images, replaced before a request
 ROW_ID = "row_id"  # in a window message, when asked for: its id in the store (the context budget uses it)
 INTERRUPTED_RESULT = "interrupted: the assistant was restarted before this command finished"
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class _Base(Model):
-    class Meta:
-        database = database
-
-
-class User(_Base):
+class User(Table):
     id = AutoField()
     key = CharField(max_length=191, unique=True)
-    created_at = DateTimeField(default=_now)
+    created_at = DateTimeField(default=now)
 
     class Meta:
         table_name = "users"
 
 
-class Session(_Base):
+class Session(Table):
     id = AutoField()
     user = ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
     key = CharField(max_length=191)
-    created_at = DateTimeField(default=_now)
-    last_active = DateTimeField(default=_now)
+    created_at = DateTimeField(default=now)
+    last_active = DateTimeField(default=now)
 
     class Meta:
         table_name = "sessions"
         indexes = ((("user", "key"), True),)
 
 
-class Message(_Base):
+class Message(Table):
     id = AutoField()
     session = ForeignKeyField(Session, backref="messages", on_delete="CASCADE")
     role = CharField(max_length=16)
@@ -82,7 +58,7 @@ class Message(_Base):
     # False for an assistant reply cut short by a failure: kept for the record, never sent to the model.
     complete = BooleanField(default=True)
     images = TextField(null=True)  # a user message's images: JSON list of /data paths (never the bytes)
-    created_at = DateTimeField(default=_now)
+    created_at = DateTimeField(default=now)
 
     class Meta:
         table_name = "messages"
@@ -90,26 +66,7 @@ class Message(_Base):
         indexes = ((("session", "id"), False),)
 
 
-class Audit(_Base):
-    """One command a sandbox ran. Separate from the conversation, so /reset never erases it."""
-
-    id = AutoField()
-    created_at = DateTimeField(default=_now, index=True)
-    user = CharField(max_length=191)
-    session = CharField(max_length=191)
-    command = TextField()
-    exit_code = IntegerField(null=True)
-    duration = FloatField(default=0.0)
-    output_bytes = IntegerField(default=0)
-    timed_out = BooleanField(default=False)
-    cancelled = BooleanField(default=False)
-
-    class Meta:
-        table_name = "audit"
-        indexes = ((("user", "session", "id"), False),)
-
-
-class Summary(_Base):
+class Summary(Table):
     """What fell out of a long conversation's context, in a few lines: one per session, replaced as
     more falls out. It covers every message up to `upto` (an id of Message); the history itself is
     never changed."""
@@ -117,13 +74,14 @@ class Summary(_Base):
     session = ForeignKeyField(Session, primary_key=True, on_delete="CASCADE")
     upto = IntegerField()
     text = TextField()
-    created_at = DateTimeField(default=_now)
+    created_at = DateTimeField(default=now)
 
     class Meta:
         table_name = "summaries"
 
 
-MODELS = (User, Session, Message, Audit, Summary)
+TABLES = (User, Session, Message, Summary)
+ADDED_COLUMNS = (AddedColumn("messages", "images", TextField(null=True)),)
 
 
 @dataclass(frozen=True)
@@ -138,57 +96,19 @@ class SessionInfo:
 
 
 class History:
-    """The store behind every ChatSession in the process."""
+    """Every conversation of the process. Its methods are synchronous: call them through `run`."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        if url.startswith("sqlite:///"):
-            path = url[len("sqlite:///"):]
-            if path and path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-            db = connect(url, pragmas={"journal_mode": "wal", "synchronous": "normal",
-                                        "foreign_keys": 1, "busy_timeout": 5000})
-        else:
-            db = connect(url)
-        database.initialize(db)
-        self.db = db
-        with db.connection_context():
-            db.create_tables(MODELS, safe=True)
-            _add_missing_columns(db)
-        threads = 1 if url.startswith("sqlite") else SERVER_DB_THREADS
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="history")
-        self._closed = False
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Call one of this store's methods on its own threads, without blocking the event loop."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
-
-    def _write(self):  # type: ignore[no-untyped-def]
-        """A write transaction. SQLite's deferred transactions fail at once ("database is locked")
-        when two threads both read and then write; BEGIN IMMEDIATE waits for the lock instead."""
-        if self.url.startswith("sqlite"):
-            return self.db.atomic(lock_type="IMMEDIATE")
-        return self.db.atomic()
-
-    def close(self) -> None:
-        """Finish queued work, then close the pool's connection (peewee's are per thread) and the caller's.
-        Closing twice is harmless."""
-        if self._closed:
-            return
-        self._closed = True
-        self._executor.submit(self._close_connection).result()
-        self._executor.shutdown(wait=True)
-        self._close_connection()
-
-    def _close_connection(self) -> None:
-        if not self.db.is_closed():
-            self.db.close()
+        """Call one of these methods on the store's threads, without blocking the event loop."""
+        return await self.database.run(fn, *args, **kwargs)
 
     # -- sessions ---------------------------------------------------------
     def open_session(self, user: str, session: str) -> int:
         """The id of the (user, session) pair, created on first use."""
-        with self._write():
+        with self.database.write():
             user_row, _ = User.get_or_create(key=user)
             row, _ = Session.get_or_create(user=user_row, key=session)
         return row.id
@@ -211,9 +131,15 @@ class History:
         return [SessionInfo(row["id"], row["user_key"], row["key"], row["n"], row["last_active"])
                 for row in query.dicts()]
 
+    def idle_sessions(self, older_than: timedelta) -> list[tuple[str, str]]:
+        """(user, session) pairs not used for longer than `older_than`, oldest first."""
+        query = (Session.select(User.key.alias("user_key"), Session.key).join(User)
+                 .where(Session.last_active < now() - older_than).order_by(Session.last_active))
+        return [(row["user_key"], row["key"]) for row in query.dicts()]
+
     def clear(self, session_id: int) -> int:
         """Delete a session's messages (and the summary of them); the number deleted."""
-        with self._write():
+        with self.database.write():
             Summary.delete().where(Summary.session == session_id).execute()
             return Message.delete().where(Message.session == session_id).execute()
 
@@ -224,10 +150,10 @@ class History:
         return (row.upto, row.text) if row else None
 
     def save_summary(self, session_id: int, upto: int, text: str) -> None:
-        with self._write():
-            Summary.insert(session=session_id, upto=upto, text=text, created_at=_now()).on_conflict(
+        with self.database.write():
+            Summary.insert(session=session_id, upto=upto, text=text, created_at=now()).on_conflict(
                 conflict_target=[Summary.session], update={Summary.upto: upto, Summary.text: text,
-                                                           Summary.created_at: _now()}).execute()
+                                                           Summary.created_at: now()}).execute()
 
     def between(self, session_id: int, after: int, before: int, limit: int) -> list[dict[str, Any]]:
         """The complete messages with after < id < before, the newest `limit` of them, oldest first,
@@ -250,20 +176,24 @@ class History:
     def add_message(self, session_id: int, role: str, content: str = "", *,
                     tool_calls: list[dict[str, Any]] | None = None, tool_name: str | None = None,
                     complete: bool = True, images: list[str] | None = None) -> int:
-        now = _now()
-        with self._write():
+        stamp = now()
+        with self.database.write():
             row = Message.create(session=session_id, role=role, content=content,
                                  tool_calls=json.dumps(tool_calls) if tool_calls else None,
-                                 tool_name=tool_name, complete=complete, created_at=now,
+                                 tool_name=tool_name, complete=complete, created_at=stamp,
                                  images=json.dumps(images) if images else None)
-            Session.update(last_active=now).where(Session.id == session_id).execute()
+            Session.update(last_active=stamp).where(Session.id == session_id).execute()
         return row.id
 
     def add_messages(self, session_id: int, rows: list[dict[str, Any]]) -> None:
         """Several rows in one transaction (a cancelled turn's closing tool results)."""
-        with self._write():
+        with self.database.write():
             for row in rows:
                 self.add_message(session_id, **row)
+
+    def messages(self, session_id: int) -> list[Message]:
+        """Every stored row of a session, oldest first (for tests and export)."""
+        return list(Message.select().where(Message.session == session_id).order_by(Message.id))
 
     def window(self, session_id: int, limit: int, *, after: int = 0, ids: bool = False) -> list[dict[str, Any]]:
         """About the last `limit` complete messages, in Ollama's shape, oldest first: always a valid request.
@@ -312,7 +242,7 @@ class History:
         Only the session's last round can be cut short (results are written before anything
         else happens in a session), so the rows are appended right where they belong.
         """
-        with self._write():
+        with self.database.write():
             mine = Message.session == session_id
             # The last complete row that is not a result: the round's call, if a round was cut short.
             last = (Message.select(Message.id, Message.tool_calls)
@@ -325,36 +255,6 @@ class History:
             for call in calls[answered:]:
                 self.add_message(session_id, "tool", INTERRUPTED_RESULT, tool_name=_call_name(call))
             return max(len(calls) - answered, 0)
-
-    # -- audit and retention ---------------------------------------------
-    def add_audit(self, user: str, session: str, command: str, *, exit_code: int | None, duration: float,
-                  output_bytes: int, timed_out: bool = False, cancelled: bool = False) -> None:
-        with self._write():
-            Audit.create(user=user, session=session, command=command, exit_code=exit_code, duration=duration,
-                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
-
-    def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
-        """The latest commands, newest first, narrowed to a user and/or a session."""
-        query = Audit.select().order_by(Audit.id.desc()).limit(limit)
-        if user is not None:
-            query = query.where(Audit.user == user)
-        if session is not None:
-            query = query.where(Audit.session == session)
-        return list(query)
-
-    def purge_audit(self, older_than: timedelta) -> int:
-        with self._write():
-            return Audit.delete().where(Audit.created_at < _now() - older_than).execute()
-
-    def idle_sessions(self, older_than: timedelta) -> list[tuple[str, str]]:
-        """(user, session) pairs not used for longer than `older_than`, oldest first."""
-        query = (Session.select(User.key.alias("user_key"), Session.key).join(User)
-                 .where(Session.last_active < _now() - older_than).order_by(Session.last_active))
-        return [(row["user_key"], row["key"]) for row in query.dicts()]
-
-    def messages(self, session_id: int) -> list[Message]:
-        """Every stored row of a session, oldest first (for tests and export)."""
-        return list(Message.select().where(Message.session == session_id).order_by(Message.id))
 
 
 Row = tuple[int, str, str, "str | None", "str | None", "str | None"]
@@ -377,14 +277,6 @@ def _fit_turn(turn: list[Row], limit: int) -> list[Row]:
         kept.append(unit)
         budget -= len(unit)
     return head + [row for unit in reversed(kept) for row in unit]
-
-
-def _add_missing_columns(db: Any) -> None:
-    """Columns added since a database was made (create_tables never alters a table)."""
-    have = {c.name for c in db.get_columns("messages")}
-    if "images" not in have:
-        from playhouse.migrate import migrate, SchemaMigrator
-        migrate(SchemaMigrator.from_database(db).add_column("messages", "images", TextField(null=True)))
 
 
 def _call_name(call: Any) -> str | None:

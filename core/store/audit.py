@@ -1,0 +1,65 @@
+"""The audit log: one row per command a sandbox ran, kept apart from the conversation (so /reset
+never erases it) and dropped after AUDIT_RETENTION_DAYS."""
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any, Callable, TypeVar
+
+from peewee import AutoField, BooleanField, CharField, DateTimeField, FloatField, IntegerField, TextField
+
+from .database import Database, Table, now
+
+T = TypeVar("T")
+
+
+class Audit(Table):
+    """One command a sandbox ran."""
+
+    id = AutoField()
+    created_at = DateTimeField(default=now, index=True)
+    user = CharField(max_length=191)
+    session = CharField(max_length=191)
+    command = TextField()
+    exit_code = IntegerField(null=True)
+    duration = FloatField(default=0.0)
+    output_bytes = IntegerField(default=0)
+    timed_out = BooleanField(default=False)
+    cancelled = BooleanField(default=False)
+
+    class Meta:
+        table_name = "audit"
+        indexes = ((("user", "session", "id"), False),)
+
+
+TABLES = (Audit,)
+
+
+class AuditLog:
+    """Every command run in a sandbox. Its methods are synchronous: call them through `run`."""
+
+    def __init__(self, database: Database) -> None:
+        self.database = database
+
+    async def run(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Call one of these methods on the store's threads, without blocking the event loop."""
+        return await self.database.run(fn, *args, **kwargs)
+
+    def add(self, user: str, session: str, command: str, *, exit_code: int | None, duration: float,
+            output_bytes: int, timed_out: bool = False, cancelled: bool = False) -> None:
+        with self.database.write():
+            Audit.create(user=user, session=session, command=command, exit_code=exit_code, duration=duration,
+                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
+
+    def latest(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
+        """The latest commands, newest first, narrowed to a user and/or a session."""
+        query = Audit.select().order_by(Audit.id.desc()).limit(limit)
+        if user is not None:
+            query = query.where(Audit.user == user)
+        if session is not None:
+            query = query.where(Audit.session == session)
+        return list(query)
+
+    def purge(self, older_than: timedelta) -> int:
+        """Delete the rows older than `older_than`; the number deleted."""
+        with self.database.write():
+            return Audit.delete().where(Audit.created_at < now() - older_than).execute()
