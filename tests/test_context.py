@@ -17,7 +17,6 @@ from core.store import ROW_ID
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import CHARS_PER_TOKEN, FakeOllama, request_problems, text, tool_calls
 
-pytestmark = pytest.mark.asyncio
 SYSTEM = {"role": "system", "content": "rules"}
 
 
@@ -101,6 +100,7 @@ def budget_settings(tmp_path: Path, fake_ollama: FakeOllama):  # type: ignore[no
                          history_window=200, command_timeout=20)
 
 
+@pytest.mark.asyncio
 async def test_thirty_long_turns_stay_within_the_context(budget_settings: Any, fake_ollama: FakeOllama,
                                                         docker_client: docker.DockerClient) -> None:
     num_ctx = budget_settings.ollama_num_ctx
@@ -137,6 +137,7 @@ async def test_thirty_long_turns_stay_within_the_context(budget_settings: Any, f
     assert abs(rt.tokens.ratio("qwen3:8b") * 1.15 - CHARS_PER_TOKEN) < 0.6
 
 
+@pytest.mark.asyncio
 async def test_a_summary_is_made_once_and_reused(budget_settings: Any, fake_ollama: FakeOllama,
                                                  docker_client: docker.DockerClient) -> None:
     settings = budget_settings.replace(history_window=6)
@@ -158,6 +159,7 @@ async def test_a_summary_is_made_once_and_reused(budget_settings: Any, fake_olla
     assert [m["content"] for m in fake_ollama.requests[-1]["messages"] if m["role"] == "user"][-1] == "question 5"
 
 
+@pytest.mark.asyncio
 async def test_with_summaries_off_nothing_extra_is_asked(budget_settings: Any, fake_ollama: FakeOllama,
                                                          docker_client: docker.DockerClient) -> None:
     settings = budget_settings.replace(history_window=4, summary=False)
@@ -170,6 +172,7 @@ async def test_with_summaries_off_nothing_extra_is_asked(budget_settings: Any, f
     assert all(b["messages"][1]["role"] == "user" for b in fake_ollama.requests)
 
 
+@pytest.mark.asyncio
 async def test_a_fifty_kb_message_reaches_the_model_cut_with_a_note_and_is_stored_whole(
         budget_settings: Any, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
     big = "".join(f"line {i}: " + "w" * 40 + "\n" for i in range(1100))
@@ -188,6 +191,7 @@ async def test_a_fifty_kb_message_reaches_the_model_cut_with_a_note_and_is_store
     assert stored == [big]
 
 
+@pytest.mark.asyncio
 async def test_the_turn_log_line_says_what_the_model_saw(budget_settings: Any, fake_ollama: FakeOllama,
                                                          docker_client: docker.DockerClient,
                                                          caplog: pytest.LogCaptureFixture) -> None:
