@@ -12,7 +12,7 @@ from discord.ext import commands
 from core import ChatSession, EngineError
 from core.places import EVERYWHERE, PROMPT_MAX_CHARS, Place, channel_scope, server_scope
 from core.render import failure_line, inline_code
-from core.uploads import human_size
+from core.sizes import human_size
 
 from ..access import user_is_admin
 from ..formatting import stamp

@@ -7,11 +7,11 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, UploadError
+from core import ChatSession, EngineError
 from core.context import Seen
-from core.errors import NotAFolder
+from core.errors import NotAFolder, WorkspaceError
 from core.places import Place
-from core.uploads import shown_name
+from core.sandbox.workspace import shown_name
 
 from ..access import channel_ids, place_of, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
@@ -91,7 +91,7 @@ class Everyone(SlashCog):
                 disk = await chat.disk_usage()
             except NotAFolder:
                 return await send_file_to(interaction, chat, where, limit)  # a file: send it
-            except UploadError as exc:  # the message may hold the path as typed: shown inert
+            except WorkspaceError as exc:  # the message may hold the path as typed: shown inert
                 return await say(interaction, f"⚠️ {discord.utils.escape_markdown(exc.user_message)}")
         total = f"\n-# {'⚠️ ' + disk.full_line() if disk.full else disk.line()}" if disk.nearly_full else ""
         if not entries:
