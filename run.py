@@ -21,7 +21,8 @@ from core.attachments import compose
 from core.events import FileReady
 from core.preflight import run_checks
 from core.render import Reply, ToolLine
-from core.uploads import human_size, safe_filename
+from core.sizes import human_size
+from core.uploads import safe_filename
 
 DEFAULT_PROMPT = "Use the execute_terminal tool to run `uname -a`, then tell me in one sentence what it printed."
 ATTACH_PROMPT = ("Use execute_terminal to write a short report on the file(s) I attached (size in bytes and the "

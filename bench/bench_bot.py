@@ -27,7 +27,7 @@ import discord  # noqa: E402
 import discord.ext.test as dpytest  # noqa: E402
 
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
-from core.datadisk import unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
 from tests.bot.conftest import channel_messages, start_bot, with_reaction_type  # noqa: E402
 from tests.conftest import make_settings, remove_containers  # noqa: E402
 from tests.fake_ollama import FakeOllama, text  # noqa: E402

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import IMAGE, cleanup, settings_for, summary  # noqa: E402
 from bot.discord_bot import create_bot  # noqa: E402,F401 - the bot's modules count in the process's memory
-from core.datadisk import unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, set_runtime  # noqa: E402
 from tests.fake_ollama import FakeOllama, command_agent, text  # noqa: E402
 
@@ -83,7 +83,7 @@ async def bench_load(tmp: Path, sessions: int, reps: int) -> None:
         users = [f"load{i}" for i in range(sessions)]
         try:
             print(f"   starting {sessions + 1} sandboxes…", flush=True)
-            await asyncio.gather(*(rt.containers.start(u, "chan") for u in [*users, "probe"]))
+            await asyncio.gather(*(rt.sandboxes.start(u, "chan") for u in [*users, "probe"]))
             await probe(rt, fake, 3)  # warm-up
             rss_idle = rss_mb()
             idle_turn, idle_echo = await probe(rt, fake, reps)
@@ -136,9 +136,9 @@ async def bench_cold(tmp: Path, sessions: int) -> None:
         cleanup(f"{settings.vm_name_prefix}-raw")
         rt = Runtime(settings)
         try:
-            await rt.containers.adopt()  # what the bot does at start-up
+            await rt.sandboxes.adopt()  # what the bot does at start-up
             started = time.perf_counter()
-            await asyncio.gather(*(rt.containers.start(f"cold{i}", "chan") for i in range(sessions)))
+            await asyncio.gather(*(rt.sandboxes.start(f"cold{i}", "chan") for i in range(sessions)))
             ours = sessions / (time.perf_counter() - started)
         finally:
             await rt.close()

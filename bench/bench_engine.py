@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 import ollama  # noqa: E402
 
-from core.datadisk import unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
 from core.context import TokenCounter, fit  # noqa: E402
 from core.store import Message, Store  # noqa: E402
@@ -100,9 +100,9 @@ async def bench_terminal(tmp: Path, runs: int) -> None:
     settings = settings_for(tmp, "http://127.0.0.1:9")
     rt = Runtime(settings)
     try:
-        await rt.containers.start("bench", "term")
+        await rt.sandboxes.start("bench", "term")
         client = docker.from_env()
-        container = client.containers.get(rt.containers.name("bench", "term"))
+        container = client.containers.get(rt.sandboxes.name("bench", "term"))
         for _ in range(5):
             await rt.terminal.execute("bench", "term", "true")
             await asyncio.to_thread(container.exec_run, "true")

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import docker  # noqa: E402
 
 from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
-from core.datadisk import unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
 from core.events import FileReady  # noqa: E402
 from tests.conftest import remove_containers  # noqa: E402
 from tests.fake_ollama import FakeOllama, text, tool_calls  # noqa: E402
@@ -53,7 +53,7 @@ async def bench(runs: int) -> bool:
         engine, cli = [], []
         try:
             async with ChatSession(user="bench", session="files", runtime=rt) as chat:
-                name = rt.containers.name("bench", "files")
+                name = rt.sandboxes.name("bench", "files")
                 for run in range(runs + 1):  # the first run warms both paths up and is not counted
                     made = await rt.terminal.execute("bench", "files", f"head -c {SIZE} /dev/urandom > /data/blob.bin")
                     assert made.exit_code == 0, made.stderr

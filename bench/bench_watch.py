@@ -3,7 +3,7 @@
     python bench/bench_watch.py                 # needs the Docker engine and the test image
     python bench/bench_watch.py --sandboxes 50 --reps 3 --files 1000000
 
-The watch (`Runtime._watch_disk_forever`) calls `ContainerManager.enforce_disk(names)` every
+The watch (`Runtime._watch_disk_forever`) calls `DockerProvider.enforce_disk(names)` every
 second for the sandboxes in use, and for all of them every minute. The baseline is what the watch
 did before: `docker inspect --size` (`containers/{name}/json?size=true`, through the same aiodocker
 client) of each sandbox, one after another.
@@ -41,9 +41,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import cleanup, summary  # noqa: E402
 from core import Runtime  # noqa: E402
-from core import quota  # noqa: E402
+from core.sandbox import quota  # noqa: E402
 from core.config import Settings  # noqa: E402
-from core.datadisk import mounted_under, unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import mounted_under, unmount_under  # noqa: E402
 from core.runtime import DISK_WATCH_SECONDS  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.leaks import read_loops  # noqa: E402
@@ -103,13 +103,13 @@ class Watch:
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.cm = rt.containers
+        self.cm = rt.sandboxes
         self.cpu = Cpu()
         self.started = 0.0
         self.done: dict[str, float] = {}  # name -> seconds from the pass's start to its weighing's end
         self.took: dict[str, float] = {}  # name -> seconds its own weighing took (after its turn came)
         self.weights: dict[str, quota.Weight | None] = {}
-        original = self.cm._weigh  # noqa: SLF001
+        original = self.cm.watch._weigh  # noqa: SLF001
 
         async def timed(row: dict[str, Any]) -> quota.Weight | None:
             began = time.perf_counter()
@@ -120,7 +120,7 @@ class Watch:
             self.weights[name] = weight
             return weight
 
-        self.cm._weigh = timed  # type: ignore[method-assign]  # noqa: SLF001
+        self.cm.watch._weigh = timed  # type: ignore[method-assign]  # noqa: SLF001
 
     async def new(self, names: list[str]) -> tuple[float, list[str], tuple[float, float, float]]:
         self.done, self.took, self.weights = {}, {}, {}
@@ -133,12 +133,12 @@ class Watch:
 
     async def old(self, names: list[str]) -> tuple[float, tuple[float, float, float]]:
         self.done, self.took = {}, {}
-        docker = self.cm.docker
+        engine = self.cm.engine
         before = self.cpu.now()
         self.started = time.perf_counter()
         for name in names:
             began = time.perf_counter()
-            state = await docker._query_json(f"containers/{name}/json", params={"size": "true"})  # noqa: SLF001
+            state = await engine.inspect_size(name)  # `docker inspect --size`
             ended = time.perf_counter()
             assert "SizeRw" in state, state.keys()
             self.done[name], self.took[name] = ended - self.started, ended - began
@@ -174,10 +174,10 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
     rt = Runtime(settings)
     try:
         users = [f"w{i:03d}" for i in range(count)]
-        names = [rt.containers.name(u, SESSION) for u in users]
+        names = [rt.sandboxes.name(u, SESSION) for u in users]
         print(f"starting {count} sandboxes, {BATCH} at a time…", flush=True)
         began = time.perf_counter()
-        await in_batches([partial(rt.containers.start, u, SESSION) for u in users])
+        await in_batches([partial(rt.sandboxes.start, u, SESSION) for u in users])
         print(f"  started in {time.perf_counter() - began:.1f} s; putting 5 files in each one's own "
               "filesystem and one in its /data…", flush=True)
         results = await in_batches([partial(rt.terminal.execute, u, SESSION, FILL) for u in users])
@@ -241,7 +241,7 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
               f"(median of {reps}); its inspect {ms(statistics.median(heavy_old))}\n    the {len(others)} others "
               f"behind it wait {ms(statistics.median(waits_old))} median, {ms(quantile(waits_old, 0.95))} p95, "
               f"{ms(max(waits_old))} at worst for their weighing\n    {cpu_line(b_old_cpu)}", flush=True)
-        upper = await rt.containers._upper_dir(next(r for r in await rt.containers._list()  # noqa: SLF001
+        upper = await rt.sandboxes.watch._upper_dir(next(r for r in await rt.sandboxes._list()  # noqa: SLF001
                                                     if r["Names"][0].lstrip("/") == heavy))
         if upper is not None:
             began = time.perf_counter()
@@ -250,13 +250,13 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
                   f"the watch runs them): {ms(time.perf_counter() - began)}, {count_files:,} files", flush=True)
 
         # The new pass, with evictions held back so that every repetition sees the heavy sandbox.
-        evict = rt.containers._evict  # noqa: SLF001
+        evict = rt.sandboxes.watch._evict  # noqa: SLF001
         held: list[str] = []
 
         async def hold_back(name: str, reason: str) -> None:
             held.append(name)
 
-        rt.containers._evict = hold_back  # type: ignore[method-assign]  # noqa: SLF001
+        rt.sandboxes.watch._evict = hold_back  # type: ignore[method-assign]  # noqa: SLF001
         b_new, b_new_cpu, waits_new, heavy_new, slow, unweighed = [], [], [], [], 0, 0
         for _ in range(reps):
             held.clear()
@@ -269,7 +269,7 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
             heavy_weight = watch.weights[heavy]
             unweighed += heavy_weight is None
             slow += bool(heavy_weight and heavy_weight.slow)
-        rt.containers._evict = evict  # type: ignore[method-assign]  # noqa: SLF001
+        rt.sandboxes.watch._evict = evict  # type: ignore[method-assign]  # noqa: SLF001
         w = watch.weights[heavy]
         over_box = (f", over the {quota.MEASURE_SECONDS:g} s time box {slow + unweighed} of {reps} times "
                     f"({unweighed} left for the next pass, {slow} counted as over)")
@@ -290,8 +290,8 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
 
         print(f"\n3. one pass as the watch runs it (stopping on), VM_INODES at its default ({default_inodes:,})",
               flush=True)
-        rt.containers.settings = settings.replace(vm_inodes=default_inodes)
-        delete = rt.containers._delete  # noqa: SLF001
+        rt.sandboxes.settings = settings.replace(vm_inodes=default_inodes)
+        delete = rt.sandboxes._delete  # noqa: SLF001
         deleting: list[float] = []
 
         async def timed_delete(name: str) -> None:
@@ -301,10 +301,10 @@ async def run(tmp: Path, count: int, reps: int, files: int) -> None:
             finally:
                 deleting.append(time.perf_counter() - began)
 
-        rt.containers._delete = timed_delete  # type: ignore[method-assign]  # noqa: SLF001
+        rt.sandboxes._delete = timed_delete  # type: ignore[method-assign]  # noqa: SLF001
         elapsed, removed, _ = await watch.new(names)
-        rt.containers._delete = delete  # type: ignore[method-assign]  # noqa: SLF001
-        reason = rt.containers.eviction_message(heavy) if heavy in removed else None
+        rt.sandboxes._delete = delete  # type: ignore[method-assign]  # noqa: SLF001
+        reason = rt.sandboxes.watch.eviction_message(heavy) if heavy in removed else None
         print(f"  {ms(elapsed)} per pass, of which removing: {' + '.join(ms(d) for d in deleting) or 'none'} "
               f"(the watch waits for it before its next pass); stopped: "
               f"{', '.join(n.rsplit('-', 1)[0] for n in removed) or 'none'}"

@@ -45,7 +45,7 @@ import docker  # noqa: E402
 import peewee  # noqa: E402
 
 from core import ChatSession, EngineError, Runtime, Settings  # noqa: E402
-from core.datadisk import unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
 from core.events import TextDelta, ToolFinished  # noqa: E402
 from tests import crash_child  # noqa: E402
 from tests.conftest import make_settings, remove_containers  # noqa: E402
@@ -304,7 +304,7 @@ async def docker_cut_mid_command(lab: Lab) -> Row:
             async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
                 lab.fake.script(tool_calls(("execute_terminal", {"command": "sleep 30"})))
                 running = asyncio.create_task(turn(chat, "wait a while"))
-                await wait_for_process(lab, rt.containers.name("alice", "fault"), "sleep 30")
+                await wait_for_process(lab, rt.sandboxes.name("alice", "fault"), "sleep 30")
                 await proxy.cut()
                 seen = await asyncio.wait_for(running, 30)
                 await proxy.restore()
@@ -334,7 +334,7 @@ async def paused_sandbox(lab: Lab) -> Row:
     async with lab.runtime(settings) as rt:
         async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
             await rt.terminal.execute("alice", "fault", "true")
-            lab.docker.containers.get(rt.containers.name("alice", "fault")).pause()
+            lab.docker.containers.get(rt.sandboxes.name("alice", "fault")).pause()
             lab.fake.script(tool_calls(("execute_terminal", {"command": "echo awake", "timeout": 5})), text("Awake."))
             seen = await turn(chat, "are you awake?")
             return await lab.verdict("sandbox paused (docker pause)", rt, chat, seen, ["are you awake?"])
@@ -489,7 +489,7 @@ async def one_persons_total(lab: Lab) -> Row:
             await rt.terminal.execute("alice", session, "true")
         async with lab.meter() as meter:
             seen = [await hostile_turn(lab, chat, "write 50 MB", command) for chat in chats]
-        disk = await rt.containers.user_disk("alice")
+        disk = await rt.sandboxes.user_disk("alice")
         rows = [await lab.verdict("", rt, chat, s, ["write 50 MB"], conversations=len(chats))
                 for chat, s in zip(chats, seen)]
         within = disk.total <= user_disk + MB and len(disk.parts) == len(chats)

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.bench_engine import cleanup  # noqa: E402
 from core import ChatSession, EngineError, Runtime, set_runtime  # noqa: E402
-from core.datadisk import mounted_under, unmount_under  # noqa: E402
+from core.sandbox.docker.diskimage import mounted_under, unmount_under  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.fake_ollama import FakeOllama, command_agent  # noqa: E402
 from tests.leaks import DELETED, read_loops  # noqa: E402
@@ -82,13 +82,13 @@ class WatchLog:
     about the container's upper layer, or the walks)."""
 
     def __init__(self, rt: Runtime) -> None:
-        cm = rt.containers
+        cm, watch = rt.sandboxes, rt.sandboxes.watch
         self.passes: list[float] = []
         self.weighings = 0
         self.unweighed = 0
         self.slow: list[str] = []
         self.stopped: list[str] = []
-        weigh, upper, enforce, evict = cm._weigh, cm._upper_dir, cm.enforce_disk, cm._evict  # noqa: SLF001
+        weigh, upper, enforce, evict = watch._weigh, watch._upper_dir, cm.enforce_disk, watch._evict  # noqa: SLF001
         asked: dict[str, float] = {}
 
         async def timed_upper(row: dict) -> str | None:
@@ -123,8 +123,8 @@ class WatchLog:
             self.stopped.append(f"{name.split('-', 1)[1].rsplit('-', 1)[0]}: {reason}")
             await evict(name, reason)
 
-        cm._weigh, cm._upper_dir, cm.enforce_disk, cm._evict = (  # type: ignore[method-assign]  # noqa: SLF001
-            timed_weigh, timed_upper, timed_enforce, logged_evict)
+        watch._weigh, watch._upper_dir, watch._evict = timed_weigh, timed_upper, logged_evict  # type: ignore[method-assign]  # noqa: SLF001
+        cm.enforce_disk = timed_enforce  # type: ignore[method-assign]
 
 
 @dataclass
@@ -174,7 +174,7 @@ async def sample(label: str, began: float, rt: Runtime | None, tmp: Path, upload
     live = 0
     if rt is not None:
         try:
-            live = sum(1 for i in await rt.containers.info() if i.status == "running")
+            live = sum(1 for i in await rt.sandboxes.info() if i.status == "running")
         except EngineError:
             live = -1
     loops = read_loops()

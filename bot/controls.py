@@ -7,7 +7,7 @@ from typing import Awaitable, Callable
 
 import discord
 
-from core.uploads import human_size
+from core.sizes import human_size
 
 from .access import user_is_admin
 

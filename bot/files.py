@@ -6,7 +6,9 @@ import io
 import discord
 
 from core import ChatSession, EngineError
-from core.uploads import FileEntry, human_size, safe_filename, shown_name
+from core.sandbox.workspace import FileEntry, shown_name
+from core.sizes import human_size
+from core.uploads import safe_filename
 
 FILES_SHOWN = 20
 FILES_EMPTY = "Your /data here is empty. Attach files to a message to me to put them there."

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from core.config import Settings
 from core.context import Seen
-from core.uploads import human_size
+from core.sizes import human_size
 
 
 def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here: bool, model: str,

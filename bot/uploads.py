@@ -6,7 +6,7 @@ import logging
 import discord
 
 from core import ChatSession, UploadError
-from core.uploads import human_size
+from core.sizes import human_size
 
 from .reply import NO_MENTIONS
 

@@ -7,7 +7,7 @@ model can see), and the text of small text files.
 from __future__ import annotations
 
 from .images import sniff
-from .uploads import human_size
+from .sizes import human_size
 
 
 def quoted_text(path: str, data: bytes, limit: int) -> str | None:

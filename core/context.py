@@ -18,8 +18,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from .sizes import human_size
 from .store import IMAGE_REFS, ROW_ID
-from .uploads import human_size
 
 CHARS_PER_TOKEN = 3.5  # a first guess for a model whose tokenizer has not been seen yet
 SAFETY = 1.15  # estimates are this much above what the characters suggest

@@ -56,5 +56,10 @@ class UploadError(EngineError):
     """An upload was refused (too large, unreadable, bad name)."""
 
 
-class NotAFolder(UploadError):
+class WorkspaceError(EngineError):
+    """A conversation's /data could not be listed, measured or deleted (a path that changed, vanished
+    or leaves /data; a tree too large to measure in time)."""
+
+
+class NotAFolder(WorkspaceError):
     """A /data path that was to be listed names a file (or a link), not a folder."""

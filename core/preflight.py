@@ -16,8 +16,9 @@ import ollama
 from playhouse.db_url import connect
 
 from .config import Settings
-from .containers import DOCKER_ERRORS, ContainerManager, explain
 from .errors import OLLAMA_UNREACHABLE
+from .sandbox.docker import DockerProvider
+from .sandbox.docker.engine import DOCKER_ERRORS, explain
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 PORTAL = "https://discord.com/developers/applications"
@@ -92,7 +93,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
 
 
 async def check_docker(settings: Settings) -> Check:
-    manager = ContainerManager(settings)
+    manager = DockerProvider(settings)
     image = settings.vm_image
     try:
         if not await manager.ping():

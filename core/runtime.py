@@ -12,7 +12,6 @@ import httpx
 import ollama
 
 from .config import Settings
-from .containers import ContainerManager
 from .context import Seen, TokenCounter
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .incidents import Incidents
@@ -20,8 +19,9 @@ from .model_client import ModelClient
 from .outputs import OutputStore
 from .preflight import model_problem
 from .registry import Key, SessionRegistry
+from .sandbox import Terminal
+from .sandbox.docker import DockerProvider
 from .store import Audit, Scope, SessionInfo, Store
-from .terminal import Terminal
 from .tool_loop import TurnRunner
 from .uploads import UploadStore
 
@@ -42,8 +42,8 @@ class Runtime:
         self.store = Store(settings.database_url, settings)  # conversations, the audit log, place settings
         self.history = self.store.history
         self.places = self.store.places  # persona and model per channel and server
-        self.containers = ContainerManager(settings)
-        self.terminal = Terminal(self.containers)
+        self.sandboxes = DockerProvider(settings)  # the sandbox face (core/sandbox/base.py): Provider
+        self.terminal = Terminal(self.sandboxes)
         self.registry = SessionRegistry()
         self.incidents = Incidents()
         self.outputs = OutputStore()  # cut commands' whole outputs, for the user to download
@@ -142,18 +142,18 @@ class Runtime:
     async def sandbox_states(self) -> dict[Key, str]:
         """Each sandbox's state ("running", "exited", …) by (user, session); empty when Docker cannot be asked."""
         try:
-            return {(c.user, c.session): c.status for c in await self.containers.info()}
+            return {(c.user, c.session): c.status for c in await self.sandboxes.info()}
         except EngineError:
             return {}
 
     async def sandboxes_reachable(self) -> bool:
         """Whether the sandbox backend (Docker) answers now."""
-        return await self.containers.ping()
+        return await self.sandboxes.ping()
 
     def start_background(self) -> None:
         """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""
         if self._reaper is None or self._reaper.done() or self._reaper.get_loop() is not asyncio.get_running_loop():
-            self.containers.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
+            self.sandboxes.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
             self._reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
         if self._disk_watch is None or self._disk_watch.done() \
                 or self._disk_watch.get_loop() is not asyncio.get_running_loop():
@@ -166,15 +166,15 @@ class Runtime:
         while True:
             await asyncio.sleep(DISK_WATCH_SECONDS)
             now = time.monotonic()
-            names = self.containers.names_in_use(0.0)  # running a command now
+            names = self.sandboxes.names_in_use(0.0)  # running a command now
             if now - recent_at >= DISK_WATCH_RECENT_SECONDS:
                 recent_at = now
-                names |= self.containers.names_in_use(DISK_WATCH_RECENT)
+                names |= self.sandboxes.names_in_use(DISK_WATCH_RECENT)
             if now - everyone_at >= DISK_WATCH_ALL_SECONDS:
                 everyone_at = now
-                names |= {i.name for i in await self._quietly(self.containers.info(), [])}
+                names |= {i.name for i in await self._quietly(self.sandboxes.info(), [])}
             if names:
-                await self._quietly(self.containers.enforce_disk(names), [])
+                await self._quietly(self.sandboxes.enforce_disk(names), [])
 
     async def _quietly(self, work: Any, default: Any) -> Any:
         """The watch outlives any failure, and says so once a minute, not once a second."""
@@ -190,7 +190,7 @@ class Runtime:
     async def _reap_forever(self) -> None:
         interval = max(1.0, min(60.0, self.settings.vm_idle_timeout / 4))
         try:
-            adopted, removed = await self.containers.adopt()
+            adopted, removed = await self.sandboxes.adopt()
             if adopted or removed:
                 log.info("sandboxes at start-up: %d adopted, %d removed", len(adopted), len(removed))
             await self.terminal.settle_all()  # commands the previous process left running end now
@@ -206,7 +206,7 @@ class Runtime:
                     log.exception("retention sweep failed")
             await asyncio.sleep(interval)
             try:
-                await self.containers.reap()
+                await self.sandboxes.reap()
             except EngineError as exc:
                 log.warning("idle sandbox check failed: %s", exc)
 
@@ -216,12 +216,12 @@ class Runtime:
         purged = await self.store.audit.run(self.store.audit.purge, timedelta(days=s.audit_retention_days))
         removed = []
         for user, session in await self.history.run(self.history.idle_sessions, timedelta(days=s.data_retention_days)):
-            if self.registry.phase((user, session)) is not None or self.containers.busy(self.containers.name(user, session)):
+            if self.registry.phase((user, session)) is not None or self.sandboxes.busy(self.sandboxes.name(user, session)):
                 continue
-            folder = self.containers.upload_dir(user, session)
+            folder = self.sandboxes.data_dir(user, session)
             if folder.exists():
-                await self.containers.remove(user, session)
-                await self.containers.delete_data(user, session)
+                await self.sandboxes.remove(user, session)
+                await self.sandboxes.delete_data(user, session)
                 removed.append(str(folder))
         if purged or removed:
             log.info("retention: %d audit rows and %d /data folders deleted", purged, len(removed))
@@ -239,7 +239,7 @@ class Runtime:
 
     async def _warm(self, user: str, session: str) -> None:
         try:
-            await self.containers.start(user, session)
+            await self.sandboxes.start(user, session)
         except EngineError as exc:
             log.info("sandbox for %s/%s not started yet: %s", user, session, exc)
         except Exception:  # noqa: BLE001 - the first command will retry and report
@@ -251,7 +251,7 @@ class Runtime:
         warming = self._warming.get((user, session))
         if warming is not None:
             await asyncio.gather(warming, return_exceptions=True)
-        return await self.containers.remove(user, session)
+        return await self.sandboxes.remove(user, session)
 
     async def close(self) -> None:
         """Stop the reaper and the disk watch, and any reply still running (its command is killed,
@@ -263,17 +263,17 @@ class Runtime:
             if task is not None and not task.done() and task.get_loop() is loop:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self.containers.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
+        self.sandboxes.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
         for key in list(self.registry.active()):
             await self.registry.cancel(key)  # waits for the turn's own clean-up (the kill, the partial reply)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
-        await asyncio.gather(*self.terminal._settling.values(), return_exceptions=True)  # noqa: SLF001
+        await self.terminal.wait_settled()
         if self._ollama is not None:
             client_loop, client = self._ollama
             self._ollama = None
             if client_loop is loop:  # a client of a loop already closed cannot be awaited from this one
                 await client.close()
-        await self.containers.close()
+        await self.sandboxes.close()
         # Queued picture decodes are dropped (no turn is left to read them); one under way finishes.
         pool, self.image_pool = self.image_pool, ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

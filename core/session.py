@@ -11,10 +11,11 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable, Sequence
 from .config import Settings
 from .errors import EngineError, UploadError
 from .events import Event, Ignored, Replacing, TextDelta
-from .quota import DELETE_SOME, UserDisk
 from .store import Place
 from .registry import Phase
-from .uploads import FileEntry, list_folder, safe_filename
+from .sandbox.quota import DELETE_SOME, UserDisk
+from .sandbox.workspace import FileEntry, list_folder
+from .uploads import safe_filename
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
 from .tools import data_path
@@ -67,12 +68,12 @@ class ChatSession:
 
     @property
     def upload_folder(self) -> Path:
-        return self.runtime.containers.upload_dir(self.user, self.session)
+        return self.runtime.sandboxes.data_dir(self.user, self.session)
 
     # -- uploads ----------------------------------------------------------
     def upload_document(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> str:
         """Copy a local file into the session's /data; returns its path inside the container."""
-        folder = self.runtime.containers.prepare_data_sync(self.user, self.session)
+        folder = self.runtime.sandboxes.prepare_data_sync(self.user, self.session)
         target = self.runtime.uploads.copy(folder, path, overwrite=overwrite)
         return f"/data/{target.name}"
 
@@ -80,10 +81,11 @@ class ChatSession:
                           size: int | None = None, overwrite: bool = False) -> str:
         """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
         rt = self.runtime
+        box = rt.sandboxes.get(self.user, self.session)
         try:
-            async with rt.containers.in_use(self.user, self.session):  # its image stays mounted meanwhile
-                folder = await rt.containers.prepare_data(self.user, self.session)
-                await rt.containers.share_disk(self.user, self.session)  # the room USER_DISK leaves, for this one
+            async with box.in_use():  # its image stays mounted meanwhile
+                folder = await rt.sandboxes.prepare_data(self.user, self.session)
+                await box.share_disk()  # the room USER_DISK leaves, for this one
                 target = await rt.uploads.write(folder, name, data, size_hint=size, overwrite=overwrite)
         except UploadError as exc:
             disk = await self.disk_usage()
@@ -96,23 +98,23 @@ class ChatSession:
 
     async def list_files(self, path: str = "") -> list[FileEntry]:
         """What /data (or a folder in it) holds, newest first; links are listed, never followed."""
-        folder, containers = self.upload_folder, self.runtime.containers
+        folder, sandboxes = self.upload_folder, self.runtime.sandboxes
         if not folder.exists():
             return []
-        async with containers.in_use(self.user, self.session):  # its image stays mounted meanwhile
-            folder = await containers.prepare_data(self.user, self.session)  # mounted if it was not: starts nothing
+        async with sandboxes.get(self.user, self.session).in_use():  # its image stays mounted meanwhile
+            folder = await sandboxes.prepare_data(self.user, self.session)  # mounted if it was not: starts nothing
             return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
 
     async def disk_usage(self) -> UserDisk:
         """What this person's conversations hold in /data together, against USER_DISK."""
-        return await self.runtime.containers.user_disk(self.user)
+        return await self.runtime.sandboxes.user_disk(self.user)
 
     async def read_file(self, path: str, max_bytes: int, *, exact: bool = False) -> bytes:
         """A file of the sandbox (e.g. /data/report.pdf) through the sandbox backend, so a link
         planted in /data resolves inside the sandbox; SandboxFileError when missing or over max_bytes.
         `exact`: `path` is one list_files gave, used as it is (a name may end in a space or a newline)."""
         full = posixpath.normpath(posixpath.join("/data", path)) if exact else data_path(path)
-        return await self.runtime.containers.read_file(self.user, self.session, full, max_bytes)
+        return await self.runtime.sandboxes.get(self.user, self.session).read_file(full, max_bytes)
 
     # -- chat -------------------------------------------------------------
     async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:
@@ -176,7 +178,7 @@ class ChatSession:
         else:
             await rt.stop_session(self.user, self.session)
         if delete_files:
-            await rt.containers.delete_data(self.user, self.session)
+            await rt.sandboxes.delete_data(self.user, self.session)
         removed = await rt.history.run(rt.history.clear, self.session_id)
         if not keep_container:
             rt.prewarm(self.user, self.session)

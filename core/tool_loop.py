@@ -28,7 +28,7 @@ from .registry import Generation, Phase
 from .store import IMAGE_REFS, Place
 from .tools import (MAX_FILES_PER_REPLY, ModelCall, SendFileCall, TerminalCall, ToolArgumentError, parse_call,
                     tool_schemas)
-from .uploads import human_size
+from .sizes import human_size
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -342,8 +342,8 @@ class TurnRunner:
         Decoded once per picture, not once per turn: images.prepared keeps what it made by content."""
         if path not in turn.pictures:
             try:
-                data = await self.rt.containers.read_file(turn.user, turn.session, path,
-                                                          max_bytes=self.rt.settings.upload_max_file_bytes)
+                data = await self.rt.sandboxes.get(turn.user, turn.session).read_file(
+                    path, max_bytes=self.rt.settings.upload_max_file_bytes)
                 fit = await asyncio.get_running_loop().run_in_executor(self.rt.image_pool, images.prepared, data)
                 turn.pictures[path] = base64.b64encode(fit).decode()
             except (EngineError, images.NotAnImage) as exc:
@@ -443,7 +443,7 @@ class TurnRunner:
                        "Put several files in an archive (tar or zip) and send that instead.")
             return Outcome(ToolFinished(call.name, refusal, error=True), "refused (too many files)")
         try:
-            data = await self.rt.containers.read_file(turn.user, turn.session, parsed.path, max_bytes=left)
+            data = await self.rt.sandboxes.get(turn.user, turn.session).read_file(parsed.path, max_bytes=left)
         except SandboxFileTooLarge:
             room = f"{human_size(left)} left; " if turn.files_sent else ""
             refusal = (f"error: {parsed.path} was not sent: the files of one reply may be at most {human_size(limit)} "

@@ -1,23 +1,20 @@
 """Uploaded files: safe names, per-session folders, size caps, no half-written files."""
 from __future__ import annotations
 
-import asyncio
-import errno
 import os
 import re
 import shutil
-import stat
-import subprocess
 import unicodedata
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, Iterable
 
 import aiofiles
 import aiofiles.os
 
-from .errors import NotAFolder, UploadError
+from .errors import UploadError, WorkspaceError
+from .sandbox.workspace import folder_usage, folder_usage_async
+from .sizes import human_size
 
 MAX_NAME = 120
 
@@ -53,67 +50,20 @@ def _free_path(folder: Path, name: str, overwrite: bool) -> Path:
     raise UploadError(f"Too many files named {name!r} in this session.")
 
 
-USAGE_SECONDS = 5.0  # longer than any honest /data needs; a hostile tree gets a clear refusal instead
-
-
-def _du_command(folder: Path) -> list[str]:
-    # du walks iteratively in C (no recursion limit), counts allocated blocks (a 1 TB sparse file
-    # counts what it really holds), never follows links, and runs in its own process: a hostile
-    # tree costs a process we can kill, not the event loop or a thread the bot needs.
-    return ["du", "-s", "-B1", "-P", "-x", str(folder)]
-
-
-def _parse_du(folder: Path, output: bytes) -> int:
-    """du's total, less the folder's own directory block (an empty /data uses nothing)."""
+def _used(folder: Path) -> int:
+    """What the folder holds now; an upload's refusal when it cannot be measured."""
     try:
-        return max(0, int(output.split()[0]) - os.lstat(folder).st_blocks * 512)
-    except (IndexError, ValueError, OSError):
-        raise UploadError("The size of this conversation's files could not be measured; please try again.") from None
+        return folder_usage(folder)
+    except WorkspaceError as exc:
+        raise UploadError(str(exc)) from exc
 
 
-TOO_MANY_FILES = ("This conversation's /data holds too many files to measure in time; delete some "
-                  "(ask me to clean up /data) and send the file again.")
-
-
-def folder_usage(folder: Path, seconds: float = USAGE_SECONDS) -> int:
-    """Bytes `folder` takes on disk, for callers that may block (the synchronous upload_document)."""
-    if not folder.exists():
-        return 0
+async def _used_async(folder: Path) -> int:
+    """The same, without blocking the event loop."""
     try:
-        done = subprocess.run(_du_command(folder), capture_output=True, timeout=seconds, check=False)
-    except subprocess.TimeoutExpired:
-        raise UploadError(TOO_MANY_FILES) from None
-    return _parse_du(folder, done.stdout)
-
-
-async def folder_usage_async(folder: Path, seconds: float = USAGE_SECONDS) -> int:
-    """The same, without blocking the event loop or holding a thread for the walk."""
-    if not await aiofiles.os.path.exists(folder):
-        return 0
-    process = await asyncio.create_subprocess_exec(*_du_command(folder), stdout=asyncio.subprocess.PIPE,
-                                                   stderr=asyncio.subprocess.DEVNULL)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=seconds)
-    except asyncio.TimeoutError:
-        process.kill()
-        await process.wait()
-        raise UploadError(TOO_MANY_FILES) from None
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    return _parse_du(folder, output)
-
-
-async def remove_folder(folder: Path) -> None:
-    """Delete a folder tree however deep or large (rm walks iteratively, in its own process)."""
-    if not await aiofiles.os.path.exists(folder):
-        return
-    process = await asyncio.create_subprocess_exec("rm", "-rf", "--one-file-system", "--", str(folder),
-                                                   stderr=asyncio.subprocess.PIPE)
-    _, error = await process.communicate()
-    if process.returncode != 0:
-        raise UploadError(f"The files could not all be deleted: {error.decode(errors='replace').strip()[:200]}")
+        return await folder_usage_async(folder)
+    except WorkspaceError as exc:
+        raise UploadError(str(exc)) from exc
 
 
 class UploadStore:
@@ -126,7 +76,7 @@ class UploadStore:
     def _check(self, folder: Path, size: int, name: str, used: int | None = None) -> None:
         if size > self.max_file:
             raise UploadError(f"{name} is {human_size(size)}, over the {human_size(self.max_file)} limit per file.")
-        used = folder_usage(folder) if used is None else used
+        used = _used(folder) if used is None else used
         if used + size > self.max_session:
             raise UploadError(
                 f"{name} ({human_size(size)}) would take this conversation over its {human_size(self.max_session)} of uploads "
@@ -157,7 +107,7 @@ class UploadStore:
         clean = safe_filename(name)
         await aiofiles.os.makedirs(folder, exist_ok=True)
         if size_hint is not None:
-            self._check(folder, size_hint, clean, await folder_usage_async(folder))
+            self._check(folder, size_hint, clean, await _used_async(folder))
         part = folder / f".{uuid.uuid4().hex}.part"
         written = 0
         try:
@@ -168,7 +118,7 @@ class UploadStore:
                         raise UploadError(f"{clean} is over the {human_size(self.max_file)} limit per file.")
                     await fh.write(chunk)
             if size_hint is None:
-                self._check(folder, written, clean, await folder_usage_async(folder))
+                self._check(folder, written, clean, await _used_async(folder))
             target = _free_path(folder, clean, overwrite)
             await aiofiles.os.replace(part, target)
             return target
@@ -190,100 +140,3 @@ async def _aiter(chunks: AsyncIterable[bytes] | Iterable[bytes] | bytes):  # typ
     else:
         for chunk in chunks:  # type: ignore[union-attr]
             yield chunk
-
-
-def human_size(size: int) -> str:
-    """Sizes as people read them in a chat line."""
-    if size < 1024:
-        return f"{size} bytes"
-    if size < 1024 ** 2:
-        return f"{size / 1024:.0f} KB"
-    value, unit = (size / 1024 ** 3, "GB") if size >= 1024 ** 3 else (size / 1024 ** 2, "MB")
-    return f"{value:.1f}".removesuffix(".0") + f" {unit}"
-
-
-@dataclass(frozen=True)
-class FileEntry:
-    """One entry of a /data listing."""
-
-    path: str  # relative to /data
-    size: int
-    modified: float  # seconds since the epoch
-    kind: str  # "file", "folder" or "link" (a symbolic link is listed, never followed)
-
-
-LIST_MAX = 500
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
-def shown_name(name: str) -> str:
-    """A name as one line a person can read: control and invisible format characters (a newline, a
-    right-to-left override) become visible escapes, so a sandbox cannot forge or disguise a line."""
-    out = []
-    for ch in name:
-        if ch == "\\":
-            out.append("\\\\")
-        elif unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs") or (ch.isspace() and ch != " "):
-            out.append(ch.encode("unicode_escape").decode("ascii"))  # "\\n", "\\x1b", "\\u202e"
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
-def _refusal(shown: str, error: OSError, opened: bool = False) -> UploadError:
-    """One line for a path that changed, vanished or was swapped while it was walked."""
-    if not opened and error.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):  # gone, a file, a link
-        return NotAFolder(f"{shown} is not a folder.")
-    reason = os.strerror(error.errno).lower() if error.errno else "it changed while it was read"
-    return UploadError(f"{shown} could not be listed ({reason}); try again.")
-
-
-def list_folder(folder: Path, relative: str = "") -> list[FileEntry]:
-    """What /data (or a folder inside it) holds, newest first, never leaving the sandbox's tree.
-
-    The sandbox's root writes here and can swap any folder for a link to a host folder between a
-    check and a use, so the walk goes by descriptor: each part is opened relative to its parent with
-    O_NOFOLLOW|O_DIRECTORY (a link is refused, not followed), the listing reads that descriptor, and
-    entries are stat'ed without following. A race is a one-line UploadError/NotAFolder, never a
-    traceback. Blocking: call off the loop."""
-    parts = [p for p in relative.replace("\\", "/").split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UploadError("Paths stay inside /data: no '..'.")
-    shown = shown_name("/data/" + "/".join(parts)).rstrip("/")
-    try:
-        fd = os.open(folder, _OPEN_DIR)
-    except FileNotFoundError:
-        if parts:
-            raise NotAFolder(f"{shown} is not a folder.") from None
-        return []  # nothing uploaded yet
-    except OSError as exc:
-        raise _refusal(shown, exc) from None
-    try:
-        for part in parts:
-            try:
-                child = os.open(part, _OPEN_DIR, dir_fd=fd)
-            except OSError as exc:
-                raise _refusal(shown, exc) from None
-            os.close(fd)
-            fd = child
-        entries = []
-        try:
-            with os.scandir(fd) as listing:
-                for entry in listing:
-                    if entry.name.startswith(".") and entry.name.endswith(".part"):
-                        continue  # an upload being written
-                    try:
-                        info = entry.stat(follow_symlinks=False)
-                    except FileNotFoundError:
-                        continue  # deleted since the folder was read: not there any more
-                    mode = info.st_mode
-                    kind = "link" if stat.S_ISLNK(mode) else "folder" if stat.S_ISDIR(mode) else "file"
-                    entries.append(FileEntry("/".join([*parts, entry.name]), info.st_size if kind == "file" else 0,
-                                             info.st_mtime, kind))
-                    if len(entries) >= LIST_MAX:
-                        break
-        except OSError as exc:  # the folder itself was opened: whatever happens now, it is no file to send
-            raise _refusal(shown, exc, opened=True) from None
-    finally:
-        os.close(fd)
-    return sorted(entries, key=lambda e: e.modified, reverse=True)

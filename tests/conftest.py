@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from core import Runtime, Settings, set_runtime
-from core.datadisk import unmount_under
+from core.sandbox.docker.diskimage import unmount_under
 from tests import leaks
 from tests.fake_ollama import FakeOllama, free_port
 

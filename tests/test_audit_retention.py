@@ -47,9 +47,9 @@ async def test_retention_drops_old_audit_rows_and_unused_data_folders(runtime: R
         await runtime.terminal.execute("alice", session, f"echo {session} > /data/file.txt")
     unused = datetime.datetime.now() - datetime.timedelta(days=runtime.settings.data_retention_days + 1)
     Session.update(last_active=unused).where(Session.key.in_(["stale", "busy"])).execute()
-    folders = {s: runtime.containers.upload_dir("alice", s) for s in ("stale", "fresh", "busy")}
+    folders = {s: runtime.sandboxes.data_dir("alice", s) for s in ("stale", "fresh", "busy")}
 
-    async with runtime.containers.in_use("alice", "busy"):  # a command is running there right now
+    async with runtime.sandboxes.get("alice", "busy").in_use():  # a command is running there right now
         purged, removed = await runtime.retention_pass()
     assert purged == 1 and [r.session for r in audit.latest()] == ["new"]
     assert removed == [str(folders["stale"])]

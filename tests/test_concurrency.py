@@ -48,7 +48,7 @@ async def wait_until(condition: Any, seconds: float = 20.0) -> None:
 
 
 def processes(docker_client: docker.DockerClient, rt: Runtime, user: str, session: str) -> str:
-    container = docker_client.containers.get(rt.containers.name(user, session))
+    container = docker_client.containers.get(rt.sandboxes.name(user, session))
     return container.exec_run(["ps", "-o", "args"]).output.decode()
 
 
@@ -58,7 +58,7 @@ async def test_ten_commands_past_their_timeout_are_all_killed_on_time(
     fake_ollama.fallback = command_agent
     async with open_runtime(settings, docker_client) as rt:
         users = [f"user{i}" for i in range(10)]
-        await asyncio.gather(*(rt.containers.start(u, "chan") for u in users))
+        await asyncio.gather(*(rt.sandboxes.start(u, "chan") for u in users))
         turns = await asyncio.gather(*(turn(rt, u, "chan", "sleep 100") for u in users))
         for user, events in zip(users, turns):
             started, _ = first(events, ToolStarted)
@@ -75,7 +75,7 @@ async def test_a_fresh_session_is_answered_at_once_while_ten_commands_run(
     fake_ollama.fallback = command_agent
     async with open_runtime(settings, docker_client) as rt:
         users = [f"busy{i}" for i in range(10)]
-        await asyncio.gather(*(rt.containers.start(u, "chan") for u in [*users, "probe"]))
+        await asyncio.gather(*(rt.sandboxes.start(u, "chan") for u in [*users, "probe"]))
         threads_before = threading.active_count()
         slow = [asyncio.create_task(turn(rt, u, "chan", "sleep 8; echo slept")) for u in users]
         await wait_until(lambda: rt.terminal.gate.running == 10)
@@ -107,7 +107,7 @@ async def test_commands_over_the_cap_wait_their_turn_and_say_so(
     settings = make_settings(tmp_path, fake_ollama.url, max_running_commands=2)
     fake_ollama.fallback = command_agent
     async with open_runtime(settings, docker_client) as rt:
-        await asyncio.gather(*(rt.containers.start(u, "chan") for u in ("a", "b", "c")))
+        await asyncio.gather(*(rt.sandboxes.start(u, "chan") for u in ("a", "b", "c")))
         running = [asyncio.create_task(turn(rt, u, "chan", f"sleep 2; echo {u}")) for u in ("a", "b")]
         await wait_until(lambda: rt.terminal.gate.running == 2)
         third = await turn(rt, "c", "chan", "echo c")
@@ -126,24 +126,24 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
         tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
     settings = make_settings(tmp_path, fake_ollama.url, max_sandboxes_per_user=2)
     async with open_runtime(settings, docker_client) as rt:
-        await rt.containers.adopt()  # as at start-up: from here on the engine knows every sandbox it has
-        names = {c: rt.containers.name("alice", c) for c in ("busy", "idle", "new", "fourth")}
+        await rt.sandboxes.adopt()  # as at start-up: from here on the engine knows every sandbox it has
+        names = {c: rt.sandboxes.name("alice", c) for c in ("busy", "idle", "new", "fourth")}
         await rt.terminal.execute("alice", "busy", "true")  # the least recently used of alice's two...
         await rt.terminal.execute("alice", "idle", "true")
         await rt.terminal.execute("bob", "other", "true")  # someone else's sandbox is never touched
         long_command = asyncio.create_task(rt.terminal.execute("alice", "busy", "sleep 3; echo survived"))
         await wait_until(lambda: rt.terminal.gate.running == 1)
 
-        await rt.containers.start("alice", "new")  # ...but it is busy: the idle one makes room
+        await rt.sandboxes.start("alice", "new")  # ...but it is busy: the idle one makes room
         alive = {c.name for c in docker_client.containers.list(filters={"label": ["llmbot.user=alice", f"llmbot.app={settings.vm_name_prefix}"]})}
         assert alive == {names["busy"], names["new"]}
-        assert docker_client.containers.get(rt.containers.name("bob", "other")).status == "running"
+        assert docker_client.containers.get(rt.sandboxes.name("bob", "other")).status == "running"
 
         # both of alice's sandboxes busy: a third is refused with a clear line, and nothing is removed
         blocker = asyncio.create_task(rt.terminal.execute("alice", "new", "sleep 2"))
         await wait_until(lambda: rt.terminal.gate.running == 2)
         with pytest.raises(SandboxUnavailable) as refused:
-            await rt.containers.start("alice", "fourth")
+            await rt.sandboxes.start("alice", "fourth")
         assert str(refused.value) == ("You already have 2 sandboxes busy running commands, the most one person may "
                                       "have (2). Try again when one of them finishes.")
         assert (await long_command).stdout == "survived\n"
@@ -151,7 +151,7 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
         alive = {c.name for c in docker_client.containers.list(filters={"label": ["llmbot.user=alice", f"llmbot.app={settings.vm_name_prefix}"]})}
         assert alive == {names["busy"], names["new"]}
         # the files of a removed sandbox stay: coming back recreates it with its /data
-        (rt.containers.upload_dir("alice", "idle") / "kept.txt").write_text("still here")
+        (rt.sandboxes.data_dir("alice", "idle") / "kept.txt").write_text("still here")
         assert (await rt.terminal.execute("alice", "idle", "cat /data/kept.txt")).stdout == "still here"
 
 
@@ -178,5 +178,5 @@ async def test_the_gate_serves_waiters_in_order_and_loses_none_to_cancellation()
 
 async def test_the_docker_connection_pool_holds_every_running_command_and_its_kill(runtime: Runtime) -> None:
     # aiohttp's default pool of 100 connections would make the 101st running command wait for a socket.
-    pool = runtime.containers.docker.connector.limit
+    pool = runtime.sandboxes.docker.connector.limit
     assert pool == 0 or pool >= 2 * runtime.settings.max_running_commands

@@ -9,8 +9,9 @@ import docker
 import pytest
 
 from core import Runtime, SandboxUnavailable
-from core.containers import LABEL, ContainerManager, legacy_slug
-from core.hostmount import mount_flags
+from core.sandbox.docker import DockerProvider
+from core.sandbox.docker.hostmount import mount_flags
+from core.sandbox.docker.naming import LABEL, legacy_slug
 from tests.conftest import make_settings, open_runtime
 
 pytestmark = pytest.mark.asyncio
@@ -43,7 +44,7 @@ async def test_tampering_cannot_redirect_the_kill_and_earlier_background_jobs_li
     result = await run(runtime, "echo 1 > /tmp/.agent/fg.pid; echo 1 > /tmp/.agent/kill.pid; "
                                 "sleep 100", timeout=2)
     assert result.timed_out
-    container = docker_client.containers.get(runtime.containers.name("alice", "s"))
+    container = docker_client.containers.get(runtime.sandboxes.name("alice", "s"))
     assert container.status == "running"
     left = await processes(runtime)
     assert "sleep 300" in left and "sleep 100" not in left  # the job from before survived, the command did not
@@ -53,8 +54,8 @@ async def test_tampering_cannot_redirect_the_kill_and_earlier_background_jobs_li
 # -- exact identity --------------------------------------------------------------------------------
 async def test_ids_that_look_alike_get_their_own_sandbox_and_folder(runtime: Runtime) -> None:
     lookalike = "alice#(;{|"
-    names = {runtime.containers.name(u, "s") for u in ("alice", lookalike)}
-    folders = {runtime.containers.upload_dir(u, "s") for u in ("alice", lookalike)}
+    names = {runtime.sandboxes.name(u, "s") for u in ("alice", lookalike)}
+    folders = {runtime.sandboxes.data_dir(u, "s") for u in ("alice", lookalike)}
     assert len(names) == 2 and len(folders) == 2
     await run(runtime, "echo mine > /data/secret.txt")
     theirs = await run(runtime, "cat /data/secret.txt", user=lookalike)
@@ -63,12 +64,12 @@ async def test_ids_that_look_alike_get_their_own_sandbox_and_folder(runtime: Run
 
 async def test_a_container_whose_labels_do_not_match_is_never_reused(runtime: Runtime,
                                                                      docker_client: docker.DockerClient) -> None:
-    name = runtime.containers.name("mallory", "s")
+    name = runtime.sandboxes.name("mallory", "s")
     planted = docker_client.containers.run(
         "llmbot-test:latest", ["sleep", "600"], name=name, detach=True,
         labels={f"{LABEL}.app": runtime.settings.vm_name_prefix, f"{LABEL}.user": "alice", f"{LABEL}.session": "s"})
     with pytest.raises(SandboxUnavailable) as refused:
-        await runtime.containers.start("mallory", "s")
+        await runtime.sandboxes.start("mallory", "s")
     assert "taken by another" in str(refused.value)
     with pytest.raises(SandboxUnavailable):
         await run(runtime, "echo hi", user="mallory")
@@ -77,7 +78,7 @@ async def test_a_container_whose_labels_do_not_match_is_never_reused(runtime: Ru
 
 
 async def test_an_old_style_folder_of_a_numeric_id_moves_to_its_exact_name(runtime: Runtime) -> None:
-    root = runtime.containers.upload_dir("123", "456").parents[1]
+    root = runtime.sandboxes.data_dir("123", "456").parents[1]
     old = root / legacy_slug("123") / legacy_slug("456")
     old.mkdir(parents=True)
     (old / "report.csv").write_text("a,b\n")
@@ -89,9 +90,9 @@ async def test_an_old_style_folder_of_a_numeric_id_moves_to_its_exact_name(runti
 async def test_a_setuid_file_planted_in_data_does_not_give_root_on_the_host(runtime: Runtime) -> None:
     planted = await run(runtime, "cp /bin/busybox /data/rootsh && chmod 4755 /data/rootsh && ls -l /data/rootsh")
     assert planted.exit_code == 0 and planted.stdout.startswith("-rws")
-    path = runtime.containers.upload_dir("alice", "s") / "rootsh"
+    path = runtime.sandboxes.data_dir("alice", "s") / "rootsh"
     assert path.stat().st_mode & stat.S_ISUID  # the bit is there on the host...
-    root = runtime.containers.upload_dir("alice", "s").parents[1]
+    root = runtime.sandboxes.data_dir("alice", "s").parents[1]
     assert stat.S_IMODE(root.stat().st_mode) == 0o700  # ...but no other account can reach the file
     with pytest.raises(PermissionError):  # as nobody, the file cannot even be reached
         await asyncio.to_thread(subprocess.run, [str(path), "id", "-u"], user=65534, group=65534,
@@ -116,10 +117,10 @@ async def test_data_is_mounted_nosuid_nodev_in_every_sandbox(tmp_path, fake_olla
 async def test_operators_can_choose_the_runtime_and_user_namespace(tmp_path, fake_ollama, docker_client) -> None:
     settings = make_settings(tmp_path, fake_ollama.url, vm_runtime="runc", vm_userns="host")
     async with open_runtime(settings, docker_client) as rt:
-        await rt.containers.start("alice", "s")
-        host = docker_client.containers.get(rt.containers.name("alice", "s")).attrs["HostConfig"]
+        await rt.sandboxes.start("alice", "s")
+        host = docker_client.containers.get(rt.sandboxes.name("alice", "s")).attrs["HostConfig"]
         assert host["Runtime"] == "runc" and host["UsernsMode"] == "host"
-    assert ContainerManager(settings).config_hash() != ContainerManager(settings.replace(vm_runtime="")).config_hash()
+    assert DockerProvider(settings).config_hash() != DockerProvider(settings.replace(vm_runtime="")).config_hash()
 
 
 # -- network isolation -------------------------------------------------------------------------------
@@ -129,9 +130,9 @@ async def test_sandboxes_cannot_reach_each_other(runtime: Runtime, docker_client
                                 f"{FETCH} 127.0.0.1 8080")
     assert served.stdout.endswith("\r\n\r\nfrom-a\n")  # the server works
     await run(runtime, "true", user="bob")
-    network = runtime.containers.network_name
-    a = docker_client.containers.get(runtime.containers.name("alice", "s"))
-    b = docker_client.containers.get(runtime.containers.name("bob", "s"))
+    network = runtime.sandboxes.network_name
+    a = docker_client.containers.get(runtime.sandboxes.name("alice", "s"))
+    b = docker_client.containers.get(runtime.sandboxes.name("bob", "s"))
     assert set(a.attrs["NetworkSettings"]["Networks"]) == {network} == set(b.attrs["NetworkSettings"]["Networks"])
     assert docker_client.networks.get(network).attrs["Options"]["com.docker.network.bridge.enable_icc"] == "false"
     address = a.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]

@@ -54,7 +54,7 @@ async def test_a_sandbox_over_its_disk_is_stopped_and_everyone_is_told(
     async with open_runtime(settings, docker_client) as rt:
         rt.start_background()
         await rt.terminal.execute("alice", "s", "echo kept > /data/kept.txt")
-        name = rt.containers.name("alice", "s")
+        name = rt.sandboxes.name("alice", "s")
         before = host_used()
         began = time.monotonic()
         with pytest.raises(SandboxUnavailable) as stopped:
@@ -76,7 +76,7 @@ async def test_a_sandbox_over_its_disk_is_stopped_and_everyone_is_told(
         rt._disk_watch.cancel()
         done = await rt.terminal.execute("alice", "s", "dd if=/dev/zero of=/root/fill bs=1M count=128; sync")
         assert done.exit_code == 0
-        await rt.containers.enforce_disk({name})
+        await rt.sandboxes.enforce_disk({name})
         await gone(docker_client, name)
         after = await rt.terminal.execute("alice", "s", "ls /root")
         assert after.for_model().startswith("note: The sandbox was stopped: it held ")
@@ -90,7 +90,7 @@ async def test_a_bot_in_a_container_leaves_data_a_plain_folder(tmp_path: Path, f
     async with open_runtime(settings, docker_client) as rt:
         written = await rt.terminal.execute("alice", "s", "echo hi > /data/x && cat /data/x")
         assert written.stdout == "hi\n"
-        folder = rt.containers.upload_dir("alice", "s")
+        folder = rt.sandboxes.data_dir("alice", "s")
         assert not os.path.ismount(folder) and (folder / "x").read_text() == "hi\n"
         assert not list(folder.parent.glob("*.disk"))
 
@@ -101,7 +101,7 @@ async def test_the_disk_watch_says_once_that_docker_is_down(tmp_path: Path, monk
     from tests.conftest import closed_port
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
     rt = Runtime(make_settings(tmp_path, "http://127.0.0.1:9"))
-    rt.containers._last_used["llmt-someone"] = time.monotonic()  # a sandbox in use: weighed every second
+    rt.sandboxes._last_used["llmt-someone"] = time.monotonic()  # a sandbox in use: weighed every second
     try:
         with caplog.at_level("WARNING", logger="core.runtime"):
             rt.start_background()

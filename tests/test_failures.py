@@ -8,8 +8,8 @@ import docker
 import pytest
 
 from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUnavailable
-from core.containers import ContainerManager
-from core.terminal import Terminal
+from core.sandbox.docker import DockerProvider
+from core.sandbox import Terminal
 from core.events import ToolFinished, ToolStarted
 from tests.conftest import closed_port, make_settings, open_runtime, remove_containers
 from tests.fake_ollama import FakeOllama, cut, error, hang, request_problems, stream_error, text, tool_calls
@@ -110,8 +110,8 @@ async def test_model_not_pulled(runtime: Runtime, fake_ollama: FakeOllama) -> No
 async def test_docker_unreachable_during_a_tool_call(runtime: Runtime, fake_ollama: FakeOllama,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
-    runtime.containers = ContainerManager(runtime.settings)
-    runtime.terminal = Terminal(runtime.containers)
+    runtime.sandboxes = DockerProvider(runtime.settings)
+    runtime.terminal = Terminal(runtime.sandboxes)
     fake_ollama.script(tool_calls(("execute_terminal", {"command": "ls"})), text("Plain answer."))
     async with ChatSession(user="alice", session="nodocker") as chat:
         with pytest.raises(SandboxUnavailable) as info:
@@ -131,7 +131,7 @@ async def test_a_dead_container_is_replaced_during_a_turn(runtime: Runtime, fake
                        tool_calls(("execute_terminal", {"command": "echo second"})), text("still ok"))
     async with ChatSession(user="alice", session="dead") as chat:
         assert await reply(chat, "one") == "ok"
-        docker_client.containers.get(runtime.containers.name("alice", "dead")).kill()
+        docker_client.containers.get(runtime.sandboxes.name("alice", "dead")).kill()
         assert await reply(chat, "two") == "still ok"
     assert "second" in fake_ollama.requests[3]["messages"][-1]["content"]
 
@@ -184,7 +184,7 @@ async def test_lost_contact_with_docker_during_a_command(tmp_path: Path, fake_ol
             assert await reply(chat, "is it back?") == "Docker is back."
             assert request_problems(fake_ollama.requests[1]) == []
             # The command that lost its connection was killed before the next one ran.
-            container = docker_client.containers.get(rt.containers.name("alice", "lost"))
+            container = docker_client.containers.get(rt.sandboxes.name("alice", "lost"))
             assert b"sleep 30" not in container.exec_run("ps").output
     await proxy.cut()
 

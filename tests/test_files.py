@@ -56,7 +56,7 @@ async def test_a_file_made_in_the_sandbox_comes_back_with_the_same_bytes(
     async with ChatSession(user="u1", session="s1", runtime=runtime) as chat:
         events = await turn(chat, "make me a file")
         [ready] = [e for e in events if isinstance(e, FileReady)]
-        original = from_docker(docker_client, runtime.containers.name("u1", "s1"), "/data/blob.bin")
+        original = from_docker(docker_client, runtime.sandboxes.name("u1", "s1"), "/data/blob.bin")
         assert ready.name == "blob.bin" and ready.caption == "random bytes" and ready.path == "/data/blob.bin"
         assert hashlib.sha256(ready.data).digest() == hashlib.sha256(original).digest() and len(ready.data) == 300000
         stored = results(await chat.history())
@@ -124,13 +124,13 @@ async def test_a_file_changing_while_it_is_read_is_a_file_error_not_a_crash(
     the model reads as a tool error."""
     async with ChatSession(user="u11", session="s11", runtime=runtime):
         await runtime.terminal.execute("u11", "s11", "head -c 3000000 /dev/zero > /data/live.bin")
-        box = docker_client.containers.get(runtime.containers.name("u11", "s11"))
+        box = docker_client.containers.get(runtime.sandboxes.name("u11", "s11"))
         box.exec_run(["sh", "-c", "while :; do head -c 3000000 /dev/zero > /data/live.bin; : > /data/live.bin; done"],
                      detach=True)
         changed, whole = 0, 0
         for _ in range(400):  # about one read in seven is cut (here, idle): stop once both were seen a few times
             try:
-                data = await runtime.containers.read_file("u11", "s11", "/data/live.bin", 10_000_000)
+                data = await runtime.sandboxes.get("u11", "s11").read_file("/data/live.bin", 10_000_000)
             except SandboxFileError as exc:
                 assert str(exc) == "/data/live.bin changed while it was read; try again.", exc
                 assert isinstance(exc.__cause__, (tarfile.TarError, EOFError))

@@ -22,7 +22,7 @@ from typing import Iterator
 import docker
 import pytest
 
-from core.datadisk import unmount_under
+from core.sandbox.docker.diskimage import unmount_under
 from tests.conftest import TEST_IMAGE, remove_containers, require
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,11 +33,11 @@ HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this network's TLS may n
 PROBE = """
 import asyncio, json, os
 from core import Settings
-from core.containers import ContainerManager
-from core.terminal import Terminal
+from core.sandbox.docker import DockerProvider
+from core.sandbox import Terminal
 
 async def main():
-    manager = ContainerManager(Settings(upload_dir="/app/data/uploads", vm_image={image!r}, vm_network=False,
+    manager = DockerProvider(Settings(upload_dir="/app/data/uploads", vm_image={image!r}, vm_network=False,
                                         vm_name_prefix={prefix!r}, vm_disk=32 * 1024 ** 2))
     folder = await manager.prepare_data("alice", "general")
     (folder / "note.txt").write_text("written by the bot in its container")

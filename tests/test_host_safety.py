@@ -11,7 +11,7 @@ import docker
 import pytest
 
 from core import ChatSession, SandboxUnavailable, UploadError
-from core import datadisk
+from core.sandbox.docker import diskimage
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, text
 
@@ -51,7 +51,7 @@ async def test_pid_1_output_leaves_no_log_on_the_host(tmp_path: Path, fake_ollam
     settings = make_settings(tmp_path, fake_ollama.url, command_timeout=60, command_timeout_max=60)
     async with open_runtime(settings, docker_client) as rt:
         await rt.terminal.execute("alice", "s", "true")
-        container = docker_client.containers.get(rt.containers.name("alice", "s"))
+        container = docker_client.containers.get(rt.sandboxes.name("alice", "s"))
         assert container.attrs["HostConfig"]["LogConfig"]["Type"] == "none"
         before = host_bytes()
         done = await rt.terminal.execute("alice", "s", "dd if=/dev/zero of=/proc/1/fd/1 bs=1M count=400 && echo written")
@@ -96,7 +96,7 @@ async def test_files_are_bounded_in_the_sandbox_and_in_data(tmp_path: Path, fake
                                                     "seq 1 300000 | xargs touch; sleep 30")
         assert "files" in str(stopped.value) and "/data is kept" in str(stopped.value)
         for _ in range(50):
-            if not docker_client.containers.list(all=True, filters={"name": rt.containers.name("alice", "s")}):
+            if not docker_client.containers.list(all=True, filters={"name": rt.sandboxes.name("alice", "s")}):
                 break
             await asyncio.sleep(0.2)
         assert host_inodes() - before < 30_000  # far fewer than the 300,000 it tried
@@ -113,7 +113,7 @@ async def test_one_persons_conversations_stay_within_their_total(tmp_path: Path,
         for n in range(6):
             results.append(await rt.terminal.execute("alice", f"t{n}", "dd if=/dev/zero of=/data/fill bs=1M count=50; "
                                                                        "sync; du -sk /data/fill"))
-        disk = await rt.containers.user_disk("alice")
+        disk = await rt.sandboxes.user_disk("alice")
         assert disk.total <= 130 * MB + MB, disk.line()
         assert len(disk.parts) == 6
         # the first two fit whole; later ones ran out of room, and were told why
@@ -138,7 +138,7 @@ async def test_a_plain_data_folder_is_weighed_by_the_watch(tmp_path: Path, fake_
                              command_timeout=120, command_timeout_max=120)
     async with open_runtime(settings, docker_client) as rt:
         rt.start_background()
-        folder = rt.containers.upload_dir("alice", "s")
+        folder = rt.sandboxes.data_dir("alice", "s")
         steps = "i=0; while [ $i -lt 10 ]; do dd if=/dev/zero of=/data/f$i bs=1M count=100 2>/dev/null; sync; " \
                 "sleep 1; i=$((i+1)); done"
         with pytest.raises(SandboxUnavailable) as stopped:
@@ -154,21 +154,21 @@ async def test_mounts_follow_sandboxes(tmp_path: Path, fake_ollama: FakeOllama,
     needs_root()
     async with open_runtime(make_settings(tmp_path, fake_ollama.url, vm_disk=64 * MB), docker_client) as rt:
         await rt.terminal.execute("alice", "s", "echo kept > /data/x")
-        folder = rt.containers.upload_dir("alice", "s")
-        image = str(datadisk.image_for(folder))
+        folder = rt.sandboxes.data_dir("alice", "s")
+        image = str(diskimage.image_for(folder))
         assert os.path.ismount(folder) and image in loop_backing_files()
 
-        assert await rt.containers.remove("alice", "s")
+        assert await rt.sandboxes.remove("alice", "s")
         assert not os.path.ismount(folder) and image not in loop_backing_files()
         back = await rt.terminal.execute("alice", "s", "cat /data/x")  # mounted again when it comes back
         assert back.stdout == "kept\n" and os.path.ismount(folder)
 
-        assert await rt.containers.reap(idle_seconds=0)  # idle: reaped, and its image unmounted
+        assert await rt.sandboxes.reap(idle_seconds=0)  # idle: reaped, and its image unmounted
         assert not os.path.ismount(folder) and image not in loop_backing_files()
 
         await rt.terminal.execute("alice", "s", "true")
         await rt.stop_session("alice", "s")
-        await rt.containers.delete_data("alice", "s")  # /reset files:true
+        await rt.sandboxes.delete_data("alice", "s")  # /reset files:true
         assert not os.path.exists(image) and image not in loop_backing_files()
         assert not any(p.endswith("(deleted)") and str(tmp_path) in p for p in loop_backing_files())
 
@@ -188,7 +188,7 @@ async def test_an_upload_past_the_persons_total_says_where_their_files_are(
         assert line.startswith("big.bin does not fit. Your conversations' files hold ")
         assert "of your 60 MB in all (`t0` 45 MB" in line and line.endswith(
             "`rm` them here, or `/reset files:true` in a conversation you no longer need.")
-        assert not [p.name for p in rt.containers.upload_dir("alice", "t1").iterdir() if p.name != "small.txt"]
+        assert not [p.name for p in rt.sandboxes.data_dir("alice", "t1").iterdir() if p.name != "small.txt"]
 
 
 async def test_a_deleted_file_held_open_still_counts(tmp_path: Path, fake_ollama: FakeOllama,
@@ -198,7 +198,7 @@ async def test_a_deleted_file_held_open_still_counts(tmp_path: Path, fake_ollama
     async with open_runtime(settings, docker_client) as rt:
         rt.start_background()
         await rt.terminal.execute("alice", "s", "true")
-        name = rt.containers.name("alice", "s")
+        name = rt.sandboxes.name("alice", "s")
         before = host_bytes()
         hide = ("nohup sh -c 'exec 3>/root/hidden; rm /root/hidden; "
                 "while :; do head -c 1048576 /dev/zero >&3; done' >/dev/null 2>&1 &")
@@ -224,13 +224,13 @@ async def test_reset_with_files_right_before_a_message_never_leaves_data_unbound
         await rt.terminal.execute("alice", "s", "echo old > /data/x")
         fake_ollama.script(text("hi"))
         async with ChatSession(user="alice", session="s", runtime=rt) as chat:
-            await asyncio.gather(chat.reset(delete_files=True), rt.containers.start("alice", "s"),
+            await asyncio.gather(chat.reset(delete_files=True), rt.sandboxes.start("alice", "s"),
                                  return_exceptions=True)
         for _ in range(3):  # whichever came first, /data is its own image again, empty and bounded
             done = await rt.terminal.execute("alice", "s", "ls /data; df -k /data | tail -1")
             if done.exit_code == 0:
                 break
-        folder = rt.containers.upload_dir("alice", "s")
+        folder = rt.sandboxes.data_dir("alice", "s")
         assert os.path.ismount(folder)
         assert "x" not in done.stdout.split()
         assert int(done.stdout.split()[-5]) < 70 * 1024  # df's size column: the 64 MB image, not the host
@@ -242,15 +242,15 @@ async def test_an_image_still_attached_elsewhere_is_never_mounted_twice(
     import subprocess
     async with open_runtime(make_settings(tmp_path, fake_ollama.url, vm_disk=64 * MB), docker_client) as rt:
         await rt.terminal.execute("alice", "s", "echo kept > /data/x")
-        await rt.containers.remove("alice", "s")
-        folder = rt.containers.upload_dir("alice", "s")
-        image = datadisk.image_for(folder)
+        await rt.sandboxes.remove("alice", "s")
+        folder = rt.sandboxes.data_dir("alice", "s")
+        image = diskimage.image_for(folder)
         assert not os.path.ismount(folder)
         device = subprocess.run(["losetup", "-f", "--show", str(image)], capture_output=True, text=True,
                                 check=True).stdout.strip()  # what a sandbox's own view of it would hold
         try:
             with pytest.raises(SandboxUnavailable, match="still in use elsewhere"):
-                await rt.containers.prepare_data("alice", "s")
+                await rt.sandboxes.prepare_data("alice", "s")
             assert not os.path.ismount(folder)
         finally:
             subprocess.run(["losetup", "-d", device], check=True)

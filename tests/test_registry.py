@@ -91,7 +91,7 @@ async def test_the_session_is_free_again_after_a_reply(runtime: Runtime, fake_ol
 
 def _ps(rt: Runtime) -> str:
     try:
-        container = docker.from_env().containers.get(rt.containers.name("alice", "replace"))
+        container = docker.from_env().containers.get(rt.sandboxes.name("alice", "replace"))
         return container.exec_run(["ps", "-o", "args"]).output.decode()
     except docker.errors.APIError:  # not there yet, or created but not started yet
         return ""

@@ -107,6 +107,6 @@ async def test_close_during_a_command_stops_the_turn_and_leaves_nothing(tmp_path
         assert not pool_threads()
         assert not pending_tasks(tasks_before)
         assert not await released(fds_before)
-        sandbox = docker_client.containers.get(rt.containers.name("bob", "busy"))
+        sandbox = docker_client.containers.get(rt.sandboxes.name("bob", "busy"))
         ps = sandbox.exec_run(["sh", "-c", "cat /proc/[0-9]*/cmdline | tr '\\0' ' '"]).output.decode()
         assert "sleep 600" not in ps  # the command was killed, not left behind

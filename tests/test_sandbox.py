@@ -8,7 +8,8 @@ import docker
 import pytest
 
 from core import ChatSession, Runtime, SandboxUnavailable
-from core.containers import LABEL, ContainerManager
+from core.sandbox.docker import DockerProvider
+from core.sandbox.docker.naming import LABEL
 
 pytestmark = pytest.mark.asyncio
 
@@ -20,7 +21,7 @@ async def run(rt: Runtime, command: str, user: str = "alice", session: str = "s1
 async def test_container_is_started_with_the_session_labelled_and_locked_down(runtime: Runtime,
                                                                               docker_client: docker.DockerClient) -> None:
     async with ChatSession(user="alice", session="s1", runtime=runtime):
-        name = runtime.containers.name("alice", "s1")
+        name = runtime.sandboxes.name("alice", "s1")
         for _ in range(100):  # started in the background by __aenter__, not by a command
             try:
                 container = docker_client.containers.get(name)
@@ -34,7 +35,7 @@ async def test_container_is_started_with_the_session_labelled_and_locked_down(ru
         labels = container.labels
         assert labels[f"{LABEL}.user"] == "alice" and labels[f"{LABEL}.session"] == "s1"
         assert labels[f"{LABEL}.app"] == runtime.settings.vm_name_prefix
-        assert labels[f"{LABEL}.config"] == runtime.containers.config_hash()
+        assert labels[f"{LABEL}.config"] == runtime.sandboxes.config_hash()
         host = container.attrs["HostConfig"]
         assert host["Memory"] == runtime.settings.vm_memory
         assert host["MemorySwap"] == runtime.settings.vm_memory
@@ -44,7 +45,7 @@ async def test_container_is_started_with_the_session_labelled_and_locked_down(ru
         assert "no-new-privileges" in host["SecurityOpt"]
         assert host["Init"] is True and host["Privileged"] is False
         mounts = {m["Destination"]: m for m in container.attrs["Mounts"]}
-        assert mounts["/data"]["Source"] == str(runtime.containers.upload_dir("alice", "s1"))
+        assert mounts["/data"]["Source"] == str(runtime.sandboxes.data_dir("alice", "s1"))
         env = container.attrs["Config"]["Env"]
         assert not any(e.startswith(("DISCORD_TOKEN", "OLLAMA_HOST", "DATABASE_URL")) for e in env)
 
@@ -134,7 +135,7 @@ async def test_background_jobs_keep_running_between_calls(runtime: Runtime) -> N
 async def test_a_removed_container_is_recreated_transparently(runtime: Runtime,
                                                              docker_client: docker.DockerClient) -> None:
     await run(runtime, "true")
-    name = runtime.containers.name("alice", "s1")
+    name = runtime.sandboxes.name("alice", "s1")
     old_id = docker_client.containers.get(name).id
     docker_client.containers.get(name).remove(force=True)
     result = await run(runtime, "echo back")
@@ -144,28 +145,28 @@ async def test_a_removed_container_is_recreated_transparently(runtime: Runtime,
 
 async def test_a_stopped_container_is_restarted(runtime: Runtime, docker_client: docker.DockerClient) -> None:
     await run(runtime, "true")
-    container = docker_client.containers.get(runtime.containers.name("alice", "s1"))
+    container = docker_client.containers.get(runtime.sandboxes.name("alice", "s1"))
     container.stop(timeout=1)
     assert (await run(runtime, "echo again")).stdout == "again\n"
 
 
 async def test_network_can_be_turned_off(runtime: Runtime, docker_client: docker.DockerClient) -> None:
-    manager = ContainerManager(runtime.settings.replace(vm_network=False))
+    manager = DockerProvider(runtime.settings.replace(vm_network=False))
     try:
         await manager.start("net", "off")
     finally:
         await manager.close()
     container = docker_client.containers.get(manager.name("net", "off"))
     assert container.attrs["HostConfig"]["NetworkMode"] == "none"
-    await runtime.containers.start("net", "on")
-    on = docker_client.containers.get(runtime.containers.name("net", "on"))
+    await runtime.sandboxes.start("net", "on")
+    on = docker_client.containers.get(runtime.sandboxes.name("net", "on"))
     assert on.attrs["HostConfig"]["NetworkMode"] != "none"
 
 
 async def test_idle_running_containers_are_reaped(runtime: Runtime, docker_client: docker.DockerClient) -> None:
     await run(runtime, "true", session="idle")
     await run(runtime, "true", session="fresh")
-    manager = runtime.containers
+    manager = runtime.sandboxes
     idle = manager.name("alice", "idle")
     manager._last_used[idle] -= 100
     removed = await manager.reap(idle_seconds=50)
@@ -177,9 +178,9 @@ async def test_idle_running_containers_are_reaped(runtime: Runtime, docker_clien
 async def test_containers_are_adopted_after_a_restart_and_reaped_when_idle(
         runtime: Runtime, docker_client: docker.DockerClient) -> None:
     await run(runtime, "echo kept > /tmp/kept")
-    name = runtime.containers.name("alice", "s1")
+    name = runtime.sandboxes.name("alice", "s1")
     original = docker_client.containers.get(name).id
-    restarted = ContainerManager(runtime.settings)  # a new process: no memory of the container
+    restarted = DockerProvider(runtime.settings)  # a new process: no memory of the container
     try:
         adopted, removed = await restarted.adopt()
         assert name in adopted and removed == []
@@ -193,9 +194,9 @@ async def test_containers_are_adopted_after_a_restart_and_reaped_when_idle(
 async def test_a_configuration_change_recreates_at_session_start(runtime: Runtime,
                                                                 docker_client: docker.DockerClient) -> None:
     await run(runtime, "true")
-    name = runtime.containers.name("alice", "s1")
+    name = runtime.sandboxes.name("alice", "s1")
     old = docker_client.containers.get(name).id
-    changed = ContainerManager(runtime.settings.replace(vm_pids=128))
+    changed = DockerProvider(runtime.settings.replace(vm_pids=128))
     try:
         adopted, removed = await changed.adopt()
         assert name in removed
@@ -208,8 +209,8 @@ async def test_a_configuration_change_recreates_at_session_start(runtime: Runtim
 
 async def test_docker_unreachable_is_one_clear_error(runtime: Runtime, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
-    manager = ContainerManager(runtime.settings)
-    from core.terminal import Terminal
+    manager = DockerProvider(runtime.settings)
+    from core.sandbox import Terminal
     try:
         with pytest.raises(SandboxUnavailable) as info:
             await Terminal(manager).execute("alice", "s1", "true")
@@ -223,7 +224,7 @@ async def test_the_runtime_reaps_idle_sandboxes_in_the_background(settings, dock
     try:
         async with ChatSession(user="alice", session="reaped", runtime=rt):
             await rt.terminal.execute("alice", "reaped", "true")
-        name = rt.containers.name("alice", "reaped")
+        name = rt.sandboxes.name("alice", "reaped")
         assert docker_client.containers.get(name).status == "running"
         for _ in range(80):
             await asyncio.sleep(0.1)
@@ -239,7 +240,7 @@ async def test_the_runtime_reaps_idle_sandboxes_in_the_background(settings, dock
 async def test_a_paused_sandbox_is_unpaused_before_the_command(runtime: Runtime,
                                                               docker_client: docker.DockerClient) -> None:
     await run(runtime, "true")
-    container = docker_client.containers.get(runtime.containers.name("alice", "s1"))
+    container = docker_client.containers.get(runtime.sandboxes.name("alice", "s1"))
     container.pause()
     started = time.monotonic()
     result = await run(runtime, "echo awake", timeout=5)
@@ -256,12 +257,12 @@ async def test_start_up_adoption_and_the_first_command_never_race(runtime: Runti
         await run(runtime, "true", user=user)
     changed = Runtime(runtime.settings.replace(vm_pids=128))  # a restart with another configuration
     try:
-        adoption = asyncio.create_task(changed.containers.adopt())
+        adoption = asyncio.create_task(changed.sandboxes.adopt())
         results = await asyncio.gather(*(changed.terminal.execute(u, "s1", "echo fresh") for u in users))
         await adoption
         assert [r.stdout for r in results] == ["fresh\n"] * 5
         for user in users:
-            container = docker_client.containers.get(changed.containers.name(user, "s1"))
+            container = docker_client.containers.get(changed.sandboxes.name(user, "s1"))
             assert container.attrs["HostConfig"]["PidsLimit"] == 128
     finally:
         await changed.close()

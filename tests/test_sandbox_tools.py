@@ -15,7 +15,9 @@ from pathlib import Path
 import docker
 import pytest
 
-from core import Runtime, sandbox_tools
+from core import Runtime
+from core.sandbox.docker import busybox
+from core.sandbox.terminal import script
 from tests.conftest import make_settings, open_runtime
 
 # Planted tools: exit 0 at once, whatever they are asked to do.
@@ -29,7 +31,7 @@ async def run(rt: Runtime, command: str, timeout: int | None = None, session: st
 
 
 def container(rt: Runtime, docker_client: docker.DockerClient, session: str = "s"):  # type: ignore[no-untyped-def]
-    return docker_client.containers.get(rt.containers.name("alice", session))
+    return docker_client.containers.get(rt.sandboxes.name("alice", session))
 
 
 async def processes(rt: Runtime, docker_client: docker.DockerClient) -> list[str]:
@@ -48,7 +50,7 @@ async def plant(rt: Runtime, docker_client: docker.DockerClient) -> None:
 
 @pytest.mark.asyncio
 async def test_a_planted_sh_cannot_outlive_a_timeout(runtime: Runtime, docker_client: docker.DockerClient) -> None:
-    assert runtime.containers.busybox == sandbox_tools.BUSYBOX
+    assert runtime.sandboxes.busybox == busybox.BUSYBOX
     await plant(runtime, docker_client)
     result = await run(runtime, "sleep 1006", timeout=2)
     assert result.timed_out and "the command was killed" in result.for_model()
@@ -84,7 +86,7 @@ async def test_a_planted_sh_cannot_keep_what_a_crash_left_running(runtime: Runti
                    'echo "${20}" > /tmp/.agent/running')
     assert (await asyncio.to_thread(box.exec_run, ["/bin/busybox", "sh", "-c", left_behind])).exit_code == 0
     assert any("sleep 1008" in line for line in await processes(runtime, docker_client))
-    runtime.containers.leftovers[box.name] = ("alice", "s")
+    runtime.sandboxes._leftovers[box.name] = ("alice", "s")  # as adopt() records a sandbox it kept  # noqa: SLF001
     await runtime.terminal.settle("alice", "s")
     left = await processes(runtime, docker_client)
     assert not any("sleep 1008" in line for line in left), left
@@ -96,7 +98,7 @@ async def test_a_planted_sh_cannot_keep_what_a_crash_left_running(runtime: Runti
 async def test_commands_keep_the_image_shell_and_cd_and_export_carry_over(runtime: Runtime) -> None:
     shell = await run(runtime, "readlink /proc/$$/exe; echo \"$0|$#|$PATH\"")
     exe, args = shell.stdout.splitlines()
-    assert exe == "/bin/busybox" and not exe.startswith(sandbox_tools.MOUNT)  # the image's own /bin/sh
+    assert exe == "/bin/busybox" and not exe.startswith(busybox.MOUNT)  # the image's own /bin/sh
     assert args == "sh|0|/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
     assert "\x1e" not in shell.stdout  # the start marker is the host's, never the command's
     assert (await run(runtime, "cd /tmp && export GREETING='hello there'")).exit_code == 0
@@ -123,10 +125,10 @@ async def test_the_sandbox_cannot_change_or_move_the_mounted_busybox(runtime: Ru
     for what, command in attempts.items():
         result = await run(runtime, command)
         assert result.exit_code != 0, (what, result)
-    mount = next(m for m in container(runtime, docker_client).attrs["Mounts"] if m["Destination"] == sandbox_tools.MOUNT)
+    mount = next(m for m in container(runtime, docker_client).attrs["Mounts"] if m["Destination"] == busybox.MOUNT)
     assert mount["RW"] is False
-    copy = Path(runtime.settings.upload_dir) / sandbox_tools.FOLDER / "busybox"
-    assert copy.read_bytes() == sandbox_tools.HOST_BUSYBOX.read_bytes()
+    copy = Path(runtime.settings.upload_dir) / busybox.FOLDER / "busybox"
+    assert copy.read_bytes() == busybox.HOST_BUSYBOX.read_bytes()
     # And after all that, the kill still holds against a planted sh.
     await plant(runtime, docker_client)
     assert (await run(runtime, "sleep 1009", timeout=2)).timed_out
@@ -138,47 +140,47 @@ async def test_the_sandbox_cannot_change_or_move_the_mounted_busybox(runtime: Ru
 async def test_without_a_static_busybox_the_terminal_warns_once_and_uses_the_image_sh(
         tmp_path: Path, fake_ollama, docker_client: docker.DockerClient,  # type: ignore[no-untyped-def]
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    monkeypatch.setattr(sandbox_tools, "HOST_BUSYBOX", Path(sys.executable).resolve())  # dynamically linked
+    monkeypatch.setattr(busybox, "HOST_BUSYBOX", Path(sys.executable).resolve())  # dynamically linked
     settings = make_settings(tmp_path, fake_ollama.url)
-    with caplog.at_level(logging.WARNING, logger="core.sandbox_tools"):
+    with caplog.at_level(logging.WARNING, logger="core.sandbox.docker.busybox"):
         async with open_runtime(settings, docker_client) as rt:
-            assert rt.containers.busybox is None
+            assert rt.sandboxes.busybox is None
             assert (await run(rt, "cd /tmp; export A=1")).exit_code == 0
             assert (await run(rt, 'pwd; echo "$A"')).stdout == "/tmp\n1\n"
             assert (await run(rt, "sleep 1010", timeout=2)).timed_out
             assert not any("sleep 1010" in line for line in await processes(rt, docker_client))
-            assert sandbox_tools.MOUNT not in {m["Destination"] for m in container(rt, docker_client).attrs["Mounts"]}
+            assert busybox.MOUNT not in {m["Destination"] for m in container(rt, docker_client).attrs["Mounts"]}
     warnings = [r for r in caplog.records if "dynamically linked" in r.getMessage()]
     assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
 
 
 # -- the copy -------------------------------------------------------------------------------------
 def test_only_a_static_elf_counts() -> None:
-    assert sandbox_tools.static_problem(Path("/bin/busybox")) is None
-    assert "dynamically linked" in (sandbox_tools.static_problem(Path(sys.executable).resolve()) or "")
-    assert "not an ELF" in (sandbox_tools.static_problem(Path(__file__)) or "")
-    assert "cannot be read" in (sandbox_tools.static_problem(Path("/nonexistent/busybox")) or "")
+    assert busybox.static_problem(Path("/bin/busybox")) is None
+    assert "dynamically linked" in (busybox.static_problem(Path(sys.executable).resolve()) or "")
+    assert "not an ELF" in (busybox.static_problem(Path(__file__)) or "")
+    assert "cannot be read" in (busybox.static_problem(Path("/nonexistent/busybox")) or "")
 
 
 def test_the_copy_is_made_once_and_put_back_when_it_changes(tmp_path: Path) -> None:
     root = tmp_path / "uploads"
-    folder = sandbox_tools.provide(root)
-    assert folder == root.resolve() / sandbox_tools.FOLDER
+    folder = busybox.provide(root)
+    assert folder == root.resolve() / busybox.FOLDER
     copy = folder / "busybox"
     assert copy.read_bytes() == Path("/bin/busybox").read_bytes()
     assert copy.stat().st_mode & 0o777 == 0o755 and folder.stat().st_mode & 0o777 == 0o755
     copy.write_bytes(b"#!/bin/sh\necho forged\n")
-    assert sandbox_tools.provide(root) == folder
+    assert busybox.provide(root) == folder
     assert copy.read_bytes() == Path("/bin/busybox").read_bytes()
     shutil.rmtree(folder)
-    assert sandbox_tools.provide(root) == folder and copy.is_file()
+    assert busybox.provide(root) == folder and copy.is_file()
     assert not [p for p in folder.iterdir() if p.name != "busybox"]  # no temporary file left
 
 
 def test_scripts_never_name_a_command_from_path() -> None:
-    argv = sandbox_tools.script(sandbox_tools.BUSYBOX, "body", "1")
-    assert argv == [sandbox_tools.BUSYBOX, "sh", "-c", "body", sandbox_tools.BUSYBOX, "1"]
-    assert sandbox_tools.script(None, "body") == ["sh", "-c", "body", "command"]
+    argv = script(busybox.BUSYBOX, "body", "1")
+    assert argv == [busybox.BUSYBOX, "sh", "-c", "body", busybox.BUSYBOX, "1"]
+    assert script(None, "body") == ["sh", "-c", "body", "command"]
 
 
 @pytest.mark.asyncio

@@ -15,7 +15,7 @@ import peewee
 import pytest
 
 from core import ChatSession, ModelError, Runtime
-from core.containers import ContainerManager
+from core.sandbox.docker import DockerProvider
 from core.events import Notice, ToolFinished, ToolStarted
 from core.store import INTERRUPTED_RESULT, Store
 from core.tool_loop import OVER_CAP_RESULT, UNREADABLE
@@ -106,7 +106,7 @@ async def test_a_bot_killed_mid_command_leaves_a_valid_history(
             child.kill()
             child.wait()
 
-    sandbox = docker_client.containers.get(ContainerManager(settings).name("alice", "crash"))
+    sandbox = docker_client.containers.get(DockerProvider(settings).name("alice", "crash"))
 
     def running() -> list[str]:
         return [line.strip() for line in sandbox.exec_run(["ps", "-o", "args"]).output.decode().splitlines()]
@@ -151,13 +151,13 @@ async def test_a_restart_leaves_background_jobs_alone(tmp_path: Path, fake_ollam
         assert done.stdout == "started\n"
     finally:
         await first.close()
-    sandbox = docker_client.containers.get(ContainerManager(settings).name("bob", "jobs"))
+    sandbox = docker_client.containers.get(DockerProvider(settings).name("bob", "jobs"))
     async with open_runtime(settings, docker_client) as rt:
         rt.start_background()
-        await rt.containers.adoption_done()  # start_background marks adoption as pending at once
-        assert set(rt.containers.leftovers) == {sandbox.name}
+        await rt.sandboxes.adoption_done()  # start_background marks adoption as pending at once
+        assert rt.sandboxes.leftovers() == [("bob", "jobs")]
         await rt.terminal.settle_all()
-        assert rt.containers.leftovers == {}
+        assert rt.sandboxes.leftovers() == []
         ps = [line.strip() for line in sandbox.exec_run(["ps", "-o", "args"]).output.decode().splitlines()]
         assert "sleep 300" in ps and "sleep 30" not in ps
         assert (await rt.terminal.execute("bob", "jobs", "echo still here")).stdout == "still here\n"
@@ -283,8 +283,8 @@ async def test_a_turn_stopped_as_its_command_starts_leaves_nothing_running(
         assert await chat.stop()
         await task
         assert type(seen[-1]).__name__ == "Stopped"
-        await runtime.containers.start("alice", f"early{delay}")  # the sandbox may still have been starting
-        sandbox = docker_client.containers.get(runtime.containers.name("alice", f"early{delay}"))
+        await runtime.sandboxes.start("alice", f"early{delay}")  # the sandbox may still have been starting
+        sandbox = docker_client.containers.get(runtime.sandboxes.name("alice", f"early{delay}"))
         assert b"sleep 60" not in sandbox.exec_run("ps").output
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from core import ChatSession, Runtime, UploadError
-from core.uploads import list_folder, safe_filename
+from core.errors import WorkspaceError
+from core.sandbox.workspace import list_folder
+from core.uploads import safe_filename
 
 pytestmark = pytest.mark.asyncio
 
@@ -37,7 +39,7 @@ async def test_upload_lands_in_data_of_that_session_only(runtime: Runtime, tmp_p
         assert (await runtime.terminal.execute("alice", "docs", f"cat {path}")).stdout == "secret notes\n"
     other = await runtime.terminal.execute("bob", "docs", "ls -A /data")
     assert other.stdout == ""
-    assert not (runtime.containers.upload_dir("bob", "docs") / "notes.txt").exists()
+    assert not (runtime.sandboxes.data_dir("bob", "docs") / "notes.txt").exists()
 
 
 async def test_no_clobbering_without_intent(runtime: Runtime, tmp_path: Path) -> None:
@@ -121,7 +123,7 @@ async def test_a_folder_swapped_for_a_link_never_lists_the_host(tmp_path: Path) 
             relative = ("swap", "swap/inner", "/swap/./inner/")[n % 3]
             try:
                 entries = list_folder(folder, relative)
-            except UploadError as exc:
+            except WorkspaceError as exc:
                 refused.append(str(exc))
                 continue
             paths = sorted(e.path for e in entries)

@@ -12,7 +12,7 @@ from discord.ext import commands
 from core import ChatSession, EngineError, Place, Scope
 from core.store import PROMPT_MAX_CHARS
 from core.render import failure_line, inline_code
-from core.uploads import human_size
+from core.sizes import human_size
 
 from ..access import user_is_admin
 from ..formatting import stamp

@@ -7,10 +7,10 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, Place, UploadError
+from core import ChatSession, EngineError, Place
 from core.context import Seen
-from core.errors import NotAFolder
-from core.uploads import shown_name
+from core.errors import NotAFolder, WorkspaceError
+from core.sandbox.workspace import shown_name
 
 from ..access import channel_ids, place_of, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
@@ -90,7 +90,7 @@ class Everyone(SlashCog):
                 disk = await chat.disk_usage()
             except NotAFolder:
                 return await send_file_to(interaction, chat, where, limit)  # a file: send it
-            except UploadError as exc:  # the message may hold the path as typed: shown inert
+            except WorkspaceError as exc:  # the message may hold the path as typed: shown inert
                 return await say(interaction, f"⚠️ {discord.utils.escape_markdown(exc.user_message)}")
         total = f"\n-# {'⚠️ ' + disk.full_line() if disk.full else disk.line()}" if disk.nearly_full else ""
         if not entries:

@@ -94,7 +94,7 @@ async def test_reset_clears_history_and_restarts_the_container(bot: commands.Bot
         await runtime.terminal.execute("7", str(CHANNEL), "echo kept > /tmp/x")
         async for _ in chat.chat_stream("hi"):
             pass
-    name = runtime.containers.name("7", str(CHANNEL))
+    name = runtime.sandboxes.name("7", str(CHANNEL))
     before = docker_client.containers.get(name).id
     said = await call(bot, ("reset",), Interaction(7))
     assert "Cleared 2 messages" in said and "restarted" in said
@@ -185,7 +185,7 @@ async def test_admin_sessions_reset_and_stop(bot: commands.Bot, runtime: Runtime
     said = await call(bot, ("admin", "stop"), Interaction(1, manage_guild=True),
                       user=types.SimpleNamespace(id=9), channel="111")
     assert "sandbox removed" in said
-    assert not docker_client.containers.list(all=True, filters={"name": runtime.containers.name("9", "111")})
+    assert not docker_client.containers.list(all=True, filters={"name": runtime.sandboxes.name("9", "111")})
 
 
 async def test_status_reports_ollama_down(bot: commands.Bot, fake_ollama: FakeOllama) -> None:

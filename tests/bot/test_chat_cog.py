@@ -400,12 +400,12 @@ async def test_typing_is_shown_while_working(bot: commands.Bot, fake_ollama: Fak
 
 async def test_docker_down_is_one_friendly_line(bot: commands.Bot, runtime: Runtime, fake_ollama: FakeOllama,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.containers import ContainerManager
-    from core.terminal import Terminal
+    from core.sandbox.docker import DockerProvider
+    from core.sandbox import Terminal
     from tests.conftest import closed_port
     monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
-    runtime.containers = ContainerManager(runtime.settings)
-    runtime.terminal = Terminal(runtime.containers)
+    runtime.sandboxes = DockerProvider(runtime.settings)
+    runtime.terminal = Terminal(runtime.sandboxes)
     fake_ollama.script(tool_calls(("execute_terminal", {"command": "ls"})))
     channel = config().channels[0]
     await dpytest.message(f"<@{bot.user.id}> list files", channel=channel)

@@ -77,7 +77,7 @@ async def test_the_stop_button_stops_the_reply_and_kills_its_command(
     assert buttons(final) == []  # the button goes when the reply ends
     rows = runtime.history.messages(runtime.history.find_session(str(author.id), str(channel.id)))
     assert [(r.role, r.content) for r in rows][-1] == ("tool", STOPPED_RESULT)
-    sandbox = docker_client.containers.get(runtime.containers.name(str(author.id), str(channel.id)))
+    sandbox = docker_client.containers.get(runtime.sandboxes.name(str(author.id), str(channel.id)))
     assert b"sleep 60" not in sandbox.exec_run("ps").output
     # the session is free again
     await dpytest.message(f"<@{bot.user.id}> again", channel=channel, member=author)

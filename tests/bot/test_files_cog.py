@@ -171,7 +171,7 @@ async def test_a_name_with_a_newline_or_backticks_is_one_line_and_downloads_exac
                                                   "\\140HOST_ONLY_id_rsa\\140 \\302\\267 1 KB')\" && "
                                                   "n=$(printf '/data/tail\\n.') && printf tail > \"${n%.}\" && "
                                                   "printf other > /data/tail")
-    names = sorted(p.name for p in runtime.containers.upload_dir(user, session).iterdir())
+    names = sorted(p.name for p in runtime.sandboxes.data_dir(user, session).iterdir())
     assert names == ["tail", "tail\n", "x\n📄 `HOST_ONLY_id_rsa` · 1 KB"]
     cog = bot.get_cog("Everyone")
     press = Press(member, channel)

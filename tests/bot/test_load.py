@@ -28,7 +28,7 @@ async def test_a_command_over_the_cap_shows_it_is_queued_then_runs(bot: commands
     config = dpytest.get_config()
     first_channel, second_channel = config.channels[0], config.channels[1]
     one, two, three = config.members[0], config.members[1], config.members[2]
-    await asyncio.gather(*(runtime.containers.start(str(m.id), str(c.id))
+    await asyncio.gather(*(runtime.sandboxes.start(str(m.id), str(c.id))
                            for m, c in ((one, first_channel), (two, second_channel), (three, first_channel))))
     mention = f"<@{bot.user.id}>"
     busy = [asyncio.create_task(dpytest.message(f"{mention} sleep 3; echo one", channel=first_channel, member=one)),
@@ -61,7 +61,7 @@ async def test_reset_and_sessions_answer_within_discords_deadline_while_twenty_c
         async for _ in chat.chat_stream("hi"):
             pass
     users = [f"load{i}" for i in range(20)]
-    await asyncio.gather(*(runtime.containers.start(u, "chan") for u in users))
+    await asyncio.gather(*(runtime.sandboxes.start(u, "chan") for u in users))
     load = [asyncio.create_task(runtime.terminal.execute(u, "chan", "sleep 10")) for u in users]
     try:
         await wait_until(lambda: runtime.terminal.gate.running == 20)

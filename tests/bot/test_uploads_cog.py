@@ -32,7 +32,7 @@ async def test_attachment_with_text_is_saved_announced_and_discussed(
     shown = [m.content for m in channel_messages(message.channel, bot)]
     assert shown[0] == "📎 notes.txt → `/data/notes.txt`"
     assert shown[-1] == "Your notes say: buy milk."
-    folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
+    folder = runtime.sandboxes.data_dir(str(message.author.id), str(message.channel.id))
     assert (folder / "notes.txt").read_text() == "buy milk\n"
     seen = fake_ollama.requests[0]["messages"][-1]["content"]
     assert seen.split("\n") == ["[uploaded: /data/notes.txt]", "[/data/notes.txt, 9 bytes]", "```", "buy milk", "```",
@@ -65,7 +65,7 @@ async def test_oversized_and_unreadable_files_get_a_clear_reply_and_leave_nothin
     reply = channel_messages(message.channel, bot)[-1].content
     assert "big.bin is over the 1000 bytes limit per file" in reply
     assert "gone.txt could not be downloaded" in reply
-    folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
+    folder = runtime.sandboxes.data_dir(str(message.author.id), str(message.channel.id))
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
@@ -77,7 +77,7 @@ async def test_session_cap_is_enforced(bot: commands.Bot, runtime: Runtime, tmp_
     message = await send_with_files(f"<@{bot.user.id}>", [first, second])
     reply = channel_messages(message.channel, bot)[-1].content
     assert "one.bin → `/data/one.bin`" in reply and "two.bin" in reply and "uploads" in reply
-    folder = runtime.containers.upload_dir(str(message.author.id), str(message.channel.id))
+    folder = runtime.sandboxes.data_dir(str(message.author.id), str(message.channel.id))
     assert sorted(p.name for p in folder.iterdir()) == ["one.bin"]
 
 
@@ -111,8 +111,8 @@ async def test_a_hostile_data_folder_gets_one_line_and_stalls_nobody(
     await asyncio.sleep(0.02)  # the size check is under way
     during = await plain_turn()
     message = await upload
-    await runtime.containers.remove(*owner)  # pytest's own clean-up of old temp folders recurses: go deep here
-    await runtime.containers.delete_data(*owner)
+    await runtime.sandboxes.remove(*owner)  # pytest's own clean-up of old temp folders recurses: go deep here
+    await runtime.sandboxes.delete_data(*owner)
     assert during - idle < 0.1, f"a plain turn took {during * 1000:.0f} ms during the upload, {idle * 1000:.0f} ms idle"
     shown = [m.content for m in channel_messages(message.channel, bot)]
     assert shown == ["📎 notes.txt → `/data/notes.txt`"]  # the 1 TB sparse file counts what it holds: nothing
@@ -127,6 +127,6 @@ async def test_a_refused_user_cannot_upload(bot: commands.Bot, runtime: Runtime,
     payload.write_bytes(b"x" * 1000)
     message = await send_with_files(f"<@{bot.user.id}> keep this", [payload], member_index=1)
     assert [m.content for m in channel_messages(message.channel, bot)] == ["-# Sorry, I'm not available to you here."]
-    folder = runtime.containers.upload_dir(str(member.id), str(message.channel.id))
+    folder = runtime.sandboxes.data_dir(str(member.id), str(message.channel.id))
     assert not folder.exists() or not any(folder.iterdir())
     assert fake_ollama.requests == []

@@ -1,11 +1,11 @@
 """What a sandbox and a person may hold on the host, and how it is weighed.
 
 Each sandbox is bounded in bytes (VM_DISK) and files (VM_INODES): its /data by its
-own disk image (a hard limit), its own filesystem by the watch, which weighs it
+own disk image (a hard limit: docker/diskimage.py), its own filesystem by the watch, which weighs it
 from the host side (Docker's upper layer, by `du` in a process of its own that a
 time box can kill) so that no sandbox can slow the watch down for the others: a
 sandbox whose files cannot be counted in time, twice in a row, counts as over. One person's /data
-folders together are bounded by USER_DISK: where the folders are disk images,
+folders together are bounded by USER_DISK (`UserDisk`): where the folders are disk images,
 each gets only its share of what is left (writes past it fail with ENOSPC);
 elsewhere a sandbox whose /data grows while its person is over is stopped.
 """
@@ -14,14 +14,12 @@ from __future__ import annotations
 import asyncio
 import os
 import stat
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import datadisk
-from .config import Settings
-from .uploads import folder_usage, human_size
+from ..config import Settings
+from ..sizes import human_size
 
 MEASURE_SECONDS = 3.0  # one sandbox's weighing, at most; longer counts as over
 MEASURE_AT_ONCE = 8  # sandboxes weighed at the same time
@@ -200,68 +198,3 @@ class UserDisk:
 
     def full_line(self) -> str:
         return f"{self.line()} New files do not fit until some are deleted: {DELETE_SOME[0].lower()}{DELETE_SOME[1:]}"
-
-
-def session_of(folder: Path) -> str:
-    """The session a /data folder belongs to, as its name spells it (exact for Discord ids)."""
-    return folder.name.rsplit("-", 1)[0]
-
-
-def folders_of(user_root: Path) -> list[Path]:
-    """The /data folders of one person (each conversation's), on this machine."""
-    try:
-        return [p for p in user_root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")
-                and not p.name.endswith(".moving")]
-    except OSError:
-        return []
-
-
-def folder_bytes(folder: Path) -> int:
-    """What one /data holds on the host: statfs of its mounted image, its image's blocks, or a walk."""
-    used = datadisk.used_bytes(folder)
-    if used is not None:
-        return used
-    if datadisk.image_for(folder).exists():
-        return datadisk.image_bytes(folder)
-    try:
-        return folder_usage(folder)
-    except Exception:  # noqa: BLE001 - a tree too large to walk in time counts as its limit
-        return 0
-
-
-def user_disk(user_root: Path, settings: Settings) -> UserDisk:
-    """One person's total. Blocking (statfs and stats; a walk only for folders without an image)."""
-    return UserDisk(settings.user_disk_limit, [(session_of(f), folder_bytes(f)) for f in folders_of(user_root)])
-
-
-_locks: dict[Path, threading.Lock] = {}
-_locks_guard = threading.Lock()
-
-
-def _person_lock(user_root: Path) -> threading.Lock:
-    with _locks_guard:
-        return _locks.setdefault(user_root, threading.Lock())
-
-
-def rebalance(user_root: Path, settings: Settings, active: frozenset[Path] = frozenset()) -> UserDisk:
-    """Share out what USER_DISK leaves this person among their mounted images, so that all of them
-    together can never hold more: the conversations at work now (`active`) get equal shares, the
-    others none until they are at work again. Blocking: run it off the loop."""
-    with _person_lock(user_root):  # two conversations starting at once must not both get what is left
-        return _rebalance(user_root, settings, active)
-
-
-def _rebalance(user_root: Path, settings: Settings, active: frozenset[Path]) -> UserDisk:
-    disk = user_disk(user_root, settings)
-    mounted = [f for f in folders_of(user_root) if os.path.ismount(f)]
-    if not mounted:
-        return disk
-    left = max(0, disk.limit - disk.total)
-    room = sum(max(0, settings.vm_disk - (datadisk.used_bytes(f) or 0)) for f in mounted)
-    working = [f for f in mounted if f in active] or mounted
-    for folder in mounted:
-        if room <= left:  # nothing could go over: no reservation at all
-            datadisk.limit_free(folder, None)
-        else:
-            datadisk.limit_free(folder, left // len(working) if folder in working else 0)
-    return disk

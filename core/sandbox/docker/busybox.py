@@ -11,7 +11,8 @@ not a mount point. It must be static: a dynamic one would load the sandbox's own
 
 Without it (no busybox-static on the host, or it cannot be copied) the terminal falls back, with
 one warning, to the image's `sh` from PATH: the kill then works only while the sandbox leaves its
-`sh` alone. `bash scripts/run` and the Dockerfile install busybox-static.
+`sh` alone. `bash scripts/run` and the Dockerfile install busybox-static. The scripts themselves and
+the argv that runs them are the terminal's (core/sandbox/terminal.py).
 """
 from __future__ import annotations
 
@@ -135,15 +136,3 @@ def _install(source: Path, folder: Path) -> str | None:
         return f"could not copy {source} to {target} ({exc.strerror or exc})"
     _signature[folder] = (now.st_size, now.st_mtime_ns)
     return None
-
-
-def script(busybox: str | None, body: str, *args: str) -> list[str]:
-    """The argv that runs one of the terminal's shell scripts with positional `args`.
-
-    In the bot's busybox: its own `sh`, and `$0` is the busybox itself, so `"$0" rm ...` runs an
-    applet by absolute path (ash's builtins, read, printf, kill, [, need none). Without it: the
-    image's `sh` from PATH, and `$0` is `command`, so the same `"$0" rm ...` runs PATH's rm.
-    """
-    if busybox:
-        return [busybox, "sh", "-c", body, busybox, *args]
-    return ["sh", "-c", body, "command", *args]

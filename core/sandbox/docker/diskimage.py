@@ -6,7 +6,7 @@ sparse file beside the folder (`<folder>.disk`), so it takes on the host only
 what is written into it; it is mounted nosuid,nodev, so nothing setuid or a
 device node in it works, on the host or in the sandbox. Mounting needs root on
 the machine dockerd runs on; where that is missing the caller gets a warning
-line and /data is only watched (see core/runtime.py's disk watch).
+line and /data is only watched (see the disk watch, docker/watch.py).
 
 Inodes are bounded too (mkfs -N VM_INODES: a million empty files cost the host
 nothing past that). The image is mounted with `discard`, so deleting files in /data
@@ -28,6 +28,9 @@ import threading
 import time
 from pathlib import Path
 
+from ...config import Settings
+from ..quota import UserDisk
+from ..workspace import folder_usage, folders_of, session_of
 from .hostmount import mounts, run
 
 log = logging.getLogger(__name__)
@@ -290,3 +293,54 @@ def unmount_under(root: Path) -> None:
         if point.startswith(prefix):
             run("umount", "-l", point)
 
+
+# -- one person's images together: USER_DISK ---------------------------------------------------
+def folder_bytes(folder: Path) -> int:
+    """What one /data holds on the host: statfs of its mounted image, its image's blocks, or a walk."""
+    used = used_bytes(folder)
+    if used is not None:
+        return used
+    if image_for(folder).exists():
+        return image_bytes(folder)
+    try:
+        return folder_usage(folder)
+    except Exception:  # noqa: BLE001 - a tree too large to walk in time counts as its limit
+        return 0
+
+
+def user_disk(user_root: Path, settings: Settings) -> UserDisk:
+    """One person's total. Blocking (statfs and stats; a walk only for folders without an image)."""
+    return UserDisk(settings.user_disk_limit, [(session_of(f), folder_bytes(f)) for f in folders_of(user_root)])
+
+
+_locks: dict[Path, threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _person_lock(user_root: Path) -> threading.Lock:
+    with _locks_guard:
+        return _locks.setdefault(user_root, threading.Lock())
+
+
+def rebalance(user_root: Path, settings: Settings, active: frozenset[Path] = frozenset()) -> UserDisk:
+    """Share out what USER_DISK leaves this person among their mounted images, so that all of them
+    together can never hold more: the conversations at work now (`active`) get equal shares, the
+    others none until they are at work again. Blocking: run it off the loop."""
+    with _person_lock(user_root):  # two conversations starting at once must not both get what is left
+        return _rebalance(user_root, settings, active)
+
+
+def _rebalance(user_root: Path, settings: Settings, active: frozenset[Path]) -> UserDisk:
+    disk = user_disk(user_root, settings)
+    mounted = [f for f in folders_of(user_root) if os.path.ismount(f)]
+    if not mounted:
+        return disk
+    left = max(0, disk.limit - disk.total)
+    room = sum(max(0, settings.vm_disk - (used_bytes(f) or 0)) for f in mounted)
+    working = [f for f in mounted if f in active] or mounted
+    for folder in mounted:
+        if room <= left:  # nothing could go over: no reservation at all
+            limit_free(folder, None)
+        else:
+            limit_free(folder, left // len(working) if folder in working else 0)
+    return disk

@@ -7,12 +7,14 @@ cancellation then kills, from a second exec, every process in the sandbox that
 started at or after that moment: the command and whatever it started, setsid'd
 and daemonised processes included. Background jobs from earlier commands
 started before it, so they live on. The wrapper's first stage and the kill run
-in the bot's own static busybox, mounted read-only (core/sandbox_tools.py), never
+in the bot's own static busybox, mounted read-only (core/sandbox/docker/busybox.py), never
 through the sandbox's PATH: nothing the sandbox can write redirects the kill or
 forges the marker. (A host without busybox-static falls back, with a warning, to
 the image's `sh` from PATH.) The user's part then runs in the image's /bin/sh; it
 saves the working directory and the exported variables on exit and restores them
 on the next call, so `cd` and `export` carry over the way they do in a terminal.
+
+The terminal works on `Sandbox` handles (core/sandbox/base.py): the same code runs over any provider.
 """
 from __future__ import annotations
 
@@ -22,16 +24,15 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from . import sandbox_tools
-from .admission import CommandGate
-from .config import Settings
-from .errors import EngineError, SandboxUnavailable
-from .sandbox import STDERR, STDOUT, Sandboxes
+from ..admission import CommandGate
+from ..config import Settings
+from ..errors import EngineError, SandboxUnavailable
+from .base import STDERR, STDOUT, Provider, Sandbox
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "/tmp/.agent"
-# The trusted first stage, in the bot's own busybox (see core/sandbox_tools.py): $1 is the user's part
+# The trusted first stage, in the bot's own busybox (see core/sandbox/docker/busybox.py): $1 is the user's part
 # below, $2 the user's command, $0 the busybox (for applets: nothing comes from PATH). It prints its PID
 # and start time, records the start time as running, then becomes the image's own /bin/sh (exec keeps
 # the PID and the start time) so the command runs with the image's shell and tools, not busybox's.
@@ -94,6 +95,18 @@ true
 LEFTOVERS = "read -r __t < /tmp/.agent/running 2>/dev/null || exit 0\n" + KILL.replace("__t=$1\n", "", 1)
 GRACE_SECONDS = 3.0
 FULL_OUTPUT_MAX = 8 * 1024 ** 2  # a cut command's whole output kept for the user, at most (per command)
+
+
+def script(busybox: str | None, body: str, *args: str) -> list[str]:
+    """The argv that runs one of the terminal's shell scripts with positional `args`.
+
+    In the bot's busybox: its own `sh`, and `$0` is the busybox itself, so `"$0" rm ...` runs an
+    applet by absolute path (ash's builtins, read, printf, kill, [, need none). Without it: the
+    image's `sh` from PATH, and `$0` is `command`, so the same `"$0" rm ...` runs PATH's rm.
+    """
+    if busybox:
+        return [busybox, "sh", "-c", body, busybox, *args]
+    return ["sh", "-c", body, "command", *args]
 
 
 def full_output_cap(settings: Settings) -> int:
@@ -165,17 +178,17 @@ class CommandResult:
 
 
 class Terminal:
-    """Runs commands in a Sandboxes backend, at most MAX_RUNNING_COMMANDS at once."""
+    """Runs commands in a provider's sandboxes, at most MAX_RUNNING_COMMANDS at once."""
 
-    def __init__(self, sandboxes: Sandboxes) -> None:
-        self.sandboxes = sandboxes
-        self.settings = sandboxes.settings
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+        self.settings = provider.settings
         self.gate = CommandGate(self.settings.max_running_commands)
         # Commands whose contact with Docker broke before they could be killed: sandbox name -> start
         # time. They are killed before the sandbox's next command, once Docker answers again.
         self._unkilled: dict[str, int] = {}
         self._settling: dict[str, asyncio.Future[None]] = {}  # leftover clean-ups under way, by sandbox
-        _ = sandboxes.busybox  # decided now, so a host without busybox-static is warned about at start
+        _ = provider.busybox  # decided now, so a host without busybox-static is warned about at start
 
     async def execute(self, user: str, session: str, command: str, timeout: int | None = None, *,
                       on_queued: Callable[[int], None] | None = None) -> CommandResult:
@@ -184,23 +197,23 @@ class Terminal:
         `on_queued(n)` hears how many commands are ahead while this one waits for a slot.
         """
         limit = min(max(int(timeout or self.settings.command_timeout), 1), self.settings.command_timeout_max)
-        async with self.sandboxes.in_use(user, session):
+        box = self.provider.get(user, session)
+        async with box.in_use():
             async with self.gate.slot(on_queued):
-                name = self.sandboxes.name(user, session)
                 await self.settle(user, session)
-                if name in self._unkilled:
-                    await self._kill(user, session, self._unkilled.pop(name))
-                before = self.sandboxes.eviction_message(name)  # it went over after its last command
-                await self.sandboxes.share_disk(user, session)
-                result = await self._run(user, session, command, limit)
-                during = self.sandboxes.eviction_message(name)
+                if box.name in self._unkilled:
+                    await self._kill(box, self._unkilled.pop(box.name))
+                before = box.eviction_message()  # it went over after its last command
+                await box.share_disk()
+                result = await self._run(box, command, limit)
+                during = box.eviction_message()
         if during:  # stopped under this very command: that is its outcome
             raise SandboxUnavailable(during, user=during)
-        full = await self.sandboxes.disk_note(user, session)  # USER_DISK: why a write may have failed
+        full = await box.disk_note()  # USER_DISK: why a write may have failed
         result.note = " ".join(n for n in (before, full) if n)
         return result
 
-    async def _run(self, user: str, session: str, command: str, limit: int) -> CommandResult:
+    async def _run(self, box: Sandbox, command: str, limit: int) -> CommandResult:
         out, err = CappedBuffer(self.settings.output_limit), CappedBuffer(self.settings.output_limit)
         whole = bytearray()  # for the user, should the model's copy be cut
         whole_cap = full_output_cap(self.settings)
@@ -229,31 +242,30 @@ class Terminal:
                     if budget_open and not budget.expired() and runner is not None and not runner.cancelled():
                         budget.reschedule(started + limit)
 
-                argv = sandbox_tools.script(self.sandboxes.busybox, WRAPPER, USER_PART, command)
-                runner = asyncio.ensure_future(self.sandboxes.exec(user, session, argv, sink, on_start=on_start))
+                argv = script(self.provider.busybox, WRAPPER, USER_PART, command)
+                runner = asyncio.ensure_future(box.exec(argv, sink, on_start=on_start))
                 try:
                     exit_code: int | None = await asyncio.shield(runner)
                 finally:
                     budget_open = False
         except TimeoutError:
             timed_out = True
-            exit_code = await self._stop(user, session, runner, marker)
+            exit_code = await self._stop(box, runner, marker)
         except asyncio.CancelledError:
             if runner is not None:
-                await asyncio.shield(self._stop(user, session, runner, marker))
+                await asyncio.shield(self._stop(box, runner, marker))
             raise
         except SandboxUnavailable:
             # The output stream broke (Docker went away): the command may still run in the sandbox.
-            if marker.start is not None and not await self._kill(user, session, marker.start):
-                self._unkilled[self.sandboxes.name(user, session)] = marker.start
+            if marker.start is not None and not await self._kill(box, marker.start):
+                self._unkilled[box.name] = marker.start
             raise
         cut = out.total > 2 * out.half or err.total > 2 * err.half
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
                              timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total,
                              full_output=bytes(whole) if cut else b"")
 
-    async def _stop(self, user: str, session: str, runner: "asyncio.Future[int] | None",
-                    marker: "_Marker") -> int | None:
+    async def _stop(self, box: Sandbox, runner: "asyncio.Future[int] | None", marker: "_Marker") -> int | None:
         """Kill what the command started, then let its output drain."""
         if runner is None:
             return None
@@ -268,7 +280,7 @@ class Terminal:
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
         else:
-            await self._kill(user, session, start)
+            await self._kill(box, start)
         if runner.done():
             return None if runner.cancelled() or runner.exception() else runner.result()
         try:
@@ -282,44 +294,46 @@ class Terminal:
     async def settle(self, user: str, session: str) -> None:
         """In a sandbox adopted from an earlier process, end the command that process left running
         (a crash or a restart cut it off) before anything else runs there. Once per sandbox."""
-        await self.sandboxes.adoption_done()
-        name = self.sandboxes.name(user, session)
+        await self.provider.adoption_done()
+        box = self.provider.get(user, session)
+        name = box.name
         task = self._settling.get(name)
         if task is None:
-            if self.sandboxes.leftovers.pop(name, None) is None:
+            if not self.provider.take_leftover(name):
                 return
-            task = self._settling[name] = asyncio.ensure_future(self._end_leftovers(user, session))
+            task = self._settling[name] = asyncio.ensure_future(self._end_leftovers(box))
             task.add_done_callback(lambda _t: self._settling.pop(name, None))
         await asyncio.shield(task)
 
     async def settle_all(self) -> None:
         """settle() every adopted sandbox now (at start-up), a few at a time."""
-        await self.sandboxes.adoption_done()
+        await self.provider.adoption_done()
         limit = asyncio.Semaphore(8)
 
         async def one(user: str, session: str) -> None:
             async with limit:
                 await self.settle(user, session)
 
-        await asyncio.gather(*(one(u, s) for u, s in list(self.sandboxes.leftovers.values())))
+        await asyncio.gather(*(one(u, s) for u, s in self.provider.leftovers()))
 
-    async def _end_leftovers(self, user: str, session: str) -> None:
-        await self._script(user, session, sandbox_tools.script(self.sandboxes.busybox, LEFTOVERS),
-                           "end what an earlier process left running")
+    async def wait_settled(self) -> None:
+        """Let the leftover clean-ups under way finish (a runtime closing waits for them)."""
+        await asyncio.gather(*self._settling.values(), return_exceptions=True)
 
-    async def _kill(self, user: str, session: str, start: int) -> bool:
+    async def _end_leftovers(self, box: Sandbox) -> None:
+        await self._script(box, script(self.provider.busybox, LEFTOVERS), "end what an earlier process left running")
+
+    async def _kill(self, box: Sandbox, start: int) -> bool:
         """Stop, then kill, every process started in the sandbox since `start`; False if it could not."""
-        return await self._script(user, session, sandbox_tools.script(self.sandboxes.busybox, KILL, str(start)),
-                                  "kill a command")
+        return await self._script(box, script(self.provider.busybox, KILL, str(start)), "kill a command")
 
-    async def _script(self, user: str, session: str, argv: list[str], what: str) -> bool:
+    async def _script(self, box: Sandbox, argv: list[str], what: str) -> bool:
         """One of the terminal's own scripts, in a sandbox that must already run; False (logged) if it failed."""
         try:
-            await asyncio.wait_for(self.sandboxes.exec(user, session, argv, _discard, recreate=False),
-                                   timeout=GRACE_SECONDS * 2)
+            await box.exec(argv, timeout=GRACE_SECONDS * 2, recreate=False)
             return True
         except (EngineError, asyncio.TimeoutError) as exc:
-            log.warning("could not %s in %s/%s: %s", what, user, session, exc)
+            log.warning("could not %s in %s/%s: %s", what, box.user, box.session, exc)
             return False
 
 
@@ -349,7 +363,3 @@ class _Marker:
         self.start = int(match.group(2))
         rest, self.buffer = self.buffer[match.end():], b""
         return rest
-
-
-def _discard(_stream: int, _data: bytes) -> None:
-    pass
