@@ -16,11 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from core import ChatSession, ConfigError, EngineError, Settings, get_runtime
-from core.attachments import compose
-from core.events import FileReady
-from core.preflight import run_checks
-from core.render import Reply, ToolLine
+from core import (ChatSession, ConfigError, EngineError, FileReady, Reply, Settings, ToolLine, compose, get_runtime,
+                  run_checks)
 from core.sizes import human_size
 from core.uploads import safe_filename
 

@@ -3,7 +3,7 @@
     python bench/bench_watch.py                 # needs the Docker engine and the test image
     python bench/bench_watch.py --sandboxes 50 --reps 3 --files 1000000
 
-The watch (`Runtime._watch_disk_forever`) calls `DockerProvider.enforce_disk(names)` every
+The watch (`Background._watch_disk_forever`) calls `DockerProvider.enforce_disk(names)` every
 second for the sandboxes in use, and for all of them every minute. The baseline is what the watch
 did before: `docker inspect --size` (`containers/{name}/json?size=true`, through the same aiodocker
 client) of each sandbox, one after another.
@@ -44,7 +44,7 @@ from core import Runtime  # noqa: E402
 from core.sandbox import quota  # noqa: E402
 from core.config import Settings  # noqa: E402
 from core.sandbox.docker.diskimage import mounted_under, unmount_under  # noqa: E402
-from core.runtime import DISK_WATCH_SECONDS  # noqa: E402
+from core.background import DISK_WATCH_SECONDS  # noqa: E402
 from tests.conftest import make_settings  # noqa: E402
 from tests.leaks import read_loops  # noqa: E402
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from core.render import inline_code, thinking_line  # noqa: F401 - the wording is shared with run.py
+from core import inline_code, thinking_line  # noqa: F401 - the wording is shared with run.py
 
 LIMIT = 2000
 FENCE = "```"

@@ -1,8 +1,7 @@
 """What /help says: how to talk to the bot here, built from the settings that decide it."""
 from __future__ import annotations
 
-from core.config import Settings
-from core.context import Seen
+from core import Seen, Settings
 from core.sizes import human_size
 
 

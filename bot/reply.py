@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import discord
 
-from core.render import Reply
+from core import Reply
 
 from .formatting import LIMIT, split_message
 from .pacing import ChannelPacer

@@ -12,6 +12,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
+from .outbox import Outbox
+
 Key = tuple[str, str]
 
 
@@ -28,7 +30,7 @@ class Generation:
     replaced: bool = False
     stopped: bool = False  # cancelled on purpose (a Stop button), not replaced by a newer message
     task: "asyncio.Task[Any] | None" = None
-    queue: "asyncio.Queue[Any]" = field(default_factory=asyncio.Queue)
+    outbox: Outbox = field(default_factory=Outbox)  # what its turn reports, on the way to the caller
 
     @property
     def running(self) -> bool:

@@ -135,12 +135,12 @@ class ChatSession:
             yield Replacing()
         try:
             while True:
-                item = await generation.queue.get()
-                if isinstance(item, TurnEnd):
-                    if item.error is not None:
-                        raise item.error
-                    return
-                yield item
+                for item in await generation.outbox.take():  # all that came since the last look, pieces joined
+                    if isinstance(item, TurnEnd):
+                        if item.error is not None:
+                            raise item.error
+                        return
+                    yield item
         finally:
             if not task.done():  # the caller stopped listening: stop the turn too
                 task.cancel()

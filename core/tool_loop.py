@@ -1,6 +1,6 @@
 """One turn of the conversation: stream the model, run the tools it asks for, repeat.
 
-A turn runs as its own task and reports through its generation's queue, so a
+A turn runs as its own task and reports through its generation's outbox, so a
 newer message can cancel it (registry) without the caller's cooperation. What
 the history holds is always a valid request: the user's message first, every
 tool call followed by its result, and no partial reply stored as complete.
@@ -12,7 +12,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import httpx
 import ollama
@@ -24,14 +24,13 @@ from .incidents import DOCKER, OLLAMA
 from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
                      ToolStarted)
 from .prompt import system_prompt
+from .model_client import Piece
+from .parts import Parts
 from .registry import Generation, Phase
 from .store import IMAGE_REFS, Place
 from .tools import (MAX_FILES_PER_REPLY, ModelCall, SendFileCall, TerminalCall, ToolArgumentError, parse_call,
                     tool_schemas)
 from .sizes import human_size
-
-if TYPE_CHECKING:
-    from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 content_log = logging.getLogger("llmbot.content")  # message text: silent unless LOG_CONTENT=true
@@ -51,7 +50,7 @@ ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a fin
 
 @dataclass
 class TurnEnd:
-    """The last item on a generation's queue."""
+    """The last item in a generation's outbox."""
 
     error: EngineError | None = None
 
@@ -96,6 +95,8 @@ class Turn:
     started: float = field(default_factory=time.monotonic)
 
     estimate: int = 0  # the last request's estimated tokens
+    message: tuple[str, list[str] | None] | None = None  # the user's (text, images), until stored
+    repair: bool = True  # look for results a crash left missing before storing the message
 
     def ran(self, command: str, ending: str) -> None:
         shown = command if len(command) <= 60 else command[:57] + "..."
@@ -113,33 +114,36 @@ class Turn:
 
 
 class TurnRunner:
-    """Runs turns against one Runtime's Ollama client, history and terminal."""
+    """Runs turns with the engine's parts (its Ollama client, history, sandboxes), handed over by
+    whoever builds it (the Runtime), which this module never imports."""
 
-    def __init__(self, runtime: "Runtime") -> None:
-        self.rt = runtime
+    def __init__(self, parts: Parts) -> None:
+        self.parts = parts
+        # Sessions whose last turn in this process was answered: their history ends on that answer,
+        # so there is nothing for repair_interrupted (results a crash left missing) to look for.
+        self._settled: set[int] = set()
 
     async def run(self, gen: Generation, session_id: int, user: str, session: str, text: str,
                   place: Place | None = None, *, images: Sequence[str] = (), file_limit: int = 0) -> None:
         turn = Turn(gen, session_id, user, session, file_limit=file_limit)
-        emit = gen.queue.put_nowait
+        emit = gen.outbox.put
         ending = "failed"
         try:
             place = place or Place(channel=session)
-            turn.model = (await self.rt.places.model(place)).value
-            turn.persona = (await self.rt.places.prompt(place)).value
-            if images and not await self._sees(turn) and (user, session) not in self.rt.told_no_vision:
-                self.rt.told_no_vision.add((user, session))
+            turn.model = (await self.parts.places.model(place)).value
+            turn.persona = (await self.parts.places.prompt(place)).value
+            if images and not await self._sees(turn) and (user, session) not in self.parts.told_no_vision:
+                self.parts.told_no_vision.add((user, session))
                 emit(Notice(NO_VISION.format(paths=", ".join(images))))
             if gen.previous is not None and gen.previous.task is not None:
                 await asyncio.gather(gen.previous.task, return_exceptions=True)
-            repaired = await self.rt.history.run(self.rt.history.repair_interrupted, session_id)
-            if repaired:
-                log.info("session %s/%s: %d tool calls had no result (a crash?); stored as interrupted",
-                         user, session, repaired)
-            await self._store(session_id, "user", text, images=list(images) or None)
+            turn.message = (text, list(images) or None)  # stored on the way to the first request
+            turn.repair = session_id not in self._settled
+            self._settled.discard(session_id)
             content_log.debug("turn user=%s channel=%s message: %r", user, session, text)
             await self._loop(turn)
             ending = "answered"
+            self._settled.add(session_id)
             emit(TurnEnd())
         except asyncio.CancelledError:
             ending = "replaced" if gen.replaced else "stopped" if gen.stopped else "cancelled"
@@ -151,7 +155,7 @@ class TurnRunner:
             raise
         except EngineError as exc:
             ending = f"failed ({type(exc).__name__})"
-            self.rt.incidents.failed(exc)
+            self.parts.incidents.failed(exc)
             emit(TurnEnd(exc))
         except Exception:  # noqa: BLE001 - no traceback reaches a user
             log.exception("turn failed in session %s/%s", user, session)
@@ -160,7 +164,7 @@ class TurnRunner:
             log.info(turn.summary(ending))
 
     async def _loop(self, turn: Turn) -> None:
-        settings = self.rt.settings
+        settings = self.parts.settings
         gen = turn.gen
         while True:
             tools = tool_schemas(settings) if turn.rounds < settings.max_tool_rounds else None
@@ -172,10 +176,10 @@ class TurnRunner:
             if not calls:
                 if tools is None and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
-                    gen.queue.put_nowait(TextDelta(content))
+                    gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)
                 content_log.debug("turn user=%s channel=%s answer: %r", turn.user, turn.session, content)
-                gen.queue.put_nowait(Done(content))
+                gen.outbox.put(Done(content))
                 return
             await self._store(turn.session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
@@ -186,55 +190,79 @@ class TurnRunner:
                        tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """The conversation's window for this request, and the summary message (if any) of what fell
         out of it: together with the system prompt, the tools and the reply's reserve, within num_ctx."""
-        s, history, counter = self.rt.settings, self.rt.history, self.rt.tokens
+        s, history, counter = self.parts.settings, self.parts.history, self.parts.tokens
         budget = counter.chars(turn.model, s.context_tokens - s.reply_reserve_tokens) \
             - context.request_chars([system], tools)
         image_chars = counter.chars(turn.model, context.IMAGE_TOKENS)
-        stored = await history.run(history.summary, turn.session_id) if s.summary else None
-        window = await self._fit(turn, stored, budget, image_chars)
-        if s.summary and window.first_id is not None and await history.run(
-                history.between, turn.session_id, stored[0] if stored else 0, window.first_id, 1):
+        message, turn.message = turn.message, None
+        repaired, stored, window, uncovered = await history.run(self._look, turn.session_id, budget, image_chars,
+                                                                s.summary, message, turn.repair)
+        if repaired:
+            log.info("session %s/%s: %d tool calls had no result (a crash?); stored as interrupted",
+                     turn.user, turn.session, repaired)
+        if uncovered:
             # Messages fell out that no summary covers: fold them into it, up to a point that leaves
             # the window room to grow, so the next turns need no new summary.
-            roomy = await self._fit(turn, stored, int(budget * context.REFRESH_FILL), image_chars,
-                                    limit=max(2, int(s.history_window * context.REFRESH_FILL)))
+            assert window.first_id is not None
+            roomy = await history.run(self._fit, turn.session_id, stored, int(budget * context.REFRESH_FILL),
+                                      image_chars, limit=max(2, int(s.history_window * context.REFRESH_FILL)))
             upto = (roomy.first_id or window.first_id) - 1
             text = await self._summarize(turn, stored, upto, budget)
             if text is not None:
                 stored = (upto, text)
-                window = await self._fit(turn, stored, budget, image_chars)
+                window = await history.run(self._fit, turn.session_id, stored, budget, image_chars)
         turn.shown = sum(1 for m in window.messages if m["role"] != "tool")
         turn.summarized = stored is not None
         turn.context_chars = window.chars + context.request_chars([system], tools)
         turn.estimate = counter.tokens(turn.model, turn.context_chars)
-        self.rt.context_seen[(turn.user, turn.session)] = context.Seen(turn.shown, turn.summarized, s.context_tokens)
+        self.parts.context_seen[(turn.user, turn.session)] = context.Seen(turn.shown, turn.summarized,
+                                                                          s.context_tokens)
         for note in window.notes:
             log.info("session %s/%s: %s", turn.user, turn.session, note)
         summary = [{"role": "system", "content": context.SUMMARY_HEAD + stored[1]}] if stored else []
         return window.messages, summary
 
-    async def _fit(self, turn: Turn, stored: tuple[int, str] | None, budget: int, image_chars: int, *,
-                   limit: int | None = None) -> "context.Window":
+    # -- on the history's threads: each is one hop from the loop, however many queries it makes --------
+    def _look(self, session_id: int, budget: int, image_chars: int, summaries: bool,
+              message: tuple[str, list[str] | None] | None, repair: bool = True
+              ) -> tuple[int, tuple[int, str] | None, "context.Window", bool]:
+        """For a turn's first request, first store the results a crash left missing (unless `repair`
+        is off) and then the user's `message` (text, images). Then read: the stored summary (when
+        summaries are on), the window after it within `budget`, and whether messages fell out of
+        that window that the summary does not cover. Returns how many results were repaired, and
+        those three."""
+        history = self.parts.history
+        repaired = 0
+        if message is not None:
+            repaired = history.repair_interrupted(session_id) if repair else 0
+            history.add_message(session_id, "user", message[0], images=message[1])
+        stored = history.summary(session_id) if summaries else None
+        window = self._fit(session_id, stored, budget, image_chars)
+        uncovered = summaries and window.first_id is not None and bool(
+            history.between(session_id, stored[0] if stored else 0, window.first_id, 1))
+        return repaired, stored, window, uncovered
+
+    def _fit(self, session_id: int, stored: tuple[int, str] | None, budget: int, image_chars: int, *,
+             limit: int | None = None) -> "context.Window":
         """The window after what `stored` summarises, in `budget` characters and `limit` messages."""
-        history = self.rt.history
         after = stored[0] if stored else 0
-        rows = await history.run(history.window, turn.session_id, limit or self.rt.settings.history_window,
-                                 after=after, ids=True)
+        rows = self.parts.history.window(session_id, limit or self.parts.settings.history_window, after=after,
+                                         ids=True)
         room = budget - (len(context.SUMMARY_HEAD) + len(stored[1]) + context.MESSAGE_OVERHEAD if stored else 0)
         return context.fit(rows, room, image_chars=image_chars)
 
     async def _summarize(self, turn: Turn, stored: tuple[int, str] | None, upto: int, budget: int) -> str | None:
         """One model call that folds the messages up to id `upto` into the session's summary; stored.
         None (logged) when the model cannot make one now: the window is then only shorter."""
-        s, history = self.rt.settings, self.rt.history
+        s, history = self.parts.settings, self.parts.history
         after, previous = stored if stored else (0, None)
         fallen = await history.run(history.between, turn.session_id, after, upto + 1, 400)
         request = context.summary_request(previous, fallen, budget)
         options: dict[str, Any] = {"num_ctx": s.ollama_num_ctx} if s.ollama_num_ctx else {}
         try:
             answer = await asyncio.wait_for(
-                self.rt.ollama().chat(model=turn.model, messages=request, stream=False, think=False,
-                                      options=options or None),
+                self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
+                                                      think=False, options=options or None),
                 s.ollama_stall_timeout)
         except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
@@ -251,8 +279,8 @@ class TurnRunner:
 
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
-        """The model's whole answer for one request, streamed to the queue as it comes."""
-        settings = self.rt.settings
+        """The model's whole answer for one request, streamed to the outbox as it comes."""
+        settings = self.parts.settings
         gen, session_id = turn.gen, turn.session_id
         kwargs: dict[str, Any] = {"model": turn.model, "messages": messages, "stream": True}
         if tools:
@@ -266,15 +294,23 @@ class TurnRunner:
             kwargs["keep_alive"] = settings.ollama_keep_alive
         parts: list[str] = []
         calls: list[ModelCall] = []
+        piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
         try:
-            stream = await self.rt.ollama().chat(**kwargs)
+            stream = await self.parts.model_server.client().chat(**kwargs)
             async for chunk in stream:
+                if type(chunk) is Piece:  # a plain piece of text or thinking: nearly every chunk
+                    if chunk.thinking:
+                        piece(ThinkingDelta, chunk.thinking)
+                    if chunk.content:
+                        parts.append(chunk.content)
+                        piece(TextDelta, chunk.content)
+                    continue
                 message = chunk.message
                 if message.thinking:
-                    gen.queue.put_nowait(ThinkingDelta(message.thinking))
+                    piece(ThinkingDelta, message.thinking)
                 if message.content:
                     parts.append(message.content)
-                    gen.queue.put_nowait(TextDelta(message.content))
+                    piece(TextDelta, message.content)
                 if message.tool_calls:
                     malformed = getattr(chunk, "malformed", {})
                     calls.extend(ModelCall(c.function.name, dict(c.function.arguments or {}), malformed.get(i))
@@ -283,7 +319,7 @@ class TurnRunner:
                     turn.prompt_tokens += chunk.prompt_eval_count or 0
                     turn.answer_tokens += chunk.eval_count or 0
                     turn.last_prompt = chunk.prompt_eval_count or 0
-                    self.rt.tokens.observe(turn.model, sent_chars, turn.last_prompt)
+                    self.parts.tokens.observe(turn.model, sent_chars, turn.last_prompt)
         except ollama.ResponseError as exc:
             await self._keep_partial(session_id, parts)
             raise self._model_error(exc, turn.model) from exc
@@ -309,7 +345,7 @@ class TurnRunner:
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
-        self.rt.incidents.succeeded(OLLAMA)
+        self.parts.incidents.succeeded(OLLAMA)
         return "".join(parts), calls
 
     async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,7 +356,7 @@ class TurnRunner:
             return window
         latest_user = next((m for m in reversed(window) if m["role"] == "user"), None)
         own = sum(1 for message, _ in refs if message is latest_user)
-        for message, path in refs[:max(self.rt.settings.vision_max_images, own)]:
+        for message, path in refs[:max(self.parts.settings.vision_max_images, own)]:
             picture = await self._picture(turn, path)
             if picture is None:
                 why = turn.unshown.get(path)
@@ -333,7 +369,7 @@ class TurnRunner:
     async def _sees(self, turn: Turn) -> bool:
         """Whether the turn's model reads images; asked of Ollama only when pictures are involved."""
         if turn.vision is None:
-            turn.vision = "vision" in await self.rt.capabilities(turn.model)
+            turn.vision = "vision" in await self.parts.model_server.capabilities(turn.model)
         return turn.vision
 
     async def _picture(self, turn: Turn, path: str) -> str | None:
@@ -342,9 +378,9 @@ class TurnRunner:
         Decoded once per picture, not once per turn: images.prepared keeps what it made by content."""
         if path not in turn.pictures:
             try:
-                data = await self.rt.sandboxes.get(turn.user, turn.session).read_file(
-                    path, max_bytes=self.rt.settings.upload_max_file_bytes)
-                fit = await asyncio.get_running_loop().run_in_executor(self.rt.image_pool, images.prepared, data)
+                data = await self.parts.sandboxes.get(turn.user, turn.session).read_file(
+                    path, max_bytes=self.parts.settings.upload_max_file_bytes)
+                fit = await asyncio.get_running_loop().run_in_executor(self.parts.image_pool, images.prepared, data)
                 turn.pictures[path] = base64.b64encode(fit).decode()
             except (EngineError, images.NotAnImage) as exc:
                 log.info("session %s/%s: image %s not shown to the model: %s", turn.user, turn.session, path,
@@ -374,9 +410,9 @@ class TurnRunner:
         """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order. Every call gets exactly one
         result row, whatever happens, so the history stays a valid request."""
         gen, session_id, user, session = turn.gen, turn.session_id, turn.user, turn.session
-        cap = self.rt.settings.max_tool_calls_per_round
+        cap = self.parts.settings.max_tool_calls_per_round
         for index, call in enumerate(calls[:cap]):
-            gen.queue.put_nowait(ToolStarted(call.name, call.arguments))
+            gen.outbox.put(ToolStarted(call.name, call.arguments))
             try:
                 if call.problem:
                     raise ToolArgumentError(call.problem)
@@ -384,7 +420,7 @@ class TurnRunner:
             except ToolArgumentError as exc:
                 turn.ran(call.name, "bad arguments")
                 await self._store(session_id, "tool", str(exc), tool_name=call.name)
-                gen.queue.put_nowait(ToolFinished(call.name, str(exc), error=True))
+                gen.outbox.put(ToolFinished(call.name, str(exc), error=True))
                 continue
             began = asyncio.get_running_loop().time()
             try:
@@ -396,37 +432,38 @@ class TurnRunner:
                 turn.ran(parsed.command, "stopped" if gen.stopped else "cancelled")
                 rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
                         else self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT))
-                await asyncio.shield(self.rt.history.run(self.rt.history.add_messages, session_id, rows))
+                await asyncio.shield(self.parts.history.run(self.parts.history.add_messages, session_id, rows))
                 await asyncio.shield(self._audit(user, session, parsed.command, began, cancelled=True))
                 raise
             except EngineError as exc:
                 turn.ran(parsed.command, "did not run")
                 await self._audit(user, session, parsed.command, began)
                 rows = self._unrun(calls, index, f"error: {exc.user_message}", NOT_RUN_AFTER_ERROR)
-                await self.rt.history.run(self.rt.history.add_messages, session_id, rows)
-                gen.queue.put_nowait(ToolFinished(call.name, exc.user_message, error=True))
+                await self.parts.history.run(self.parts.history.add_messages, session_id, rows)
+                gen.outbox.put(ToolFinished(call.name, exc.user_message, error=True))
                 raise
-            self.rt.incidents.succeeded(DOCKER)
+            self.parts.incidents.succeeded(DOCKER)
             turn.ran(parsed.command, outcome.ending)
             await self._audit(user, session, parsed.command, began, exit_code=outcome.exit_code,
                               duration=outcome.duration, output_bytes=outcome.output_bytes,
                               timed_out=outcome.finished.timed_out)
             await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name)
             for event in outcome.events:
-                gen.queue.put_nowait(event)
-            gen.queue.put_nowait(outcome.finished)
+                gen.outbox.put(event)
+            gen.outbox.put(outcome.finished)
         if len(calls) > cap:
             turn.commands.append(f"{len(calls) - cap} over the cap, not run")
-            gen.queue.put_nowait(Notice(OVER_CAP_NOTICE.format(n=len(calls) - cap, cap=cap)))
+            gen.outbox.put(Notice(OVER_CAP_NOTICE.format(n=len(calls) - cap, cap=cap)))
             log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
                      len(calls), len(calls) - cap)
-            await self.rt.history.run(self.rt.history.add_messages, session_id, self._unrun(calls, cap - 1, None, ""))
+            await self.parts.history.run(self.parts.history.add_messages, session_id,
+                                         self._unrun(calls, cap - 1, None, ""))
 
     # -- the tools: each takes its checked call and says what came of it ------------------
     async def _execute(self, turn: Turn, call: ModelCall, parsed: TerminalCall) -> "Outcome":
-        result = await self.rt.terminal.execute(turn.user, turn.session, parsed.command, parsed.timeout,
-                                                on_queued=lambda n: turn.gen.queue.put_nowait(ToolQueued(n)))
-        kept = self.rt.outputs.keep((turn.user, turn.session), result.full_output) if result.full_output else ""
+        result = await self.parts.terminal.execute(turn.user, turn.session, parsed.command, parsed.timeout,
+                                                   on_queued=lambda n: turn.gen.outbox.put(ToolQueued(n)))
+        kept = self.parts.outputs.keep((turn.user, turn.session), result.full_output) if result.full_output else ""
         return Outcome(ToolFinished(call.name, result.for_model(), result.exit_code, result.timed_out,
                                     full_output_id=kept, full_output_bytes=len(result.full_output)),
                        "timed out" if result.timed_out else f"exit {result.exit_code}",
@@ -436,14 +473,15 @@ class TurnRunner:
         """Read the file through the sandbox backend (no shared disk needed; a symlink resolves inside
         the sandbox, never on the host), within the channel's limit for one reply's files."""
         began = time.monotonic()
-        limit = min(self.rt.settings.send_file_max_bytes, turn.file_limit or self.rt.settings.send_file_max_bytes)
+        most = self.parts.settings.send_file_max_bytes
+        limit = min(most, turn.file_limit or most)
         left = limit - turn.file_bytes
         if turn.files_sent >= MAX_FILES_PER_REPLY:
             refusal = (f"error: {parsed.path} was not sent: at most {MAX_FILES_PER_REPLY} files go with one reply. "
                        "Put several files in an archive (tar or zip) and send that instead.")
             return Outcome(ToolFinished(call.name, refusal, error=True), "refused (too many files)")
         try:
-            data = await self.rt.sandboxes.get(turn.user, turn.session).read_file(parsed.path, max_bytes=left)
+            data = await self.parts.sandboxes.get(turn.user, turn.session).read_file(parsed.path, max_bytes=left)
         except SandboxFileTooLarge:
             room = f"{human_size(left)} left; " if turn.files_sent else ""
             refusal = (f"error: {parsed.path} was not sent: the files of one reply may be at most {human_size(limit)} "
@@ -463,7 +501,7 @@ class TurnRunner:
     def _unrun(self, calls: list[ModelCall], stopped: int, stopped_result: str | None,
                rest_result: str) -> list[dict[str, Any]]:
         """Result rows for call `stopped` (when given) and every call after it."""
-        cap = self.rt.settings.max_tool_calls_per_round
+        cap = self.parts.settings.max_tool_calls_per_round
         rows = []
         if stopped_result is not None:
             rows.append({"role": "tool", "content": stopped_result, "tool_name": calls[stopped].name})
@@ -478,9 +516,9 @@ class TurnRunner:
         """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files sent."""
         if duration is None:
             duration = asyncio.get_running_loop().time() - began
-        audit = self.rt.store.audit
+        audit = self.parts.audit
         await audit.run(audit.add, user, session, command, exit_code=exit_code, duration=duration,
                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
-        await self.rt.history.run(self.rt.history.add_message, session_id, role, content, **extra)
+        await self.parts.history.run(self.parts.history.add_message, session_id, role, content, **extra)

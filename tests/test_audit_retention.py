@@ -50,7 +50,7 @@ async def test_retention_drops_old_audit_rows_and_unused_data_folders(runtime: R
     folders = {s: runtime.sandboxes.data_dir("alice", s) for s in ("stale", "fresh", "busy")}
 
     async with runtime.sandboxes.get("alice", "busy").in_use():  # a command is running there right now
-        purged, removed = await runtime.retention_pass()
+        purged, removed = await runtime.background.retention_pass()
     assert purged == 1 and [r.session for r in audit.latest()] == ["new"]
     assert removed == [str(folders["stale"])]
     assert not folders["stale"].exists() and folders["fresh"].exists() and folders["busy"].exists()

@@ -22,7 +22,9 @@ def rows(rt: Runtime, chat: ChatSession) -> list[tuple[str, str]]:
 
 
 async def test_reply_streams_in_pieces_and_is_stored(runtime: Runtime, fake_ollama: FakeOllama) -> None:
-    fake_ollama.script(text("Hello there, how can I help?", chunk_size=3))
+    # Pieces that arrive apart reach the caller apart (pieces that come faster than the caller
+    # takes them are joined: tests/test_streaming.py).
+    fake_ollama.script(text("Hello there, how can I help?", chunk_size=3, delay=0.01))
     async with ChatSession(user="alice", session="general") as chat:
         parts = [p async for p in chat.chat_stream("hi")]
     assert "".join(parts) == "Hello there, how can I help?" and len(parts) > 3

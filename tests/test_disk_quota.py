@@ -73,7 +73,7 @@ async def test_a_sandbox_over_its_disk_is_stopped_and_everyone_is_told(
 
         # a sandbox that went over after its command ended is stopped too, and its next command says why;
         # the watch is run by hand here, so that a slow disk cannot make it catch the command mid-way
-        rt._disk_watch.cancel()
+        rt.background.disk_watch.cancel()
         done = await rt.terminal.execute("alice", "s", "dd if=/dev/zero of=/root/fill bs=1M count=128; sync")
         assert done.exit_code == 0
         await rt.sandboxes.enforce_disk({name})
@@ -103,7 +103,7 @@ async def test_the_disk_watch_says_once_that_docker_is_down(tmp_path: Path, monk
     rt = Runtime(make_settings(tmp_path, "http://127.0.0.1:9"))
     rt.sandboxes._last_used["llmt-someone"] = time.monotonic()  # a sandbox in use: weighed every second
     try:
-        with caplog.at_level("WARNING", logger="core.runtime"):
+        with caplog.at_level("WARNING", logger="core.background"):
             rt.start_background()
             await asyncio.sleep(3.5)
     finally:

@@ -11,6 +11,7 @@ from core import ChatSession, ModelError, OllamaUnavailable, Runtime, SandboxUna
 from core.sandbox.docker import DockerProvider
 from core.sandbox import Terminal
 from core.events import ToolFinished, ToolStarted
+from core.model_client import ModelServer
 from tests.conftest import closed_port, make_settings, open_runtime, remove_containers
 from tests.fake_ollama import FakeOllama, cut, error, hang, request_problems, stream_error, text, tool_calls
 from tests.socket_proxy import SocketProxy
@@ -39,7 +40,7 @@ async def test_ollama_unreachable(tmp_path: Path, docker_client: docker.DockerCl
             assert stored(rt, chat) == [("user", "hello?", True)]
             # Ollama comes back (here: the host is pointed at a live server) and the next turn works.
             rt.settings = rt.settings.replace(ollama_host=fake_ollama.url)
-            rt._ollama = None
+            rt.model_server = ModelServer(rt.settings)
             fake_ollama.script(text("I'm back."))
             assert await reply(chat, "and now?") == "I'm back."
         sent = [m["content"] for m in fake_ollama.requests[0]["messages"][1:]]

@@ -95,21 +95,26 @@ async def test_a_bot_killed_mid_command_leaves_a_valid_history(
                                   ("execute_terminal", {"command": "sleep 60"})),
                        text("Back again."), text("And again."))
     child = crash_child.spawn(settings, "alice", "crash", "run both")
+    name = DockerProvider(settings).name("alice", "crash")
+
+    def running() -> list[str]:
+        try:
+            output = docker_client.containers.get(name).exec_run(["ps", "-o", "args"]).output
+        except docker.errors.APIError:  # still being created, or not started yet
+            return []
+        return [line.strip() for line in output.decode().splitlines()]
+
     try:
         line = await asyncio.wait_for(asyncio.to_thread(child.stdout.readline), 60)
         assert line == b"running\n", (line, child.stderr.read())
-        await asyncio.sleep(1)  # the command is under way in the sandbox
+        # the second command is under way in the sandbox (seconds on a busy machine)
+        await wait_until(lambda: "sleep 60" in running(), 60)
         child.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(child.wait) == -signal.SIGKILL
     finally:
         if child.returncode is None:
             child.kill()
             child.wait()
-
-    sandbox = docker_client.containers.get(DockerProvider(settings).name("alice", "crash"))
-
-    def running() -> list[str]:
-        return [line.strip() for line in sandbox.exec_run(["ps", "-o", "args"]).output.decode().splitlines()]
 
     assert "sleep 60" in running() and "sleep 300" in running()  # the command outlived the bot
 

@@ -12,8 +12,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from core import EngineError, Runtime
-from core.render import failure_line
+from core import EngineError, Runtime, failure_line
 
 from ..access import interaction_refusal
 

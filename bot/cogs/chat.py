@@ -10,10 +10,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from core import ChatSession, EngineError, Settings
-from core.attachments import compose
-from core.registry import Phase
-from core.render import failure_line
+from core import ChatSession, EngineError, Phase, Settings, compose, failure_line
 
 from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
