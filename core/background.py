@@ -44,7 +44,7 @@ class Background:
         """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""
         loop = asyncio.get_running_loop()
         if self.reaper is None or self.reaper.done() or self.reaper.get_loop() is not loop:
-            self.parts.containers.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
+            self.parts.sandboxes.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
             self.reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
         if self.disk_watch is None or self.disk_watch.done() or self.disk_watch.get_loop() is not loop:
             self.disk_watch = asyncio.create_task(self._watch_disk_forever(), name="sandbox-disk-watch")
@@ -56,7 +56,7 @@ class Background:
             if task is not None and not task.done() and task.get_loop() is loop:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-        self.parts.containers.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
+        self.parts.sandboxes.release_adoption()  # a reaper stopped before it adopted leaves no one waiting
 
     async def _watch_disk_forever(self) -> None:
         """Weigh sandboxes against their bounds: those running a command every second, those used in
