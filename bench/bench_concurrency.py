@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import rss_mb  # noqa: E402
+
 from bench.bench_engine import IMAGE, cleanup, settings_for, summary  # noqa: E402
 from bot.discord_bot import create_bot  # noqa: E402,F401 - the bot's modules count in the process's memory
 from core.sandbox.docker.diskimage import unmount_under  # noqa: E402
@@ -36,14 +38,6 @@ from core import ChatSession, Runtime, set_runtime  # noqa: E402
 from tests.fake_ollama import FakeOllama, command_agent, text  # noqa: E402
 
 RESULTS: list[tuple[str, float, str, bool]] = []
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def report(name: str, ratio: float, target: str, ok: bool, detail: str) -> None:

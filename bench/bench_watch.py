@@ -39,6 +39,8 @@ from typing import Any, Awaitable, Callable
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import quantile, run_main  # noqa: E402
+
 from bench.bench_engine import cleanup, summary  # noqa: E402
 from core import Runtime  # noqa: E402
 from core.sandbox import quota  # noqa: E402
@@ -335,11 +337,6 @@ def containers_of(prefix: str) -> list[str]:
         client.close()
 
 
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 async def main() -> int:
     parser = argparse.ArgumentParser(description="the disk watch at many sandboxes")
     parser.add_argument("--sandboxes", type=int, default=100)
@@ -359,8 +356,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(asyncio.run(main()))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; cleaned up", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)

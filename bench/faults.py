@@ -427,34 +427,33 @@ async def on_host(lab: Lab, hostile: Callable[[Lab], Awaitable[Row]]) -> Row:
     return best
 
 
-async def log_flood(lab: Lab) -> Row:
-    settings = lab.settings(command_timeout=60, command_timeout_max=60)
-    command = "head -c 400m /dev/zero > /proc/1/fd/1; echo written"
+async def hostile_row(lab: Lab, title: str, ask: str, command: str, settings: Settings) -> tuple[Row, Seen]:
+    """One hostile command through the chat, in a sandbox with the disk watch on, with the host's gain."""
     async with lab.runtime(settings) as rt:
         rt.start_background()
         async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
             await rt.terminal.execute("alice", "fault", "true")
             async with lab.meter() as meter:
-                seen = await hostile_turn(lab, chat, "fill the log", command)
-            row = await lab.verdict("400 MB into PID 1's stdout (the log)", rt, chat, seen, ["fill the log"])
-            row.line = f"{command.split(';')[0]} → {last_line(seen)}"
+                seen = await hostile_turn(lab, chat, ask, command)
+            row = await lab.verdict(title, rt, chat, seen, [ask])
             row.host = meter.gain()
-            return row
+            return row, seen
+
+
+async def log_flood(lab: Lab) -> Row:
+    command = "head -c 400m /dev/zero > /proc/1/fd/1; echo written"
+    row, seen = await hostile_row(lab, "400 MB into PID 1's stdout (the log)", "fill the log", command,
+                                  lab.settings(command_timeout=60, command_timeout_max=60))
+    row.line = f"{command.split(';')[0]} → {last_line(seen)}"
+    return row
 
 
 async def etc_files(lab: Lab) -> Row:
-    settings = lab.settings(vm_disk=64 * MB, command_timeout=60, command_timeout_max=60)
     command = "for f in hosts hostname resolv.conf; do dd if=/dev/zero of=/etc/$f bs=1M count=400; done"
-    async with lab.runtime(settings) as rt:
-        rt.start_background()
-        async with ChatSession(user="alice", session="fault", runtime=rt) as chat:
-            await rt.terminal.execute("alice", "fault", "true")
-            async with lab.meter() as meter:
-                seen = await hostile_turn(lab, chat, "grow /etc", command)
-            row = await lab.verdict("400 MB into /etc/hosts, hostname, resolv.conf", rt, chat, seen, ["grow /etc"])
-            row.line = last_line(seen, "/etc/hosts")
-            row.host = meter.gain()
-            return row
+    row, seen = await hostile_row(lab, "400 MB into /etc/hosts, hostname, resolv.conf", "grow /etc", command,
+                                  lab.settings(vm_disk=64 * MB, command_timeout=60, command_timeout_max=60))
+    row.line = last_line(seen, "/etc/hosts")
+    return row
 
 
 async def many_files(lab: Lab) -> Row:

@@ -42,6 +42,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import quantile, rss_mb, run_main  # noqa: E402
+
 from bench.bench_engine import cleanup  # noqa: E402
 from core import ChatSession, EngineError, Runtime, set_runtime  # noqa: E402
 from core.sandbox.docker.diskimage import mounted_under, unmount_under  # noqa: E402
@@ -155,19 +157,6 @@ class Warnings(logging.Handler):
         key = f"{record.name}: {' '.join(line.split()[:6])}"
         self.seen[key] += 1
         self.example.setdefault(key, line[:200])
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
 async def sample(label: str, began: float, rt: Runtime | None, tmp: Path, uploads: Path, stats: Stats) -> Sample:
@@ -374,8 +363,4 @@ async def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(asyncio.run(main()))
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        print("interrupted; cleaned up", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
