@@ -255,3 +255,21 @@ async def test_an_image_still_attached_elsewhere_is_never_mounted_twice(
         finally:
             subprocess.run(["losetup", "-d", device], check=True)
         assert (await rt.terminal.execute("alice", "s", "cat /data/x")).stdout == "kept\n"
+
+
+async def test_a_plain_folder_too_large_to_weigh_counts_as_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # without disk images (no root), one person's total weighs /data by walking it: a tree too large to
+    # walk in time must not count as empty, or it would hide from USER_DISK
+    from core import Settings
+    from core.errors import UploadError
+    from core.sandbox.docker import diskimage
+
+    folder = tmp_path / "alice-1" / "s-2"
+    folder.mkdir(parents=True)
+
+    def too_slow(_folder: Path) -> int:
+        raise UploadError("too many files to measure in time")
+
+    monkeypatch.setattr(diskimage, "folder_usage", too_slow)
+    disk = diskimage.user_disk(tmp_path / "alice-1", Settings(vm_disk=64 * MB))
+    assert disk.parts == [("s", 64 * MB)]

@@ -295,8 +295,9 @@ def unmount_under(root: Path) -> None:
 
 
 # -- one person's images together: USER_DISK ---------------------------------------------------
-def folder_bytes(folder: Path) -> int:
-    """What one /data holds on the host: statfs of its mounted image, its image's blocks, or a walk."""
+def folder_bytes(folder: Path, unmeasured: int) -> int:
+    """What one /data holds on the host: statfs of its mounted image, its image's blocks, or a walk;
+    `unmeasured` for a plain folder too large to walk in time (a hostile tree hides nothing)."""
     used = used_bytes(folder)
     if used is not None:
         return used
@@ -305,12 +306,13 @@ def folder_bytes(folder: Path) -> int:
     try:
         return folder_usage(folder)
     except Exception:  # noqa: BLE001 - a tree too large to walk in time counts as its limit
-        return 0
+        return unmeasured
 
 
 def user_disk(user_root: Path, settings: Settings) -> UserDisk:
     """One person's total. Blocking (statfs and stats; a walk only for folders without an image)."""
-    return UserDisk(settings.user_disk_limit, [(session_of(f), folder_bytes(f)) for f in folders_of(user_root)])
+    return UserDisk(settings.user_disk_limit, [(session_of(f), folder_bytes(f, settings.vm_disk))
+                                                for f in folders_of(user_root)])
 
 
 _locks: dict[Path, threading.Lock] = {}

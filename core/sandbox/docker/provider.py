@@ -725,13 +725,13 @@ class DockerProvider(Provider):
                     or self._locks.busy(("data", str(folder))):
                 continue  # in use, not a conversation's /data, or a move into its image under way
             name = name_of_folder(self.settings.vm_name_prefix, folder)
-            if self._in_hand(key) or self._locks.busy(name):
+            if self._in_hand(key):
                 continue  # a sandbox of this conversation is being started or used right now
             # Under its name's lock (which every start-up holds from inspect to start) and with the
             # engine asked again: a sandbox started since the list above keeps its image mounted.
             async with self._locks.hold(name), self._locks.hold(("data", str(folder))):
                 with reported_as_unavailable():
-                    if any(n.endswith("-" + key) for n in self._busy) or await self._inspect(name) is not None:
+                    if self._running(key) or await self._inspect(name) is not None:
                         continue
                 problem = await loop.run_in_executor(self._disk_pool, diskimage.release, folder)
             if problem:
@@ -745,7 +745,11 @@ class DockerProvider(Provider):
     def _in_hand(self, key: str) -> bool:
         """A sandbox of this conversation (`key`: the digest ending its name) is being started,
         used or removed by this process right now."""
-        return any(isinstance(k, str) and k.endswith("-" + key) for k in (*self._locks.held(), *self._busy))
+        return self._running(key) or any(isinstance(k, str) and k.endswith("-" + key) for k in self._locks.held())
+
+    def _running(self, key: str) -> bool:
+        """A command (or an upload, a listing) is using this conversation's sandbox right now."""
+        return any(n.endswith("-" + key) for n in self._busy)
 
     async def user_disk(self, user: str) -> UserDisk:
         """What one person's conversations hold in /data, against USER_DISK."""
