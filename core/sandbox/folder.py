@@ -17,6 +17,7 @@ import errno
 import os
 import posixpath
 import stat
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -85,6 +86,11 @@ class FolderProvider(Provider):
         return [], []
 
     async def reap(self, idle_seconds: float | None = None) -> list[str]:
+        """Nothing to remove but the memory of conversations used long ago (uploads, listings)."""
+        limit = self.settings.vm_idle_timeout if idle_seconds is None else idle_seconds
+        now = time.monotonic()
+        for name in [n for n, t in list(self._last_used.items()) if not self.busy(n) and now - t >= limit]:
+            del self._last_used[name]
         return []
 
     async def info(self) -> list[SandboxInfo]:
