@@ -42,7 +42,8 @@ def default_prompt(settings: Settings, attach: bool) -> str:
 
 class Printed(Reply):
     """The reply the bot would show (core/render.py), printed as it grows: the text as it streams, a
-    line per command when it starts and when it ends, notices as they come; files saved under `out`."""
+    line per command when it starts and when it ends, notices and waits for the model as they come;
+    files saved under `out`."""
 
     def __init__(self, out: Path) -> None:
         super().__init__()
@@ -59,6 +60,11 @@ class Printed(Reply):
     def tool_started(self, command: str, kind: str = "command") -> None:
         super().tool_started(command, kind)
         print(f"\n[{'running' if kind == 'command' else 'sending'}: {command}]", flush=True)
+
+    def model_queued(self, ahead: int) -> None:
+        super().model_queued(ahead)
+        if self.model_wait is not None:  # while the model serves others (MAX_MODEL_REQUESTS)
+            print(f"\n{self.model_wait.text}", flush=True)
 
     def tool_finished(self, **outcome: Any) -> ToolLine | None:
         tool = super().tool_finished(**outcome)

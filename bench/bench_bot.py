@@ -43,7 +43,7 @@ def patch_dpytest() -> None:
 
 async def pacing(tmp: Path, fake: FakeOllama, seconds: float) -> bool:
     print(f"1. three replies streaming in one channel for {seconds:.0f} s", flush=True)
-    settings = make_settings(tmp / "pacing", fake.url)
+    settings = make_settings(tmp / "pacing", fake.url, max_model_requests=3)  # the three stream at once
     rt = Runtime(settings)
     set_runtime(rt)
     stamps: list[float] = []

@@ -7,9 +7,10 @@ from .attachments import compose
 from .config import ConfigError, Settings
 from .context import Seen
 from .errors import EngineError, ModelError, OllamaUnavailable, SandboxUnavailable, UploadError
-from .events import (Done, Event, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta,
-                     ToolFinished, ToolQueued, ToolStarted)
+from .events import (Done, Event, FileReady, Ignored, ModelQueued, Notice, Replaced, Replacing, Stopped, TextDelta,
+                     ThinkingDelta, ToolFinished, ToolQueued, ToolStarted)
 from .preflight import print_checks, run_checks
+from .rate import TooFast
 from .registry import Phase
 from .render import Reply, ToolLine, failure_line, inline_code, thinking_line
 from .runtime import Runtime, get_runtime, set_runtime
@@ -17,9 +18,9 @@ from .session import ChatSession
 from .store import Place, Scope
 
 __all__ = [
-    "ChatSession", "ConfigError", "Done", "EngineError", "Event", "FileReady", "Ignored", "ModelError", "Notice",
-    "OllamaUnavailable", "Phase", "Place", "Replaced", "Replacing", "Reply", "Runtime", "SandboxUnavailable", "Scope",
-    "Seen", "Settings", "Stopped", "TextDelta", "ThinkingDelta", "ToolFinished", "ToolLine", "ToolQueued",
-    "ToolStarted", "UploadError", "compose", "failure_line", "get_runtime", "inline_code", "print_checks",
+    "ChatSession", "ConfigError", "Done", "EngineError", "Event", "FileReady", "Ignored", "ModelError", "ModelQueued",
+    "Notice", "OllamaUnavailable", "Phase", "Place", "Replaced", "Replacing", "Reply", "Runtime", "SandboxUnavailable",
+    "Scope", "Seen", "Settings", "Stopped", "TextDelta", "ThinkingDelta", "TooFast", "ToolFinished", "ToolLine",
+    "ToolQueued", "ToolStarted", "UploadError", "compose", "failure_line", "get_runtime", "inline_code", "print_checks",
     "run_checks", "set_runtime", "thinking_line",
 ]

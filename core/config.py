@@ -132,7 +132,10 @@ class Settings:
     command_timeout_max: int = 600
     output_limit: int = 16000
     # Many users at once
-    max_running_commands: int = 32  # across the process; more wait their turn, in order
+    max_running_commands: int = 32  # across the process; more wait their turn, round robin by person
+    max_running_per_user: int = 2  # of one person's at once; their further commands wait behind their own
+    max_model_requests: int = 1  # requests to the model at once (Ollama's OLLAMA_NUM_PARALLEL); round robin by person
+    user_messages_per_minute: int = 20  # one person's messages, all conversations together (0: no limit)
     max_sandboxes_per_user: int = 3  # the least recently used idle one makes room for a new one
     # Retention
     audit_retention_days: int = 90  # every command run, kept apart from the conversation
@@ -231,6 +234,9 @@ class Settings:
         take("COMMAND_TIMEOUT_MAX", "command_timeout_max", lambda n, r: _parse_int(n, r, 1))
         take("OUTPUT_LIMIT", "output_limit", lambda n, r: _parse_int(n, r, 200))
         take("MAX_RUNNING_COMMANDS", "max_running_commands", lambda n, r: _parse_int(n, r, 1))
+        take("MAX_RUNNING_PER_USER", "max_running_per_user", lambda n, r: _parse_int(n, r, 1))
+        take("MAX_MODEL_REQUESTS", "max_model_requests", lambda n, r: _parse_int(n, r, 1))
+        take("USER_MESSAGES_PER_MINUTE", "user_messages_per_minute", _parse_int)
         take("MAX_SANDBOXES_PER_USER", "max_sandboxes_per_user", lambda n, r: _parse_int(n, r, 1))
         take("AUDIT_RETENTION_DAYS", "audit_retention_days", lambda n, r: _parse_int(n, r, 1))
         take("DATA_RETENTION_DAYS", "data_retention_days", lambda n, r: _parse_int(n, r, 1))

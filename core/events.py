@@ -45,6 +45,14 @@ class ToolQueued:
 
 
 @dataclass(frozen=True)
+class ModelQueued:
+    """The turn's next request to the model waits for a free slot (MAX_MODEL_REQUESTS) behind `ahead`
+    requests, other people's first (round robin); `ahead == 0` means its wait is over and it starts now."""
+
+    ahead: int
+
+
+@dataclass(frozen=True)
 class ToolFinished:
     """A tool came back; `exit_code` is None when it did not run or was killed."""
 
@@ -101,5 +109,5 @@ class Done:
     text: str
 
 
-Event = (TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ToolFinished | FileReady | Notice | Ignored
-         | Replacing | Replaced | Stopped | Done)
+Event = (TextDelta | ThinkingDelta | ToolStarted | ToolQueued | ModelQueued | ToolFinished | FileReady | Notice
+         | Ignored | Replacing | Replaced | Stopped | Done)

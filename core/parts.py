@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .admission import FairGate
     from .config import Settings
     from .context import Seen, TokenCounter
     from .sandbox import Provider, Terminal
@@ -31,6 +32,7 @@ class Parts:
     sandboxes: Provider  # one sandbox per conversation
     terminal: Terminal  # commands in those sandboxes
     model_server: ModelServer  # the Ollama client, and what each model can do
+    model_gate: FairGate  # every request to the model passes it: MAX_MODEL_REQUESTS at once, round robin by person
     incidents: Incidents  # what is down now, logged once per incident
     outputs: OutputStore  # cut commands' whole outputs, for the user to download
     tokens: TokenCounter  # characters to tokens, per model, learned from the server's counts

@@ -10,14 +10,15 @@ import posixpath
 from dataclasses import dataclass
 
 from .errors import EngineError
-from .events import (Done, Event, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta,
-                     ToolFinished, ToolQueued, ToolStarted)
+from .events import (Done, Event, FileReady, Ignored, ModelQueued, Notice, Replaced, Replacing, Stopped, TextDelta,
+                     ThinkingDelta, ToolFinished, ToolQueued, ToolStarted)
 from .tools import EXECUTE_TERMINAL, SEND_FILE
 
 NO_ANSWER = "-# (no answer)"
 REPLACING = "-# ↩️ Stopped my previous reply to answer this instead."
 REPLACED = "-# ⏹️ Stopped: a newer message took over."
 UNEXPECTED = "⚠️ Something went wrong on my side; the details are in the bot's log."
+MODEL_WAIT = "-# ⏳ waiting for the model ({n} ahead)…"
 
 
 def failure_line(error: BaseException) -> str:
@@ -97,6 +98,7 @@ class Reply:
         self.files: list[FileReady] = []  # for the person: attached (or saved) when the reply ends
         self.ignored = False  # the engine ignored the message (a reply was already streaming there)
         self.stopped_by: str | None = None  # who pressed Stop, for the line saying so
+        self.model_wait: NoticeLine | None = None  # shown while the next request waits for the model
 
     def changed(self) -> None:
         """Called after every change that alters render(); the bot schedules an edit."""
@@ -115,6 +117,8 @@ class Reply:
                 self.tool_started(event.command if event.name == EXECUTE_TERMINAL else event.name)
             case ToolQueued():
                 self.tool_queued(event.ahead)
+            case ModelQueued():
+                self.model_queued(event.ahead)
             case ToolFinished():
                 self.tool_finished(exit_code=event.exit_code, timed_out=event.timed_out, error=event.error,
                                    output_id=event.full_output_id, output_bytes=event.full_output_bytes)
@@ -162,6 +166,26 @@ class Reply:
             tool.status, tool.ahead = ("queued", ahead) if ahead > 0 else ("running", 0)
         self.changed()
 
+    def model_queued(self, ahead: int) -> None:
+        """The next request to the model waits behind `ahead` others: one line says so, and goes
+        once it starts (0)."""
+        if ahead > 0 and self.model_wait is not None:
+            self.model_wait.text = MODEL_WAIT.format(n=ahead)
+        elif ahead > 0:
+            self.model_wait = NoticeLine(MODEL_WAIT.format(n=ahead))
+            self.parts.append(self.model_wait)
+        elif not self._end_model_wait():
+            return
+        self.changed()
+
+    def _end_model_wait(self) -> bool:
+        """Take the waiting line away; False when none was shown."""
+        line, self.model_wait = self.model_wait, None
+        if line is None:
+            return False
+        self.parts = [p for p in self.parts if p is not line]
+        return True
+
     def tool_finished(self, *, exit_code: int | None, timed_out: bool, error: bool, output_id: str = "",
                       output_bytes: int = 0) -> ToolLine | None:
         """The current tool came back; returns it (None if none was shown)."""
@@ -186,7 +210,9 @@ class Reply:
         self.changed()
 
     def fail(self, line: str) -> None:
-        """The reply ended early (stopped, replaced, an error): its commands stopped, and the line why."""
+        """The reply ended early (stopped, replaced, an error): its commands stopped, no longer waiting
+        for the model, and the line why."""
+        self._end_model_wait()
         self.stop_tools()
         self.add_line(line)
 

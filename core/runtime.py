@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import ollama
 
+from .admission import FairGate
 from .background import Background
 from .config import Settings
 from .context import Seen, TokenCounter
@@ -17,6 +18,7 @@ from .model_client import ModelServer
 from .outputs import OutputStore
 from .preflight import model_problem
 from .parts import Parts
+from .rate import MessageRate, TooFast
 from .registry import Key, SessionRegistry
 from .sandbox import Provider, Terminal
 from .sandbox.docker import DockerProvider
@@ -55,6 +57,7 @@ class Runtime:
     sandboxes: _Part[Provider] = _Part()
     terminal: _Part[Terminal] = _Part()
     model_server: _Part[ModelServer] = _Part()
+    model_gate: _Part[FairGate] = _Part()
     incidents: _Part[Incidents] = _Part()
     outputs: _Part[OutputStore] = _Part()
     tokens: _Part[TokenCounter] = _Part()
@@ -69,10 +72,12 @@ class Runtime:
         sandboxes: Provider = DockerProvider(settings) if settings.tools else FolderProvider(settings)
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
                            places=self.store.places, sandboxes=sandboxes, terminal=Terminal(sandboxes),
-                           model_server=ModelServer(settings), incidents=Incidents(), outputs=OutputStore(),
+                           model_server=ModelServer(settings), model_gate=FairGate(settings.max_model_requests),
+                           incidents=Incidents(), outputs=OutputStore(),
                            tokens=TokenCounter(),
                            image_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="images"))
         self.registry = SessionRegistry()
+        self.message_rate = MessageRate()
         self.uploads = UploadStore(settings.upload_max_file_bytes, settings.upload_max_session_bytes)
         self.turns = TurnRunner(self.parts)
         self.background = Background(self.parts, self.registry)
@@ -107,6 +112,12 @@ class Runtime:
                 raise ModelError(line, user=line)
         await self.places.set(scope, by=by, model=model)
         log.info("model for %s set to %s by %s", scope, model or "(inherited)", by)
+
+    def admit_message(self, user: str | int) -> TooFast | None:
+        """Count a message of this person toward USER_MESSAGES_PER_MINUTE (all their conversations
+        together). None: answer it. Else it is over their rate: it is neither stored nor answered, and
+        the TooFast says what to tell them (its `line`, unless they were `told` already)."""
+        return self.message_rate.admit(str(user), self.settings.user_messages_per_minute)
 
     # -- what the bot reads (its cogs ask these, never the stores and clients behind them) --------
     async def sessions_of(self, user: str | None) -> list[SessionInfo]:

@@ -12,7 +12,7 @@ import base64
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, AsyncContextManager, Sequence
 
 import httpx
 import ollama
@@ -21,8 +21,8 @@ from .errors import (OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavaila
                      SandboxFileTooLarge)
 from . import context, images
 from .incidents import DOCKER, OLLAMA
-from .events import (Done, FileReady, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished, ToolQueued,
-                     ToolStarted)
+from .events import (Done, FileReady, ModelQueued, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished,
+                     ToolQueued, ToolStarted)
 from .prompt import system_prompt
 from .model_client import Piece
 from .parts import Parts
@@ -175,7 +175,8 @@ class TurnRunner:
             window, summary = await self._context(turn, system, tools)
             messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
-            content, calls = await self._stream(turn, messages, tools)
+            async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
+                content, calls = await self._stream(turn, messages, tools)
             if not calls:
                 if tools is None and settings.tools and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
@@ -263,10 +264,11 @@ class TurnRunner:
         request = context.summary_request(previous, fallen, budget)
         options: dict[str, Any] = {"num_ctx": s.ollama_num_ctx} if s.ollama_num_ctx else {}
         try:
-            answer = await asyncio.wait_for(
-                self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
-                                                      think=False, options=options or None),
-                s.ollama_stall_timeout)
+            async with self._model_slot(turn):
+                answer = await asyncio.wait_for(
+                    self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
+                                                          think=False, options=options or None),
+                    s.ollama_stall_timeout)
         except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
                         turn.user, turn.session, exc)
@@ -279,6 +281,10 @@ class TurnRunner:
         log.info("session %s/%s: summarised %d messages that fell out of the context", turn.user, turn.session,
                  len(fallen))
         return text
+
+    def _model_slot(self, turn: Turn) -> AsyncContextManager[None]:
+        """One of MAX_MODEL_REQUESTS slots, round robin by person; the reply shows the wait meanwhile."""
+        return self.parts.model_gate.slot(turn.user, lambda n: turn.gen.outbox.put(ModelQueued(n)))
 
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:

@@ -15,7 +15,7 @@ import docker
 import pytest
 
 from core import ChatSession, Runtime, SandboxUnavailable
-from core.admission import CommandGate
+from core.admission import FairGate
 from core.events import Done, ToolFinished, ToolQueued, ToolStarted
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, command_agent, text
@@ -155,13 +155,13 @@ async def test_a_users_third_sandbox_removes_their_least_recently_used_idle_one(
         assert (await rt.terminal.execute("alice", "idle", "cat /data/kept.txt")).stdout == "still here"
 
 
-async def test_the_gate_serves_waiters_in_order_and_loses_none_to_cancellation() -> None:
-    gate = CommandGate(1)
+async def test_the_gate_serves_one_persons_waiters_in_order_and_loses_none_to_cancellation() -> None:
+    gate = FairGate(1)
     order: list[str] = []
     heard: dict[str, list[int]] = {"b": [], "c": [], "d": []}
 
     async def command(name: str, hold: float) -> None:
-        async with gate.slot(heard[name].append if name in heard else None):
+        async with gate.slot("one person", heard[name].append if name in heard else None):
             order.append(name)
             await asyncio.sleep(hold)
 

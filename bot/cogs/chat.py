@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import discord
 from discord.ext import commands
 
-from core import ChatSession, EngineError, Phase, Settings, compose, failure_line
+from core import ChatSession, EngineError, Phase, Settings, TooFast, compose, failure_line
 
 from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 BUSY_REACTION = "⏳"
+TOO_FAST_REACTION = "✋"  # a message over its sender's rate, once they have been told in a line
 MAX_WAITING = 10  # messages one conversation may queue while its reply streams; they are answered in one turn
 QUEUE_FULL = "-# ✋ {n} of your messages are already waiting for my answer here; send this one again once I have replied."
 REFUSAL_QUIET_SECONDS = 600
@@ -78,6 +79,10 @@ class Chat(commands.Cog):
                           channel_ids=channel_ids(message.channel), is_dm=message.guild is None)
         if refused:
             await self.refuse(message, refused)
+            return
+        too_fast = self.bot.runtime.admit_message(message.author.id)
+        if too_fast is not None:  # over USER_MESSAGES_PER_MINUTE: said so, never queued
+            await self.slow_down(message, too_fast)
             return
         text = self.clean_text(message)
         async with ChatSession(user=message.author.id, session=message.channel.id, place=place_of(message.channel),
@@ -183,6 +188,17 @@ class Chat(commands.Cog):
             await message.reply(f"-# {line}", allowed_mentions=NO_MENTIONS, mention_author=False)
         except discord.HTTPException:
             pass
+
+    async def slow_down(self, message: discord.Message, too_fast: TooFast) -> None:
+        """One line saying the message is over its sender's rate and will not be answered; the messages
+        after it, while they are still over, get a ✋ instead of the same line again."""
+        if too_fast.told:
+            await self._react(message, TOO_FAST_REACTION)
+            return
+        try:
+            await message.reply(too_fast.line, allowed_mentions=NO_MENTIONS, mention_author=False)
+        except discord.HTTPException as exc:
+            log.warning("could not tell someone over the message rate in channel %s: %s", message.channel.id, exc)
 
     # -- the reply --------------------------------------------------------------
     def may_stop(self, user: discord.abc.User) -> bool:

@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from ..admission import CommandGate
+from ..admission import FairGate
 from ..config import Settings
 from ..errors import EngineError, SandboxUnavailable
 from .base import STDERR, STDOUT, Provider, Sandbox
@@ -178,12 +178,14 @@ class CommandResult:
 
 
 class Terminal:
-    """Runs commands in a provider's sandboxes, at most MAX_RUNNING_COMMANDS at once."""
+    """Runs commands in a provider's sandboxes, at most MAX_RUNNING_COMMANDS at once and
+    MAX_RUNNING_PER_USER of one person's; those waiting are served round robin by person."""
 
     def __init__(self, provider: Provider) -> None:
         self.provider = provider
         self.settings = provider.settings
-        self.gate = CommandGate(self.settings.max_running_commands)
+        self.gate = FairGate(self.settings.max_running_commands, per_person=self.settings.max_running_per_user,
+                             keep_one_free=True)
         # Commands whose contact with Docker broke before they could be killed: sandbox name -> start
         # time. They are killed before the sandbox's next command, once Docker answers again.
         self._unkilled: dict[str, int] = {}
@@ -194,12 +196,12 @@ class Terminal:
                       on_queued: Callable[[int], None] | None = None) -> CommandResult:
         """Run `command` once a slot is free; on cancellation, kill it in the sandbox before re-raising.
 
-        `on_queued(n)` hears how many commands are ahead while this one waits for a slot.
+        `on_queued(n)` hears how many commands are ahead while this one waits for a slot (core/admission.py).
         """
         limit = min(max(int(timeout or self.settings.command_timeout), 1), self.settings.command_timeout_max)
         box = self.provider.get(user, session)
         async with box.in_use():
-            async with self.gate.slot(on_queued):
+            async with self.gate.slot(user, on_queued):
                 await self.settle(user, session)
                 if box.name in self._unkilled:
                     await self._kill(box, self._unkilled.pop(box.name))

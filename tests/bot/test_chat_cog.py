@@ -349,6 +349,7 @@ async def test_the_refusal_memory_forgets_users_whose_quiet_period_is_over(runti
 
 async def test_edits_in_one_channel_respect_the_rate(runtime: Runtime, fake_ollama: FakeOllama) -> None:
     runtime.settings = runtime.settings.replace(edits_per_5s=3)
+    runtime.model_gate.limit = 3  # the three replies stream at once, as with OLLAMA_NUM_PARALLEL=3
     bot = await start_bot(runtime)
     cog = bot.get_cog("Chat")
     cog.min_edit_interval = 0.01  # every reply wants to edit as often as it can: only the pacer holds it back

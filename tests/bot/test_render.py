@@ -1,8 +1,8 @@
 """core/render.py: the one renderer of a turn's events, as the bot shows them and run.py prints them."""
 from __future__ import annotations
 
-from core.events import (Done, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta,
-                         ToolFinished, ToolQueued, ToolStarted)
+from core.events import (Done, FileReady, Ignored, ModelQueued, Notice, Replaced, Replacing, Stopped, TextDelta,
+                         ThinkingDelta, ToolFinished, ToolQueued, ToolStarted)
 from core.render import NO_ANSWER, Reply
 
 
@@ -32,6 +32,15 @@ def test_commands_files_and_text_each_get_their_line() -> None:
 def test_a_queued_command_says_how_many_are_ahead() -> None:
     assert rendered(ToolStarted("execute_terminal", {"command": "make"}), ToolQueued(1)) == [
         "-# ⏳ queued behind 1 command…"]
+
+
+def test_a_wait_for_the_model_is_one_line_that_goes_when_the_request_starts() -> None:
+    assert rendered(ModelQueued(3), ModelQueued(2)) == ["-# ⏳ waiting for the model (2 ahead)…"]
+    assert rendered(ModelQueued(1), ModelQueued(0), TextDelta("Hi."), Done("Hi.")) == ["Hi."]
+    ran = (ToolStarted("execute_terminal", {"command": "ls"}), ToolFinished("execute_terminal", "", exit_code=0))
+    assert rendered(*ran, ModelQueued(1)) == ["-# ✅ `ls` → exit 0", "-# ⏳ waiting for the model (1 ahead)…"]
+    assert rendered(*ran, ModelQueued(1), ModelQueued(0), TextDelta("Done.")) == ["-# ✅ `ls` → exit 0", "Done."]
+    assert rendered(ModelQueued(1), Stopped(), stopped_by="Ada") == ["-# ⏹️ Stopped by Ada."]
 
 
 def test_stops_replacements_and_notices() -> None:
