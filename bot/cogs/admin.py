@@ -79,9 +79,10 @@ def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
             f"{row.duration:.1f} s · {human_size(row.output_bytes)}")
 
 
-def _usage_title(server: str | None, days: int) -> str:
+def _usage_span(server: str | None, days: int) -> str:
+    """Where and when /admin usage looks: "in this server, the last 7 days (UTC)"."""
     where = "in this server" if server is not None else "in every server and DM"
-    return f"Usage {where}, " + ("today (UTC)" if days == 1 else f"the last {days} days (UTC)")
+    return f"{where}, " + ("today (UTC)" if days == 1 else f"the last {days} days (UTC)")
 
 
 def _usage_text(report: Report, title: str) -> str:
@@ -176,9 +177,10 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
             raise Refused(f"`days` must be from 1 to {USAGE_DAYS_MOST}.")
         server = str(interaction.guild.id) if interaction.guild is not None else None
         report = await self.runtime.usage_report(server, days, USAGE_TOP)
-        title = _usage_title(server, days)
+        where = _usage_span(server, days)
         if not report.people:
-            return await say(interaction, f"No usage recorded {title[0].lower() + title[1:]}.")
+            return await say(interaction, f"No usage recorded {where}.")
+        title = f"Usage {where}"
         png = await self.runtime.usage_chart(report, title)
         await interaction.followup.send(_usage_text(report, title), file=discord.File(io.BytesIO(png), "usage.png"),
                                         ephemeral=True, allowed_mentions=NO_MENTIONS)
