@@ -30,7 +30,7 @@ UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that us
 AUDIT_ROWS = 15
 USAGE_DAYS_MOST = 90
 USAGE_TOP = 10  # people listed by /admin usage
-USAGE_IN_DMS = "In a DM only the bot's admins (ADMIN_USER_IDS) can see usage; a server's managers see theirs there."
+USAGE_IN_DMS = "In a DM only the bot's admins (ADMIN_USER_IDS) can see usage; a server's managers see it in their server."
 
 
 def _source(source: Scope | str) -> str:

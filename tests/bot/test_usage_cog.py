@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import discord
 import discord.ext.test as dpytest
@@ -17,14 +17,14 @@ from core import ChatSession, Place, Runtime, human_duration
 from core.store import Usage
 from tests.bot.conftest import channel_messages
 from tests.bot.test_admin_cog import Interaction, call
-from tests.fake_ollama import FakeOllama, answer_tokens, prompt_tokens, text, tool_calls
+from tests.fake_ollama import FakeOllama, Response, answer_tokens, prompt_tokens, text, tool_calls
 from tests.test_usage import MONDAY, at
 
 pytestmark = pytest.mark.asyncio
 WEDNESDAY = MONDAY + timedelta(days=2)  # 20:48 UTC: 3 h 12 min before midnight
 
 
-async def turn(runtime: Runtime, fake: FakeOllama, user: int, place: Place, *answers) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+async def turn(runtime: Runtime, fake: FakeOllama, user: int, place: Place, *answers: Response) -> tuple[int, int]:
     """One real turn; the tokens in and out the fake server counted for it."""
     before = len(fake.requests)
     fake.script(*answers)
@@ -45,11 +45,12 @@ async def test_usage_shows_today_this_week_and_what_is_left_of_the_budgets(bot: 
                         tool_calls(("execute_terminal", {"command": "sleep 1"})), text("Slept a second."))
     usage.clock = at(WEDNESDAY)
     today = await turn(runtime, fake_ollama, 7, Place(channel="71"), text("Hello from a DM."))
-    slept = human_duration(usage.totals(str(7), MONDAY.date()).command_seconds)
+    slept = human_duration(usage.totals("7", MONDAY.date()).command_seconds)  # the real `sleep 1`
     assert slept in ("1 s", "2 s")
+    week = (today[0] + monday[0], today[1] + monday[1])
     assert (await call(bot, ("usage",), Interaction(7))).splitlines() == [
         f"**Today** (UTC): 1 turn · {today[0]:,} tokens in · {today[1]:,} out · 0 s of commands · 0 files sent",
-        f"**This week** (since Monday): 2 turns · {today[0] + monday[0]:,} tokens in · {today[1] + monday[1]:,} out · "
+        f"**This week** (since Monday): 2 turns · {week[0]:,} tokens in · {week[1]:,} out · "
         f"{slept} of commands · 0 files sent",
         f"**Your daily budgets**: 100,000 tokens a day ({100_000 - sum(today):,} left) · 10 min of command time a "
         f"day (10 min left); they reset at 00:00 UTC (in 3 h 12 min)."]
