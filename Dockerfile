@@ -11,4 +11,5 @@ RUN pip install -r requirements.txt
 COPY core ./core
 COPY bot ./bot
 COPY run.py ./
-CMD ["python", "-m", "bot.discord_bot"]
+# Without a usable DISCORD_TOKEN the bot says so in one line and waits (restarting would only repeat it).
+CMD ["python", "-m", "bot.discord_bot", "--wait-for-token"]

@@ -3,9 +3,12 @@
     python run.py                       # uses OLLAMA_HOST, OLLAMA_MODEL, VM_IMAGE, DATABASE_URL
     python run.py --prompt "..." --user me --session smoke
     python run.py --attach notes.txt    # a round trip: the file goes into /data, a file the model makes
-                                        # comes back into ./received (--out DIR)
+                                        # comes back into ./received (--out DIR); then the conversation's
+                                        # sandbox and /data are removed (its history stays)
 
-Exits non-zero with one line saying what to start when Ollama or Docker is missing.
+Exits non-zero with one line saying what to start when Ollama or Docker is missing, and when the
+round trip's file did not come back. With TOOLS=off (chat only) no Docker is needed: the model is
+asked to answer, and about an attached file to say what it holds (quoted to it), with no file back.
 """
 from __future__ import annotations
 
@@ -24,6 +27,17 @@ from core.uploads import safe_filename
 DEFAULT_PROMPT = "Use the execute_terminal tool to run `uname -a`, then tell me in one sentence what it printed."
 ATTACH_PROMPT = ("Use execute_terminal to write a short report on the file(s) I attached (size in bytes and the "
                  "first lines) to /data/report.txt, then send /data/report.txt back to me with send_file.")
+CHAT_PROMPT = "Say hello, then tell me in one sentence what you can do."  # chat only (TOOLS=off)
+CHAT_ATTACH_PROMPT = "Tell me in two sentences what the file(s) I attached hold."
+NOTHING_BACK = "No file came back: the model did not send one (its answer is above)."
+
+
+def default_prompt(settings: Settings, attach: bool) -> str:
+    """What run.py asks when --prompt does not say: a command (and with --attach, a file sent back),
+    or in chat-only mode a plain answer."""
+    if settings.tools:
+        return ATTACH_PROMPT if attach else DEFAULT_PROMPT
+    return CHAT_ATTACH_PROMPT if attach else CHAT_PROMPT
 
 
 class Printed(Reply):
@@ -68,20 +82,30 @@ async def smoke(args: argparse.Namespace) -> int:
     if failing:
         return 1
     rt = get_runtime(settings)
+    asked = args.prompt or default_prompt(settings, bool(args.attach))
     try:
         async with ChatSession(user=args.user, session=args.session) as chat:
-            prompt = args.prompt or (ATTACH_PROMPT if args.attach else DEFAULT_PROMPT)
-            saved = []
-            for local in args.attach:
-                path = chat.upload_document(local, overwrite=True)
-                saved.append((path, Path(local).read_bytes()))
-                print(f"[uploaded: {local} → {path}]", flush=True)
-            prompt, pictures = compose(prompt, saved, settings.inline_text_max_bytes)
-            print(f"> {args.prompt or (ATTACH_PROMPT if args.attach else DEFAULT_PROMPT)}", flush=True)
-            reply = Printed(Path(args.out))
-            async for event in chat.events(prompt, images=pictures):
-                reply.apply(event)
-        print(f"\n\n(saved as user {args.user!r}, session {args.session!r} in {settings.database_url})")
+            try:
+                saved = []
+                for local in args.attach:
+                    path = chat.upload_document(local, overwrite=True)
+                    saved.append((path, Path(local).read_bytes()))
+                    print(f"[uploaded: {local} → {path}]", flush=True)
+                prompt, pictures = compose(asked, saved, settings.inline_text_max_bytes, commands=settings.tools)
+                print(f"> {asked}", flush=True)
+                reply = Printed(Path(args.out))
+                async for event in chat.events(prompt, images=pictures):
+                    reply.apply(event)
+            finally:
+                if args.attach:  # what the round trip made: the uploads, the sandbox, what the model wrote
+                    await chat.remove_sandbox(delete_files=True)
+                    print(f"\n[removed the sandbox and /data of user {args.user!r}, session {args.session!r}]",
+                          flush=True)
+        print(f"\n(saved as user {args.user!r}, session {args.session!r} in {settings.database_url})")
+        if args.attach and not reply.files:
+            if args.prompt is None and settings.tools:  # the round trip asked for a file and none came
+                return fail(NOTHING_BACK)
+            print("[no file came back]")
         return 0
     except EngineError as exc:
         return fail(str(exc))
@@ -98,7 +122,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt", default=None, help="what to ask (a default suits the other options)")
     parser.add_argument("--attach", action="append", default=[], metavar="PATH",
-                        help="a local file to put in /data first (repeat for more)")
+                        help="a local file to put in /data first (repeat for more); afterwards the conversation's "
+                             "sandbox and /data are removed, its history kept")
     parser.add_argument("--out", default="received", help="where files the model sends are written")
     parser.add_argument("--user", default="smoke-test")
     parser.add_argument("--session", default="run.py")

@@ -3,12 +3,14 @@
     python -m bot.discord_bot                 # run (DISCORD_TOKEN from the environment or .env)
     python -m bot.discord_bot --check         # preflight only: one line per dependency
     python -m bot.discord_bot --log-level DEBUG
+    python -m bot.discord_bot --wait-for-token    # as its container runs it: see main()
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from typing import Any, Sequence
 
@@ -23,6 +25,17 @@ from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin")
+# What the bot does in a channel: read it and its history, answer (in threads too, and in threads it
+# starts), react (⏳) and attach files. The invite URL asks for these and nothing more.
+PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
+                                  create_public_threads=True, read_message_history=True, add_reactions=True,
+                                  attach_files=True)
+WAITING = "; waiting for that instead of exiting (a container that exits is restarted over and over)"
+
+
+def invite_url(client_id: int) -> str:
+    """The link that adds the bot to a server with its slash commands and the permissions it needs."""
+    return discord.utils.oauth_url(client_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands"))
 
 
 def _options() -> dict[str, Any]:
@@ -61,9 +74,12 @@ class _BotMixin:
         s = self.runtime.settings
         model = await self.runtime.places.model(Place())
         overrides = await self.runtime.places.model_overrides()
-        log.info("ready as %s (id %s) in %d servers; model %s%s; Ollama at %s", self.user,  # type: ignore[attr-defined]
-                 getattr(self.user, "id", "?"), len(self.guilds), model.value,  # type: ignore[attr-defined]
-                 f" ({overrides} server/channel overrides)" if overrides else "", s.ollama_host)
+        me = self.user  # type: ignore[attr-defined]
+        client_id = getattr(self, "application_id", None) or getattr(me, "id", None)
+        log.info("ready as %s (id %s) in %d servers; model %s%s; Ollama at %s%s; invite: %s", me,
+                 getattr(me, "id", "?"), len(self.guilds), model.value,  # type: ignore[attr-defined]
+                 f" ({overrides} server/channel overrides)" if overrides else "", s.ollama_host,
+                 "" if s.tools else "; chat only (TOOLS=off)", invite_url(client_id) if client_id else "?")
 
     async def on_message(self, message: discord.Message) -> None:
         """No prefix commands: the chat cog's listener handles messages, slash commands the rest."""
@@ -94,6 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="run the preflight checks and exit")
     parser.add_argument("--log-level", default=None, type=str.upper,
                         choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"], help="default: LOG_LEVEL or INFO")
+    parser.add_argument("--wait-for-token", action="store_true",
+                        help="without a usable DISCORD_TOKEN, say so once and wait to be stopped instead of "
+                             "exiting (the Dockerfile's command: a container that exits is restarted forever)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -102,24 +121,28 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(args.log_level or settings.log_level, log_content=settings.log_content)
 
-    checks = asyncio.run(run_checks(settings))
+    checks = asyncio.run(run_checks(settings, container=args.wait_for_token))
     if args.check:
         return print_checks(checks)
     fatal = [c for c in checks if not c.ok and c.fatal]
-    for check in checks:
-        if not check.ok and not check.fatal:
-            log.warning("preflight: %s", check.message)  # the bot can start; users get friendly errors
-    if fatal:
+    if fatal:  # only what stops the bot: one line each
         for check in fatal:
-            print(check.message, file=sys.stderr)
+            print(check.message + (WAITING if args.wait_for_token and check.name == "token" else ""),
+                  file=sys.stderr, flush=True)
+        if args.wait_for_token and all(check.name == "token" for check in fatal):
+            return wait_to_be_stopped()
         return 1
+    for check in checks:
+        if not check.ok:
+            log.warning("preflight: %s", check.message)  # the bot can start; users get friendly errors
     bot = create_bot(settings)
     try:
         bot.run(settings.discord_token, log_handler=None)
     except discord.LoginFailure:
-        print("Discord rejected DISCORD_TOKEN: reset the token on the Bot page of the Developer Portal and "
-              "update .env", file=sys.stderr)
-        return 1
+        where = "put it in .env and run `docker compose up -d` again" if args.wait_for_token else "update .env"
+        print(f"Discord rejected DISCORD_TOKEN: reset the token on the Bot page of the Developer Portal and {where}"
+              + (WAITING if args.wait_for_token else ""), file=sys.stderr, flush=True)
+        return wait_to_be_stopped() if args.wait_for_token else 1
     except (aiohttp.ClientError, OSError) as exc:
         print(f"Cannot reach Discord ({type(exc).__name__}): check this machine's internet connection", file=sys.stderr)
         return 1
@@ -127,6 +150,16 @@ def main(argv: list[str] | None = None) -> int:
         print("Enable the Message Content Intent on the Bot page of the Developer Portal, then start again",
               file=sys.stderr)
         return 1
+    return 0
+
+
+def wait_to_be_stopped() -> int:
+    """Block until SIGTERM or SIGINT (`docker stop`, Ctrl-C), then exit 0. A token only changes when
+    the container is made again from an edited .env, so restarting would only say the same line
+    again, forever."""
+    stops = {signal.SIGTERM, signal.SIGINT}
+    signal.pthread_sigmask(signal.SIG_BLOCK, stops)  # taken by sigwait, never by a handler
+    signal.sigwait(stops)
     return 0
 
 

@@ -17,6 +17,29 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
     if not in_dm and settings.allow_dms:
         how += " You can also DM me."
     network = "with internet access" if settings.vm_network else "without internet access"
+    if settings.tools:
+        can = [
+            f"• Run shell commands in your own Linux sandbox for this conversation ({network}). Files, "
+            "installed packages and background jobs stay between messages.",
+            f"• Each command stops after {settings.command_timeout} s (at most {settings.command_timeout_max} s "
+            f"when I ask for more); the sandbox has {human_size(settings.vm_memory)} of memory and "
+            f"{human_size(settings.vm_disk)} of disk.",
+            f"• Attach files to a message to put them in `/data`, where I can read them (up to "
+            f"{human_size(settings.upload_max_file_bytes)} each); I can see pictures when the model can.",
+            "• I can send files back: charts, converted files, long outputs, attached to my reply.",
+        ]
+        reset = ("• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, "
+                 "`files` deletes your files too).")
+    else:  # chat only (TOOLS=off)
+        can = [
+            "• Answer, explain, write and translate. This bot is in chat-only mode: I run no commands.",
+            (f"• Attach text files and I read them (up to {human_size(settings.inline_text_max_bytes)} of each), "
+             "or pictures, which I see when the model can." if settings.inline_text_max_bytes else
+             "• Attach pictures and I see them when the model can."),
+        ]
+        reset = "• `/reset`: forget this conversation (`files` deletes the files you attached too)."
+    files = ("• `/files`: your files in `/data` here, and a menu to download one." if settings.tools else
+             "• `/files`: the files you attached here, and a menu to download one.")
     lines = [
         "**Talking to me**",
         f"• {how} Each channel is a separate conversation, and I remember it across restarts.",
@@ -26,23 +49,15 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         + (f" (here I now see your last {seen.shown} messages"
            + (" and a summary of the rest" if seen.summarized else "") + ")" if seen else "")
         + ". `/reset` starts over.",
-        "• While I answer, **Stop** ends my reply and any command I am running. Messages you send "
-        "meanwhile get ⏳ and are answered together right after.",
+        "• While I answer, **Stop** ends my reply" + (" and any command I am running" if settings.tools else "")
+        + ". Messages you send meanwhile get ⏳ and are answered together right after.",
         "",
         "**What I can do**",
-        f"• Run shell commands in your own Linux sandbox for this conversation ({network}). Files, "
-        "installed packages and background jobs stay between messages.",
-        f"• Each command stops after {settings.command_timeout} s (at most {settings.command_timeout_max} s "
-        f"when I ask for more); the sandbox has {human_size(settings.vm_memory)} of memory and "
-        f"{human_size(settings.vm_disk)} of disk.",
-        f"• Attach files to a message to put them in `/data`, where I can read them (up to "
-        f"{human_size(settings.upload_max_file_bytes)} each); I can see pictures when the model can.",
-        "• I can send files back: charts, converted files, long outputs, attached to my reply.",
+        *can,
         "",
         "**Commands**",
-        "• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, "
-        "`files` deletes your files too).",
-        "• `/files`: your files in `/data` here, and a menu to download one.",
+        reset,
+        files,
         "• `/sessions`: your conversations.",
         "• `/usage`: what you used today and this week, and your daily budgets if there are any.",
     ]

@@ -5,7 +5,8 @@
   folders hourly;
 - the disk watch: weighs sandboxes against VM_DISK, those running a command every second, those
   used in the last minute every 5 s, all of them every 10 s; it outlives any failure and says so
-  once a minute, not once a second.
+  once a minute, not once a second. In chat-only mode (TOOLS=off) there is nothing to weigh and it
+  does not run; the reaper's calls then go to a provider with no containers (no Docker is asked).
 """
 from __future__ import annotations
 
@@ -48,6 +49,8 @@ class Background:
         if self.reaper is None or self.reaper.done() or self.reaper.get_loop() is not loop:
             self.parts.sandboxes.expect_adoption()  # no command may slip into a sandbox before adoption sorts it
             self.reaper = asyncio.create_task(self._reap_forever(), name="sandbox-reaper")
+        if not self.parts.settings.tools:
+            return  # chat only: no sandbox writes anything, so there is nothing to weigh
         if self.disk_watch is None or self.disk_watch.done() or self.disk_watch.get_loop() is not loop:
             self.disk_watch = asyncio.create_task(self._watch_disk_forever(), name="sandbox-disk-watch")
 

@@ -113,6 +113,7 @@ class Settings:
     max_tool_rounds: int = 8
     max_tool_calls_per_round: int = 8  # calls run per model message; the rest are answered "not run"
     # Sandbox containers
+    tools: bool = True  # commands in a sandbox per conversation; False (TOOLS=off): chat only, no Docker at all
     vm_image: str = "python:3.11-slim"
     vm_network: bool = True
     vm_memory: int = 512 * 1024 ** 2
@@ -214,6 +215,7 @@ class Settings:
         take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
         take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))
         take("MAX_TOOL_CALLS_PER_ROUND", "max_tool_calls_per_round", lambda n, r: _parse_int(n, r, 1))
+        take("TOOLS", "tools", _parse_bool)
         take("VM_IMAGE", "vm_image", text)
         take("VM_NETWORK", "vm_network", _parse_bool)
         take("VM_MEMORY", "vm_memory", _parse_size)

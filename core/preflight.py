@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import TextIO
 
 import ollama
+from dotenv import find_dotenv
 from playhouse.db_url import connect
 
 from .config import Settings
@@ -22,6 +25,9 @@ from .sandbox.docker.engine import DOCKER_ERRORS, explain
 
 TOKEN_SHAPE = re.compile(r"^[A-Za-z0-9_-]{17,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{20,}$")
 PORTAL = "https://discord.com/developers/applications"
+DOCKER_SOCKET = "/var/run/docker.sock"
+DOCKER_DOCS = "https://docs.docker.com/engine/install/"
+CHAT_ONLY = "or set TOOLS=off to chat without commands (no Docker needed)"
 
 
 @dataclass(frozen=True)
@@ -35,14 +41,21 @@ class Check:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name:8s} {self.message}"
 
 
-def check_token(settings: Settings) -> Check:
+def check_token(settings: Settings, *, container: bool = False) -> Check:
+    """`container`: the bot runs in its container, whose settings come from the host's .env (Compose)."""
     token = settings.discord_token
+    if container:
+        where = "put it in .env as DISCORD_TOKEN=... and run `docker compose up -d` again"
+    elif find_dotenv():
+        where = "put it in .env as DISCORD_TOKEN=..."
+    else:  # never a .env that does not exist yet
+        where = "copy .env.example to .env (`cp .env.example .env`) and set DISCORD_TOKEN=... there"
     if not token:
         return Check("token", False, f"DISCORD_TOKEN is not set: create a bot at {PORTAL}, copy its token "
-                                     "from the Bot page and put DISCORD_TOKEN=... in .env")
+                                     f"from the Bot page, then {where}")
     if not TOKEN_SHAPE.match(token) or not _id_part_is_numeric(token):
         return Check("token", False, "DISCORD_TOKEN does not look like a bot token (three dot-separated parts): "
-                                     f"reset and copy it again from the Bot page at {PORTAL}")
+                                     f"reset and copy it again from the Bot page at {PORTAL}, then {where}")
     return Check("token", True, "DISCORD_TOKEN is present and well-formed")
 
 
@@ -60,9 +73,9 @@ def _same_model(wanted: str, have: str) -> bool:
     return have in (wanted, with_tag)
 
 
-async def model_problem(client: ollama.AsyncClient, model: str) -> tuple[str | None, bool]:
-    """Why `model` cannot serve this bot (not pulled, or no tool calling), or None; and whether
-    the server reported capabilities at all (older Ollama versions do not)."""
+async def model_problem(client: ollama.AsyncClient, model: str, *, tools: bool = True) -> tuple[str | None, bool]:
+    """Why `model` cannot serve this bot (not pulled, or no tool calling when `tools`), or None; and
+    whether the server reported capabilities at all (older Ollama versions do not)."""
     listed = await client.list()
     names = [m.model for m in listed.models if m.model]
     if not any(_same_model(model, name) for name in names):
@@ -70,7 +83,7 @@ async def model_problem(client: ollama.AsyncClient, model: str) -> tuple[str | N
                 + (", ".join(names) or "none") + ")"), False
     shown = await client.show(model)
     capabilities = getattr(shown, "capabilities", None)
-    if capabilities is not None and "tools" not in capabilities:
+    if tools and capabilities is not None and "tools" not in capabilities:
         return (f"the model {model!r} cannot call tools ({', '.join(capabilities) or 'no capabilities'}): "
                 "choose a tool-capable model, e.g. qwen3:8b or llama3.1:8b"), True
     return None, capabilities is not None
@@ -80,7 +93,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     model = model or settings.ollama_model
     client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
     try:
-        problem, known = await model_problem(client, model)
+        problem, known = await model_problem(client, model, tools=settings.tools)
     except OLLAMA_UNREACHABLE:
         return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
                                       "or set OLLAMA_HOST", fatal=False)
@@ -88,17 +101,29 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
         return Check("ollama", False, f"Ollama at {settings.ollama_host} answered with an error: {exc.error}",
                      fatal=False)
     if problem:
-        return Check("ollama", False, problem + " (OLLAMA_MODEL)", fatal=False)
-    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known else ""))
+        hint = " (OLLAMA_MODEL), or set TOOLS=off to chat without commands" if known else " (OLLAMA_MODEL)"
+        return Check("ollama", False, problem + hint, fatal=False)
+    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known and settings.tools else ""))
+
+
+def _docker_installed() -> bool:
+    """Some sign of Docker on this machine (its programs, its socket, or an engine named elsewhere)."""
+    return bool(shutil.which("dockerd") or shutil.which("docker") or os.path.exists(DOCKER_SOCKET)
+                or os.environ.get("DOCKER_HOST"))
 
 
 async def check_docker(settings: Settings) -> Check:
+    if not settings.tools:  # chat only: no engine is asked at all
+        return Check("docker", True, "not needed: TOOLS=off (chat only: no commands, no sandboxes)")
     manager = DockerProvider(settings)
     image = settings.vm_image
     try:
         if not await manager.ping():
+            if not _docker_installed():
+                return Check("docker", False, "Docker is not installed: install it (`sudo apt-get install docker.io` "
+                                              f"on Debian/Ubuntu, or see {DOCKER_DOCS}), {CHAT_ONLY}", fatal=False)
             return Check("docker", False, "Docker is not reachable: start the Docker engine (dockerd), check that this "
-                                          "user may use /var/run/docker.sock, or set DOCKER_HOST", fatal=False)
+                                          f"user may use {DOCKER_SOCKET}, or set DOCKER_HOST; {CHAT_ONLY}", fatal=False)
         try:
             if await manager.image_present(image):
                 return Check("docker", True, f"engine reachable, image {image} present")
@@ -135,9 +160,9 @@ def check_database(settings: Settings) -> Check:
     return Check("database", True, f"{shown} is writable")
 
 
-async def run_checks(settings: Settings, *, token: bool = True) -> list[Check]:
-    """Every check, the blocking ones off the event loop."""
-    results = [check_token(settings)] if token else []
+async def run_checks(settings: Settings, *, token: bool = True, container: bool = False) -> list[Check]:
+    """Every check, the blocking ones off the event loop (`container`: see check_token)."""
+    results = [check_token(settings, container=container)] if token else []
     results.append(await check_ollama(settings))
     results.append(await check_docker(settings))
     results.append(await asyncio.to_thread(check_database, settings))

@@ -21,6 +21,7 @@ from .parts import Parts
 from .registry import Key, SessionRegistry
 from .sandbox import Provider, Terminal
 from .sandbox.docker import DockerProvider
+from .sandbox.folder import FolderProvider
 from .store import Audit, AuditLog, History, Places, Report, Scope, SessionInfo, Store, UsageLog
 from .tool_loop import TurnRunner
 from .uploads import UploadStore
@@ -66,7 +67,9 @@ class Runtime:
 
     def __init__(self, settings: Settings) -> None:
         self.store = Store(settings.database_url, settings)  # conversations, the audit log, place settings
-        sandboxes = DockerProvider(settings)  # the sandbox face (core/sandbox/base.py): Provider
+        # The sandbox face (core/sandbox/base.py): a container per conversation, or in chat-only mode
+        # (TOOLS=off) plain /data folders and no Docker at all.
+        sandboxes: Provider = DockerProvider(settings) if settings.tools else FolderProvider(settings)
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
                            usage=self.store.usage, places=self.store.places, sandboxes=sandboxes,
                            terminal=Terminal(sandboxes),
@@ -91,11 +94,12 @@ class Runtime:
 
     async def switch_model(self, scope: Scope, model: str | None, *, by: str) -> None:
         """Use `model` for turns in `scope` from the next one on (None: as the wider place says),
-        after checking that the Ollama server has it and that it can call tools."""
+        after checking that the Ollama server has it and that it can call tools (unless TOOLS=off)."""
         if model is not None:
             try:
-                problem, _known = await asyncio.wait_for(model_problem(self.model_server.client(), model),
-                                                         self.settings.ollama_connect_timeout + 5)
+                problem, _known = await asyncio.wait_for(
+                    model_problem(self.model_server.client(), model, tools=self.settings.tools),
+                    self.settings.ollama_connect_timeout + 5)
             except (*OLLAMA_UNREACHABLE, asyncio.TimeoutError) as exc:
                 raise OllamaUnavailable(f"Ollama is not reachable at {self.settings.ollama_host} ({exc!r}), "
                                         "so the model was not changed.",

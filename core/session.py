@@ -167,6 +167,15 @@ class ChatSession:
                  "complete": r.complete, "images": json.loads(r.images) if r.images else [],
                  "created_at": r.created_at} for r in rows]
 
+    async def remove_sandbox(self, *, delete_files: bool = False) -> bool:
+        """Stop any running reply and remove the sandbox; with `delete_files`, this conversation's /data
+        too. The history stays (a one-off run, run.py --attach, leaves nothing else behind). False
+        when there was no sandbox."""
+        removed = await self.runtime.stop_session(self.user, self.session)
+        if delete_files:
+            await self.runtime.sandboxes.delete_data(self.user, self.session)
+        return removed
+
     async def reset(self, *, keep_container: bool = False, delete_files: bool = False) -> int:
         """Stop any running reply, clear the history, and (unless kept) recreate the container.
 
@@ -178,9 +187,7 @@ class ChatSession:
         if keep_container:
             await rt.registry.cancel(self.key)
         else:
-            await rt.stop_session(self.user, self.session)
-        if delete_files:
-            await rt.sandboxes.delete_data(self.user, self.session)
+            await self.remove_sandbox(delete_files=delete_files)
         removed = await rt.history.run(rt.history.clear, self.session_id)
         if not keep_container:
             rt.prewarm(self.user, self.session)

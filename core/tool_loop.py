@@ -43,6 +43,7 @@ NOT_RUN_AFTER_ERROR = "not run: the command before it could not be run."
 OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the results above, then send "
                    "the remaining commands in your next message if they are still needed.")
 NO_VISION = "The AI model here cannot see images; your picture is saved as {paths}, where commands can work with it."
+NO_VISION_CHAT = "The AI model here cannot see images, so it is not shown your picture ({paths})."
 OVER_CAP_NOTICE = "{n} more commands the model asked for in one go were not run (at most {cap} at a time)."
 UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
 ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a final answer.)"
@@ -138,7 +139,8 @@ class TurnRunner:
             turn.persona = (await self.parts.places.prompt(place)).value
             if images and not await self._sees(turn) and (user, session) not in self.parts.told_no_vision:
                 self.parts.told_no_vision.add((user, session))
-                emit(Notice(NO_VISION.format(paths=", ".join(images))))
+                line = NO_VISION if self.parts.settings.tools else NO_VISION_CHAT
+                emit(Notice(line.format(paths=", ".join(images))))
             if gen.previous is not None and gen.previous.task is not None:
                 await asyncio.gather(gen.previous.task, return_exceptions=True)
             turn.message = (text, list(images) or None)  # stored on the way to the first request
@@ -194,14 +196,15 @@ class TurnRunner:
         settings = self.parts.settings
         gen = turn.gen
         while True:
-            tools = tool_schemas(settings) if turn.rounds < settings.max_tool_rounds else None
+            # No tools at all in chat-only mode (TOOLS=off): models without tool support answer too.
+            tools = tool_schemas(settings) if settings.tools and turn.rounds < settings.max_tool_rounds else None
             system = system_prompt(settings, turn.persona)
             window, summary = await self._context(turn, system, tools)
             messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
             content, calls = await self._stream(turn, messages, tools)
             if not calls:
-                if tools is None and not content:
+                if tools is None and settings.tools and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
                     gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)

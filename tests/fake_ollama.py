@@ -312,6 +312,9 @@ class FakeOllama:
         if any(m.get("images") for m in body.get("messages") or []) \
                 and "vision" not in self.capabilities.get(model, ["completion", "tools"]):
             return web.json_response({"error": "this model is missing data required for image input"}, status=500)
+        if body.get("tools") and "tools" not in self.capabilities.get(model, ["completion", "tools"]):
+            return web.json_response({"error": f"registry.ollama.ai/library/{model} does not support tools"},
+                                     status=400)
         if script is None:
             return web.json_response({"error": "fake ollama: no scripted response"}, status=500)
         answer = script(body) if callable(script) else script

@@ -1,16 +1,18 @@
-"""README's run command on a fresh Debian 12 (issue 10, item 8), and the bot in a container finding
-where the host keeps its uploads.
+"""README's run command on a fresh Debian 12 (issue 10, item 8), in chat-only mode with no Docker
+there at all (issue 19, item 5), and the bot in a container finding where the host keeps its uploads.
 
 A pristine debootstrap root (tests/images/fresh-debian.sh: no Python at all) is mounted under an
 overlay, the project is copied in, and `bash scripts/run --check` runs there through chroot with
 nothing of this machine on PATH: it must install python3-venv, make .venv with Debian's own
-Python, install the requirements from PyPI, and run the preflight. The root that results is then
+Python, install the requirements from PyPI, and run the preflight; with TOOLS=off, a token and an
+Ollama (the fake one, on this machine's loopback), that preflight passes. The root that results is then
 imported as an image and run as the bot's container: from inside, with only the Docker socket and
 a bind mount of a host folder at /app/data, the bot must find that folder's host path and give a
 real sandbox the file written there.
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -24,11 +26,13 @@ import pytest
 
 from core.sandbox.docker.diskimage import unmount_under
 from tests.conftest import TEST_IMAGE, remove_containers, require
+from tests.fake_ollama import FakeOllama
 
 ROOT = Path(__file__).resolve().parents[1]
 FRESH_ROOT = Path(os.environ.get("FRESH_DEBIAN_ROOT", "/var/cache/llmbot/fresh-debian"))
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOST_CA = Path("/etc/ssl/certs/ca-certificates.crt")  # this network's TLS may need this machine's CA
+TOKEN = base64.urlsafe_b64encode(b"123456789012345678").decode().rstrip("=") + ".GhJkLm." + "f" * 38  # well-formed
 
 PROBE = """
 import asyncio, json, os
@@ -89,26 +93,46 @@ def fresh_debian(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_readme_run_command_works_on_a_fresh_debian_and_the_bot_finds_its_uploads_in_a_container(
-        fresh_debian: Path, docker_client: docker.DockerClient, tmp_path: Path) -> None:
+        fresh_debian: Path, docker_client: docker.DockerClient, tmp_path: Path, fake_ollama: FakeOllama) -> None:
     readme = (ROOT / "README.md").read_text()
     assert "| run the bot | `bash scripts/run` |" in readme
     env = {"PATH": CLEAN_PATH, "HOME": "/root", "LANG": "C.UTF-8"}
     if HOST_CA.exists():
         env["PIP_CERT"] = "/etc/ssl/certs/ci-host-ca.pem"
     env.update({k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")})
-    done = sh("chroot", str(fresh_debian), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
-              "bash", "/src/scripts/run", "--check", timeout=900)
+
+    def check(**extra: str) -> subprocess.CompletedProcess[str]:
+        return sh("chroot", str(fresh_debian), "/usr/bin/env", "-i",
+                  *[f"{k}={v}" for k, v in {**env, **extra}.items()], "bash", "/src/scripts/run", "--check",
+                  timeout=900)
+
+    done = check()
     lines = done.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [["FAIL", "token"], ["FAIL", "ollama"], ["FAIL", "docker"],
                                                     ["ok", "database"]], done.stdout + done.stderr
     assert done.returncode == 1  # no token: the preflight says so, in one line each
     assert "Traceback" not in done.stderr
+    # no .env yet: the token's line says to make one; no Docker here: its line says how to get it, or do without
+    assert lines[0].endswith("then copy .env.example to .env (`cp .env.example .env`) and set DISCORD_TOKEN=... there")
+    assert lines[2].startswith("FAIL docker   Docker is not installed: install it (`sudo apt-get install docker.io`")
+    assert lines[2].endswith("or set TOOLS=off to chat without commands (no Docker needed)")
     config = (fresh_debian / "src/.venv/pyvenv.cfg").read_text()
     assert "home = /usr/bin" in config, config  # Debian's own Python, not this machine's
     assert (fresh_debian / "usr/lib/python3.11/venv/__init__.py").exists()  # python3-venv was installed
-    again = sh("chroot", str(fresh_debian), "/usr/bin/env", "-i", *[f"{k}={v}" for k, v in env.items()],
-               "bash", "/src/scripts/run", "--check", timeout=120)
+    again = check()
     assert again.stdout == done.stdout and "Installing" not in again.stderr  # nothing installed twice
+
+    # Chat only (issue 19, item 5): with a token and an Ollama, the same machine with no Docker passes.
+    fake_ollama.capabilities["qwen3:8b"] = ["completion"]  # a model without tool calling will do
+    chat_only = check(TOOLS="off", DISCORD_TOKEN=TOKEN, OLLAMA_HOST=fake_ollama.url)
+    assert chat_only.returncode == 0, chat_only.stdout + chat_only.stderr
+    assert chat_only.stdout.splitlines() == [
+        "ok   token    DISCORD_TOKEN is present and well-formed",
+        f"ok   ollama   {fake_ollama.url} has qwen3:8b",
+        "ok   docker   not needed: TOOLS=off (chat only: no commands, no sandboxes)",
+        "ok   database sqlite:///data/chat.db is writable",
+    ]
+    assert not (fresh_debian / "usr/bin/dockerd").exists() and not (fresh_debian / "run/docker.sock").exists()
 
     # The same root as the bot's container: only the socket and a host folder at /app/data.
     image = f"llmbot-fresh-{uuid.uuid4().hex[:8]}"

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pytest
+from dotenv import find_dotenv
 
 from core.config import Settings
 from core.preflight import (check_database, check_docker, check_ollama, check_token, print_checks,
@@ -80,3 +81,41 @@ async def test_database_not_writable(tmp_path: Path) -> None:
 async def test_any_failure_exits_non_zero(tmp_path: Path, fake_ollama: FakeOllama, docker_client) -> None:
     checks = await run_checks(good(tmp_path, fake_ollama).replace(discord_token=""))
     assert print_checks(checks, io.StringIO()) == 1
+
+
+async def test_docker_unreachable_suggests_chat_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{closed_port()}")
+    check = await check_docker(Settings(vm_image=TEST_IMAGE))
+    assert not check.ok and "TOOLS=off" in check.message and "\n" not in check.message
+
+
+async def test_chat_only_needs_no_docker_and_no_tool_calling(tmp_path: Path, fake_ollama: FakeOllama,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """TOOLS=off (issue 19, item 2): every check passes on a machine with no Docker engine, with a model
+    that cannot call tools."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-docker-here.sock")
+    fake_ollama.capabilities["qwen3:8b"] = ["completion"]
+    settings = good(tmp_path, fake_ollama)
+    assert not (await check_docker(settings)).ok and not (await check_ollama(settings)).ok  # as they would be
+    checks = await run_checks(settings.replace(tools=False))
+    assert [c.name for c in checks] == ["token", "ollama", "docker", "database"]
+    assert all(c.ok for c in checks), [c.line() for c in checks]
+    assert checks[2].line() == "ok   docker   not needed: TOOLS=off (chat only: no commands, no sandboxes)"
+    assert print_checks(checks, io.StringIO()) == 0
+
+
+async def test_a_model_without_tools_is_refused_with_the_chat_only_way_out(fake_ollama: FakeOllama) -> None:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion"]
+    check = await check_ollama(Settings(ollama_host=fake_ollama.url))
+    assert not check.ok and check.message.endswith("(OLLAMA_MODEL), or set TOOLS=off to chat without commands")
+
+
+async def test_the_token_line_never_points_to_a_missing_env_file() -> None:
+    """Issue 19, item 4: before `cp .env.example .env` there is no .env to put the token in."""
+    line = check_token(Settings(discord_token="")).message
+    if find_dotenv():
+        assert line.endswith("then put it in .env as DISCORD_TOKEN=...") and "cp " not in line
+    else:
+        assert line.endswith("then copy .env.example to .env (`cp .env.example .env`) and set DISCORD_TOKEN=... there")
+    in_container = check_token(Settings(discord_token=""), container=True).message
+    assert in_container.endswith("then put it in .env as DISCORD_TOKEN=... and run `docker compose up -d` again")

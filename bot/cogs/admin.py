@@ -137,7 +137,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         await self._known_channel(user.id, channel)
         async with ChatSession(user=user.id, session=channel, runtime=self.runtime) as chat:
             removed = await chat.reset()
-        await say(interaction, f"Cleared {removed} messages of <@{user.id}> in <#{channel}>; sandbox restarted.")
+        await say(interaction, f"Cleared {removed} messages of <@{user.id}> in <#{channel}>"
+                               + ("; sandbox restarted." if self.runtime.settings.tools else "."))
 
     @app_commands.command(name="stop", description="Stop someone's reply and remove their sandbox in a channel")
     @app_commands.describe(user="Whose session", channel="The channel id of the session")
@@ -197,7 +198,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
             f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
             + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
             f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'} at {rt.settings.ollama_host}",
-            f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}",
+            f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}" if rt.settings.tools
+            else "Docker: not used (TOOLS=off: chat only, no commands)",
             f"Sandboxes running: {len(running)}",
             f"Replies in progress: {len(rt.registry.active())}",
         ]

@@ -86,7 +86,8 @@ class Chat(commands.Cog):
             if message.attachments:
                 saved = await save_attachments(message, chat, self.settings.upload_max_file_bytes)
                 if saved and text:
-                    text, pictures = compose(text, saved, self.settings.inline_text_max_bytes)
+                    text, pictures = compose(text, saved, self.settings.inline_text_max_bytes,
+                                             commands=self.settings.tools)
             if not text:
                 return
             text = await self.with_reply_context(message, text)

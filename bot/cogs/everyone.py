@@ -54,6 +54,9 @@ class Everyone(SlashCog):
     async def reset(self, interaction: discord.Interaction, keep_container: bool = False, files: bool = False) -> None:
         async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.runtime) as chat:
             removed = await chat.reset(keep_container=keep_container, delete_files=files)
+        if not self.runtime.settings.tools:  # chat only: there is no sandbox to speak of
+            return await say(interaction, f"Cleared {removed} messages here"
+                                          + (" and deleted your files." if files else "."))
         if files:
             return await say(interaction, f"Cleared {removed} messages here, deleted your files in /data and "
                                           "restarted your sandbox.")
@@ -66,8 +69,10 @@ class Everyone(SlashCog):
         if not infos:
             return await say(interaction, "You have no conversations yet.")
         running = await self.runtime.sandbox_states()
-        lines = [f"<#{i.session}> · {i.message_count} messages · last active {stamp(i.last_active)} · "
-                 + ("🟢 sandbox running" if running.get((i.user, i.session)) == "running" else "⚪ no sandbox")
+        sandboxes = self.runtime.settings.tools  # chat only: none to show
+        lines = [f"<#{i.session}> · {i.message_count} messages · last active {stamp(i.last_active)}"
+                 + ((" · 🟢 sandbox running" if running.get((i.user, i.session)) == "running" else " · ⚪ no sandbox")
+                    if sandboxes else "")
                  + _seen(self.runtime.context_seen.get((i.user, i.session)))
                  for i in infos[:25]]
         await say(interaction, "\n".join(lines))

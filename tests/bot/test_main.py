@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import logging
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -97,4 +98,54 @@ async def test_info_logs_carry_no_message_content_or_token(runtime: Runtime, fak
     assert "Ollama problem: Ollama is not reachable" in logged  # failures are logged...
     for secret in ("secret diary", "another secret", "a private answer", TOKEN):
         assert secret not in logged  # ...but never what people wrote, nor the token
+    await dpytest.empty_queue()
+
+
+def test_check_passes_in_chat_only_mode_with_no_docker(tmp_path: Path, fake_ollama: FakeOllama) -> None:
+    """TOOLS=off (issue 19, item 2): no engine anywhere, a model without tool calling, and every line ok."""
+    fake_ollama.capabilities["qwen3:8b"] = ["completion"]
+    done = run(tmp_path, "--check", DISCORD_TOKEN=TOKEN, OLLAMA_HOST=fake_ollama.url, TOOLS="off",
+               DOCKER_HOST=f"unix://{tmp_path}/no-docker-here.sock")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[2] == "ok   docker   not needed: TOOLS=off (chat only: no commands, no sandboxes)"
+
+
+def test_in_its_container_a_missing_token_is_said_once_and_the_bot_waits(tmp_path: Path,
+                                                                          fake_ollama: FakeOllama) -> None:
+    """Issue 19, item 3: with `restart: unless-stopped`, exiting would only say the same line forever."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "DISCORD_", "VM_", "DATABASE_"))}
+    base.update({"DATABASE_URL": f"sqlite:///{tmp_path}/chat.db", "OLLAMA_HOST": fake_ollama.url, "TOOLS": "off"})
+    bot = subprocess.Popen([sys.executable, "-m", "bot.discord_bot", "--wait-for-token"], cwd=ROOT, env=base,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = bot.stderr.readline()  # the bot flushes its one line, then waits
+        assert line.startswith("DISCORD_TOKEN is not set: ") and "`docker compose up -d` again; waiting" in line
+        with pytest.raises(subprocess.TimeoutExpired):
+            bot.wait(timeout=3)  # still there: not exited, so not restarted
+        bot.send_signal(signal.SIGTERM)  # docker stop
+        assert bot.wait(timeout=30) == 0
+        out, err = bot.communicate()
+        assert out == "" and err == ""  # nothing after the one line
+    finally:
+        if bot.poll() is None:
+            bot.kill()
+            bot.wait()
+
+
+@pytest.mark.asyncio
+async def test_the_ready_line_prints_the_invite_url(runtime: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 19, item 4: the operator's next step is inviting the bot; the ready line says how."""
+    bot = await start_bot(runtime)
+    caplog.set_level(logging.INFO, logger="bot.discord_bot")
+    await bot.on_ready()
+    [ready] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ready as ")]
+    url = (f"https://discord.com/oauth2/authorize?client_id={bot.user.id}&scope=bot+applications.commands"
+           f"&permissions={discord_bot.PERMISSIONS.value}")
+    assert ready.endswith(f"; invite: {url}")
+    permissions = discord_bot.PERMISSIONS
+    assert permissions.send_messages and permissions.send_messages_in_threads and permissions.attach_files
+    assert permissions.read_message_history and permissions.add_reactions and permissions.create_public_threads
+    assert not permissions.administrator and not permissions.manage_messages and not permissions.mention_everyone
+    readme = (ROOT / "README.md").read_text()
+    assert "&permissions=" + str(permissions.value) in readme  # the quick start's link asks for the same
     await dpytest.empty_queue()

@@ -5,7 +5,7 @@ machine. Docker 20.10's bind mounts take no nosuid option, but a bind mount
 inherits the flags of the mount it comes from: so UPLOAD_DIR is made a mount of
 its own with nosuid,nodev (a bind mount onto itself), and every sandbox's /data
 under it carries both flags. That needs root on the machine dockerd runs on;
-elsewhere the operator does it once (README, Security).
+elsewhere the operator does it once (docs/security.md).
 """
 from __future__ import annotations
 
@@ -60,13 +60,13 @@ def ensure_nosuid(path: Path) -> str | None:
         return None
     if sys.platform != "linux" or os.geteuid() != 0:
         return (f"{path} is not on a nosuid,nodev mount and this process cannot make it one (not root): "
-                "see README, Security, to do it once on the host")
+                "see docs/security.md to do it once on the host")
     target = str(path)
     for command in (["mount", "--bind", target, target],
                     ["mount", "-o", "remount,bind,nosuid,nodev", target]):
         problem = run(*command)
         if problem:
-            return f"could not make {path} a nosuid,nodev mount ({problem}): see README, Security"
+            return f"could not make {path} a nosuid,nodev mount ({problem}): see docs/security.md"
     log.info("mounted %s onto itself with nosuid,nodev", path)
     return None
 
