@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from core import inline_code, thinking_line  # noqa: F401 - the wording is shared with run.py
+from core import Totals, human_duration, inline_code, thinking_line  # noqa: F401 - the wording is shared with run.py
 
 LIMIT = 2000
 FENCE = "```"
@@ -56,3 +56,13 @@ def _hard_split(line: str, width: int) -> list[str]:
 def stamp(moment: datetime) -> str:
     """A moment (naive UTC) that Discord shows as a relative time in each reader's own time zone."""
     return f"<t:{int(moment.replace(tzinfo=timezone.utc).timestamp())}:R>"
+
+
+def plural(count: int, word: str) -> str:
+    return f"{count:,} {word}{'' if count == 1 else 's'}"
+
+
+def totals_line(totals: Totals) -> str:
+    """Usage added up, as /usage and /admin usage show it."""
+    return (f"{plural(totals.turns, 'turn')} · {totals.tokens_in:,} tokens in · {totals.tokens_out:,} out · "
+            f"{human_duration(totals.command_seconds)} of commands · {plural(totals.files_sent, 'file')} sent")

@@ -59,10 +59,11 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         reset,
         files,
         "• `/sessions`: your conversations.",
+        "• `/usage`: what you used today and this week, and your daily budgets if there are any.",
     ]
     if admin:
         lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin audit`, `/admin sessions`, "
-                     "`/admin reset`, `/admin stop`: for server managers.")
+                     "`/admin reset`, `/admin stop`, `/admin usage`: for server managers.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)

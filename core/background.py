@@ -1,7 +1,8 @@
 """The engine's work between turns, on the event loop: two loops, started once per loop.
 
 - the reaper: adopts the sandboxes a previous process left (once, first), then removes idle
-  sandboxes every VM_IDLE_TIMEOUT/4 (1 to 60 s) and sweeps old audit rows and /data folders hourly;
+  sandboxes every VM_IDLE_TIMEOUT/4 (1 to 60 s) and sweeps old audit and usage rows and /data
+  folders hourly;
 - the disk watch: weighs sandboxes against VM_DISK, those running a command every second, those
   used in the last minute every 5 s, all of them every 10 s; it outlives any failure and says so
   once a minute, not once a second. In chat-only mode (TOOLS=off) there is nothing to weigh and it
@@ -16,6 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import EngineError
+from .store import USAGE_RETENTION_DAYS
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -115,9 +117,12 @@ class Background:
                 log.warning("idle sandbox check failed: %s", exc)
 
     async def retention_pass(self) -> tuple[int, list[str]]:
-        """Drop audit rows past AUDIT_RETENTION_DAYS and /data folders unused for DATA_RETENTION_DAYS."""
+        """Drop audit rows past AUDIT_RETENTION_DAYS, usage rows past USAGE_RETENTION_DAYS and /data
+        folders unused for DATA_RETENTION_DAYS; returns the audit rows and the folders deleted."""
         s, history, containers, audit = self.parts.settings, self.parts.history, self.parts.sandboxes, self.parts.audit
         purged = await audit.run(audit.purge, timedelta(days=s.audit_retention_days))
+        usage = self.parts.usage
+        counts = await usage.run(usage.purge, timedelta(days=USAGE_RETENTION_DAYS))
         removed = []
         for user, session in await history.run(history.idle_sessions, timedelta(days=s.data_retention_days)):
             if self.registry.phase((user, session)) is not None or containers.busy(containers.name(user, session)):
@@ -127,6 +132,7 @@ class Background:
                 await containers.remove(user, session)
                 await containers.delete_data(user, session)
                 removed.append(str(folder))
-        if purged or removed:
-            log.info("retention: %d audit rows and %d /data folders deleted", purged, len(removed))
+        if purged or counts or removed:
+            log.info("retention: %d audit rows, %d usage rows and %d /data folders deleted", purged, counts,
+                     len(removed))
         return purged, removed

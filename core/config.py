@@ -137,6 +137,9 @@ class Settings:
     max_model_requests: int = 1  # requests to the model at once (Ollama's OLLAMA_NUM_PARALLEL); round robin by person
     user_messages_per_minute: int = 20  # one person's messages, all conversations together (0: no limit)
     max_sandboxes_per_user: int = 3  # the least recently used idle one makes room for a new one
+    # Daily budgets per person, over all their servers, for the UTC day (0: none)
+    user_daily_tokens: int = 0  # tokens read and written by the model for them
+    user_daily_command_seconds: int = 0  # seconds their commands ran
     # Retention
     audit_retention_days: int = 90  # every command run, kept apart from the conversation
     data_retention_days: int = 30  # a conversation's /data folder, after its last use
@@ -238,6 +241,8 @@ class Settings:
         take("MAX_MODEL_REQUESTS", "max_model_requests", lambda n, r: _parse_int(n, r, 1))
         take("USER_MESSAGES_PER_MINUTE", "user_messages_per_minute", _parse_int)
         take("MAX_SANDBOXES_PER_USER", "max_sandboxes_per_user", lambda n, r: _parse_int(n, r, 1))
+        take("USER_DAILY_TOKENS", "user_daily_tokens", _parse_int)
+        take("USER_DAILY_COMMAND_SECONDS", "user_daily_command_seconds", _parse_int)
         take("AUDIT_RETENTION_DAYS", "audit_retention_days", lambda n, r: _parse_int(n, r, 1))
         take("DATA_RETENTION_DAYS", "data_retention_days", lambda n, r: _parse_int(n, r, 1))
         take("UPLOAD_DIR", "upload_dir", text)

@@ -63,3 +63,8 @@ class WorkspaceError(EngineError):
 
 class NotAFolder(WorkspaceError):
     """A /data path that was to be listed names a file (or a link), not a folder."""
+
+
+class BudgetSpent(EngineError):
+    """A person has used up a daily budget (USER_DAILY_TOKENS, USER_DAILY_COMMAND_SECONDS): the turn
+    is refused before it asks the model, and the message is not kept (the line says to send it again)."""

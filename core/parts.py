@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .config import Settings
     from .context import Seen, TokenCounter
     from .sandbox import Provider, Terminal
-    from .store import AuditLog, History, Places
+    from .store import AuditLog, History, Places, UsageLog
     from .incidents import Incidents
     from .model_client import ModelServer
     from .outputs import OutputStore
@@ -28,6 +28,7 @@ class Parts:
     settings: Settings
     history: History  # conversations, on the database's own threads
     audit: AuditLog  # every command run, apart from the conversations
+    usage: UsageLog  # what each person used (turns, tokens, command time, files), per server, day and model
     places: Places  # persona and model per channel and server
     sandboxes: Provider  # one sandbox per conversation
     terminal: Terminal  # commands in those sandboxes

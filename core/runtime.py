@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar
 
 import ollama
 
+from . import budgets
 from .admission import FairGate
 from .background import Background
 from .config import Settings
@@ -23,9 +24,10 @@ from .registry import Key, SessionRegistry
 from .sandbox import Provider, Terminal
 from .sandbox.docker import DockerProvider
 from .sandbox.folder import FolderProvider
-from .store import Audit, AuditLog, History, Places, Scope, SessionInfo, Store
+from .store import Audit, AuditLog, History, Places, Report, Scope, SessionInfo, Store, UsageLog
 from .tool_loop import TurnRunner
 from .uploads import UploadStore
+from .usage_chart import render_usage_chart
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -53,6 +55,7 @@ class Runtime:
     settings: _Part[Settings] = _Part()
     history: _Part[History] = _Part()
     audit: _Part[AuditLog] = _Part()
+    usage: _Part[UsageLog] = _Part()
     places: _Part[Places] = _Part()
     sandboxes: _Part[Provider] = _Part()
     terminal: _Part[Terminal] = _Part()
@@ -71,9 +74,10 @@ class Runtime:
         # (TOOLS=off) plain /data folders and no Docker at all.
         sandboxes: Provider = DockerProvider(settings) if settings.tools else FolderProvider(settings)
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
-                           places=self.store.places, sandboxes=sandboxes, terminal=Terminal(sandboxes),
-                           model_server=ModelServer(settings), model_gate=FairGate(settings.max_model_requests),
-                           incidents=Incidents(), outputs=OutputStore(),
+                           usage=self.store.usage, places=self.store.places, sandboxes=sandboxes,
+                           terminal=Terminal(sandboxes), model_server=ModelServer(settings),
+                           model_gate=FairGate(settings.max_model_requests), incidents=Incidents(),
+                           outputs=OutputStore(),
                            tokens=TokenCounter(),
                            image_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="images"))
         self.registry = SessionRegistry()
@@ -81,6 +85,8 @@ class Runtime:
         self.uploads = UploadStore(settings.upload_max_file_bytes, settings.upload_max_session_bytes)
         self.turns = TurnRunner(self.parts)
         self.background = Background(self.parts, self.registry)
+        # /admin usage charts: CPU work, on a thread of their own (never the loop, nor asyncio's shared executor)
+        self.chart_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
         self._warming: dict[Key, asyncio.Task[Any]] = {}
 
     async def capabilities(self, model: str) -> frozenset[str]:
@@ -131,6 +137,35 @@ class Runtime:
     async def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
         """The latest commands run in sandboxes, newest first: everyone's, or one person's or channel's."""
         return await self.store.audit.run(self.store.audit.latest, user, session, limit)
+
+    async def check_budget(self, user: str) -> None:
+        """Raise BudgetSpent (its line says which budget and when it resets) when `user` has used up
+        a daily budget; one query, and none at all when no budget is set."""
+        s, usage = self.settings, self.usage
+        if not (s.user_daily_tokens or s.user_daily_command_seconds):
+            return
+        at = usage.clock()
+        refused = budgets.refusal(s, await usage.run(usage.spent, user, at.date()), at)
+        if refused is not None:
+            raise refused
+
+    async def usage_of(self, user: str) -> budgets.PersonalUsage:
+        """A person's own use over all servers: today and this week (since Monday, UTC), and their budgets."""
+        usage = self.usage
+        at = usage.clock()
+        today = await usage.run(usage.spent, user, at.date())
+        week = await usage.run(usage.totals, user, budgets.week_start(at.date()), at.date())
+        return budgets.PersonalUsage(today, week, budgets.allowances(self.settings, today), budgets.until_reset(at))
+
+    async def usage_report(self, server: str | None, days: int, top: int = 10) -> Report:
+        """The last `days` days in one server (None: every server and DM): its top people by tokens,
+        and each day's turns and tokens."""
+        return await self.usage.run(self.usage.report, server, days, top)
+
+    async def usage_chart(self, report: Report, title: str) -> bytes:
+        """The report's turns and tokens per day as a PNG, drawn on the chart thread."""
+        return await asyncio.get_running_loop().run_in_executor(self.chart_pool, render_usage_chart, report.days,
+                                                                title)
 
     async def models(self) -> list[str] | None:
         """The models the Ollama server has pulled; None when it cannot be asked now."""
@@ -185,7 +220,7 @@ class Runtime:
         """Stop the reaper and the disk watch, and any reply still running (its command is killed,
         its partial reply kept); let container start-ups and leftover clean-ups finish (one abandoned
         half-way would leave a container nobody tracks); then release everything this runtime
-        opened: the Ollama and Docker connections, the disk and picture threads, the database."""
+        opened: the Ollama and Docker connections, the disk, picture and chart threads, the database."""
         await self.background.stop()
         for key in list(self.registry.active()):
             await self.registry.cancel(key)  # waits for the turn's own clean-up (the kill, the partial reply)
@@ -196,6 +231,8 @@ class Runtime:
         # Queued picture decodes are dropped (no turn is left to read them); one under way finishes.
         pool, self.image_pool = self.image_pool, ThreadPoolExecutor(max_workers=2, thread_name_prefix="images")
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+        charts, self.chart_pool = self.chart_pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
+        await asyncio.to_thread(charts.shutdown, wait=True, cancel_futures=True)
         self.store.close()
         await asyncio.sleep(0)  # the transports closed above let go of their sockets on the next loop pass
 

@@ -118,11 +118,13 @@ class ChatSession:
 
     # -- chat -------------------------------------------------------------
     async def events(self, text: str, *, images: Sequence[str] = ()) -> AsyncIterator[Event]:
-        """Everything a turn does, as events; raises EngineError with a message fit for a user.
+        """Everything a turn does, as events; raises EngineError with a message fit for a user
+        (BudgetSpent, before anything starts, when the person has used up a daily budget).
         `images`: /data paths of pictures that came with the message (a vision model sees them)."""
         if not text or not text.strip():
             raise EngineError("The message is empty.")
         rt = self.runtime
+        await rt.check_budget(self.user)  # past a daily budget: refused; the message is not kept, a running reply stays
         generation = rt.registry.begin(self.key)
         if generation is None:
             yield Ignored()

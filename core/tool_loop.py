@@ -77,6 +77,7 @@ class Turn:
     session_id: int
     user: str
     session: str
+    server: str = ""  # the Place's server; "" in a DM or outside Discord (how the usage table stores it)
     model: str = ""
     persona: str = ""
     rounds: int = 0
@@ -89,6 +90,8 @@ class Turn:
     unshown: dict[str, str] = field(default_factory=dict)  # /data path -> why a picture is not shown (too large...)
     files_sent: int = 0
     file_bytes: int = 0
+    command_seconds: float = 0.0  # how long its commands ran, for the usage table
+    counted: bool = False  # its usage is recorded (once, as it ends)
     context_chars: int = 0  # the last request's size, in characters
     last_prompt: int = 0  # the last request's size, in tokens, as the model server counted it
     shown: int = 0  # messages (not command results) the last request carried
@@ -131,6 +134,7 @@ class TurnRunner:
         ending = "failed"
         try:
             place = place or Place(channel=session)
+            turn.server = place.server or ""
             turn.model = (await self.parts.places.model(place)).value
             turn.persona = (await self.parts.places.prompt(place)).value
             if images and not await self._sees(turn) and (user, session) not in self.parts.told_no_vision:
@@ -153,17 +157,40 @@ class TurnRunner:
                 emit(Replaced())
             elif gen.stopped:
                 emit(Stopped())
-            emit(TurnEnd())
+            await self._end(turn, TurnEnd())
             raise
         except EngineError as exc:
             ending = f"failed ({type(exc).__name__})"
             self.parts.incidents.failed(exc)
-            emit(TurnEnd(exc))
+            await self._end(turn, TurnEnd(exc))
         except Exception:  # noqa: BLE001 - no traceback reaches a user
             log.exception("turn failed in session %s/%s", user, session)
-            emit(TurnEnd(EngineError("Something went wrong while answering; the details are in the bot's log.")))
+            await self._end(turn, TurnEnd(EngineError("Something went wrong while answering; the details are in "
+                                                      "the bot's log.")))
         finally:
             log.info(turn.summary(ending))
+
+    async def _end(self, turn: Turn, end: TurnEnd) -> None:
+        """A turn that did not answer counts what it used, then reports its end (whatever comes)."""
+        try:
+            await self._count(turn)
+        finally:
+            turn.gen.outbox.put(end)
+
+    async def _count(self, turn: Turn) -> None:
+        """Add what the turn used to its person's usage row: once, however it ended, and before its
+        end is reported (a caller that stops listening then cancels the task). Shielded: a Stop or a
+        newer message arriving meanwhile never loses the count."""
+        if turn.counted or not turn.model:
+            return
+        turn.counted = True
+        usage = self.parts.usage
+        try:
+            await asyncio.shield(usage.run(usage.add, turn.user, turn.server, turn.model,
+                                           tokens_in=turn.prompt_tokens, tokens_out=turn.answer_tokens,
+                                           command_seconds=turn.command_seconds, files_sent=turn.files_sent))
+        except Exception:  # noqa: BLE001 - a count lost to a database fault never costs the answer
+            log.exception("could not record the usage of a turn in session %s/%s", turn.user, turn.session)
 
     async def _loop(self, turn: Turn) -> None:
         settings = self.parts.settings
@@ -182,6 +209,7 @@ class TurnRunner:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
                     gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)
+                await self._count(turn)  # before Done: once the answer is out, nothing is left to wait for
                 content_log.debug("turn user=%s channel=%s answer: %r", turn.user, turn.session, content)
                 gen.outbox.put(Done(content))
                 return
@@ -273,6 +301,8 @@ class TurnRunner:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
                         turn.user, turn.session, exc)
             return None
+        turn.prompt_tokens += answer.prompt_eval_count or 0  # the summary's cost is the turn's
+        turn.answer_tokens += answer.eval_count or 0
         text = (answer.message.content or "").strip()
         if not text:
             return None
@@ -442,18 +472,18 @@ class TurnRunner:
                 rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
                         else self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT))
                 await asyncio.shield(self.parts.history.run(self.parts.history.add_messages, session_id, rows))
-                await asyncio.shield(self._audit(user, session, parsed.command, began, cancelled=True))
+                await asyncio.shield(self._audit(turn, parsed, began, cancelled=True))
                 raise
             except EngineError as exc:
                 turn.ran(parsed.command, "did not run")
-                await self._audit(user, session, parsed.command, began)
+                await self._audit(turn, parsed, began)
                 rows = self._unrun(calls, index, f"error: {exc.user_message}", NOT_RUN_AFTER_ERROR)
                 await self.parts.history.run(self.parts.history.add_messages, session_id, rows)
                 gen.outbox.put(ToolFinished(call.name, exc.user_message, error=True))
                 raise
             self.parts.incidents.succeeded(DOCKER)
             turn.ran(parsed.command, outcome.ending)
-            await self._audit(user, session, parsed.command, began, exit_code=outcome.exit_code,
+            await self._audit(turn, parsed, began, exit_code=outcome.exit_code,
                               duration=outcome.duration, output_bytes=outcome.output_bytes,
                               timed_out=outcome.finished.timed_out)
             await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name)
@@ -519,14 +549,17 @@ class TurnRunner:
             rows.append({"role": "tool", "content": content, "tool_name": calls[index].name})
         return rows
 
-    async def _audit(self, user: str, session: str, command: str, began: float, *, exit_code: int | None = None,
-                     duration: float | None = None, output_bytes: int = 0, timed_out: bool = False,
-                     cancelled: bool = False) -> None:
-        """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files sent."""
+    async def _audit(self, turn: Turn, parsed: TerminalCall | SendFileCall, began: float, *,
+                     exit_code: int | None = None, duration: float | None = None, output_bytes: int = 0,
+                     timed_out: bool = False, cancelled: bool = False) -> None:
+        """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files
+        sent. A command's time also counts toward its person's usage."""
         if duration is None:
             duration = asyncio.get_running_loop().time() - began
+        if isinstance(parsed, TerminalCall):
+            turn.command_seconds += duration
         audit = self.parts.audit
-        await audit.run(audit.add, user, session, command, exit_code=exit_code, duration=duration,
+        await audit.run(audit.add, turn.user, turn.session, parsed.command, exit_code=exit_code, duration=duration,
                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:

@@ -140,6 +140,11 @@ def prompt_tokens(body: dict[str, Any]) -> int:
     return max(1, round(size / CHARS_PER_TOKEN))
 
 
+def answer_tokens(answer: Response) -> int:
+    """What the fake reports as an answer's eval_count: a token per 4 characters, at least one."""
+    return max(len(answer.content) // 4, 1)
+
+
 def is_summary_request(body: dict[str, Any]) -> bool:
     """The engine's own call that summarises what fell out of a conversation's context."""
     messages = body.get("messages") or []
@@ -367,5 +372,5 @@ class FakeOllama:
         return {"model": model, "created_at": _now(), "message": message, "done": True, "done_reason": "stop",
                 "total_duration": 1_000_000, "load_duration": 100_000,
                 "prompt_eval_count": prompt_tokens(body) if body is not None else 10,
-                "prompt_eval_duration": 200_000, "eval_count": max(len(answer.content) // 4, 1),
+                "prompt_eval_duration": 200_000, "eval_count": answer_tokens(answer),
                 "eval_duration": 500_000}

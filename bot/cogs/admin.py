@@ -1,6 +1,7 @@
 """/admin …: the assistant's settings and everyone's sessions, for server managers and the bot's admins."""
 from __future__ import annotations
 
+import io
 import logging
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -9,13 +10,14 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from core import ChatSession, EngineError, Place, Scope
+from core import ChatSession, EngineError, Place, Report, Scope
 from core.store import PROMPT_MAX_CHARS
 from core.render import failure_line, inline_code
 from core.sizes import human_size
 
 from ..access import user_is_admin
-from ..formatting import stamp
+from ..formatting import stamp, totals_line
+from ..reply import NO_MENTIONS
 from .base import Refused, SlashCog, say
 
 if TYPE_CHECKING:
@@ -26,6 +28,9 @@ REFUSAL = "Only server managers and the bot's admins can use /admin."
 ONLY_BOT_ADMINS = "Only the bot's admins (ADMIN_USER_IDS) can change the default for every server and DM."
 UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
 AUDIT_ROWS = 15
+USAGE_DAYS_MOST = 90
+USAGE_TOP = 10  # people listed by /admin usage
+USAGE_IN_DMS = "In a DM only the bot's admins (ADMIN_USER_IDS) can see usage; a server's managers see it in their server."
 
 
 def _source(source: Scope | str) -> str:
@@ -72,6 +77,19 @@ def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
               else "⚠️ did not run" if row.exit_code is None else f"exit {row.exit_code}")
     return (f"{stamp(row.created_at)} <@{row.user}> in <#{row.session}> {inline_code(row.command, 60)} → {ending} · "
             f"{row.duration:.1f} s · {human_size(row.output_bytes)}")
+
+
+def _usage_span(server: str | None, days: int) -> str:
+    """Where and when /admin usage looks: "in this server, the last 7 days (UTC)"."""
+    where = "in this server" if server is not None else "in every server and DM"
+    return f"{where}, " + ("today (UTC)" if days == 1 else f"the last {days} days (UTC)")
+
+
+def _usage_text(report: Report, title: str) -> str:
+    """/admin usage: the top people by tokens, one line each, under the title."""
+    lines = [f"**{title}**, most tokens first:"]
+    lines += [f"{n}. <@{user}>: {totals_line(totals)}" for n, (user, totals) in enumerate(report.people, 1)]
+    return "\n".join(lines)
 
 
 class Admin(SlashCog, commands.GroupCog, group_name="admin",
@@ -146,6 +164,27 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         if not rows:
             return await say(interaction, "No commands recorded" + (" for that filter." if user or channel else "."))
         await say(interaction, "\n".join(_audit_line(row) for row in rows))
+
+    @app_commands.command(name="usage", description="Who used the assistant most here, with a chart of turns and "
+                                                    "tokens per day")
+    @app_commands.describe(days=f"How many days back, today included (1 to {USAGE_DAYS_MOST}; default 7)")
+    async def usage(self, interaction: discord.Interaction,
+                    days: app_commands.Range[int, 1, USAGE_DAYS_MOST] = 7) -> None:
+        # Scoped here, whatever the other commands do: a server's own rows; every server's only for
+        # the bot's admins, in a DM.
+        if interaction.guild is None and interaction.user.id not in self.runtime.settings.admin_user_ids:
+            raise Refused(USAGE_IN_DMS)
+        if not 1 <= days <= USAGE_DAYS_MOST:
+            raise Refused(f"`days` must be from 1 to {USAGE_DAYS_MOST}.")
+        server = str(interaction.guild.id) if interaction.guild is not None else None
+        report = await self.runtime.usage_report(server, days, USAGE_TOP)
+        where = _usage_span(server, days)
+        if not report.people:
+            return await say(interaction, f"No usage recorded {where}.")
+        title = f"Usage {where}"
+        png = await self.runtime.usage_chart(report, title)
+        await interaction.followup.send(_usage_text(report, title), file=discord.File(io.BytesIO(png), "usage.png"),
+                                        ephemeral=True, allowed_mentions=NO_MENTIONS)
 
     @app_commands.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
     async def status(self, interaction: discord.Interaction) -> None:

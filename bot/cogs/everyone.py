@@ -1,4 +1,4 @@
-"""Everyone's slash commands: /reset, /sessions, /help and /files, about one's own conversations."""
+"""Everyone's slash commands: /reset, /sessions, /help, /files and /usage, about one's own conversations."""
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
@@ -7,14 +7,14 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, Place
+from core import ChatSession, EngineError, PersonalUsage, Place
 from core.context import Seen
 from core.errors import NotAFolder, WorkspaceError
 from core.sandbox.workspace import shown_name
 
 from ..access import channel_ids, place_of, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
-from ..formatting import stamp
+from ..formatting import stamp, totals_line
 from ..guide import help_text
 from ..reply import NO_MENTIONS
 from .base import SlashCog, say
@@ -29,6 +29,18 @@ def _seen(seen: Seen | None) -> str:
         return ""
     return f" · the model sees its last {seen.shown} messages" + (" and a summary of the rest" if seen.summarized
                                                                    else "")
+
+
+def usage_text(mine: PersonalUsage) -> str:
+    """/usage: today, this week, and the daily budgets with what is left of them."""
+    lines = [f"**Today** (UTC): {totals_line(mine.today) if mine.today.turns else 'nothing yet'}",
+             f"**This week** (since Monday): {totals_line(mine.week) if mine.week.turns else 'nothing yet'}"]
+    if mine.allowances:
+        each = " · ".join(f"{a.amount(a.limit)} a day ({a.left_words})" for a in mine.allowances)
+        they = "they reset" if len(mine.allowances) > 1 else "it resets"
+        lines.append(f"**Your daily budget{'s' if len(mine.allowances) > 1 else ''}**: {each}; {they} at 00:00 UTC "
+                     f"(in {mine.resets_in}).")
+    return "\n".join(lines)
 
 
 class Everyone(SlashCog):
@@ -64,6 +76,10 @@ class Everyone(SlashCog):
                  + _seen(self.runtime.context_seen.get((i.user, i.session)))
                  for i in infos[:25]]
         await say(interaction, "\n".join(lines))
+
+    @app_commands.command(name="usage", description="What you used today and this week, and your daily budgets")
+    async def usage(self, interaction: discord.Interaction) -> None:
+        await say(interaction, usage_text(await self.runtime.usage_of(str(interaction.user.id))))
 
     @app_commands.command(name="help", description="How to talk to the assistant and what it can do")
     async def help(self, interaction: discord.Interaction) -> None:

@@ -12,8 +12,10 @@
 - `history.py`: users, sessions, messages, summaries, and the window sent to the model.
 - `audit.py`: every command a sandbox ran, and its retention.
 - `places.py`: persona and model per channel, server or everywhere (a typed `Scope`).
+- `usage.py`: what each person used, per server, UTC day and model (turns, tokens, command time,
+  files), for /usage, /admin usage and the daily budgets.
 
-The synchronous calls (History's, AuditLog's) run on the store's threads through their `run`;
+The synchronous calls (History's, AuditLog's, UsageLog's) run on the store's threads through their `run`;
 Places' calls are coroutines already. Table and column names are those of every earlier version,
 so an existing database opens unchanged (a column added since is added when it opens).
 """
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from . import audit as _audit, history as _history, places as _places
+from . import audit as _audit, history as _history, places as _places, usage as _usage
 from .audit import Audit, AuditLog
 from .database import AddedColumn, Database, Table, now
 from .history import (
@@ -36,12 +38,13 @@ from .history import (
     User,
 )
 from .places import KEEP, PROMPT_MAX_CHARS, Choice, Place, Places, PlaceSetting, Scope
+from .usage import NO_SERVER, USAGE_RETENTION_DAYS, Day, Report, Totals, Usage, UsageLog
 
 if TYPE_CHECKING:
     from ..config import Settings
 
 T = TypeVar("T")
-TABLES = (*_history.TABLES, *_audit.TABLES, *_places.TABLES)
+TABLES = (*_history.TABLES, *_audit.TABLES, *_places.TABLES, *_usage.TABLES)
 
 
 class Store:
@@ -55,6 +58,7 @@ class Store:
         self.history = History(self.database)
         self.audit = AuditLog(self.database)
         self.places = Places(self.database, settings)  # its fallbacks: SYSTEM_PROMPT and OLLAMA_MODEL
+        self.usage = UsageLog(self.database)  # what each person used, per server, day and model
 
     @property
     def url(self) -> str:
@@ -71,6 +75,7 @@ class Store:
 
 __all__ = [
     "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "PROMPT_MAX_CHARS", "ROW_ID", "AddedColumn", "Audit", "AuditLog",
-    "Choice", "Database", "History", "Message", "Place", "PlaceSetting", "Places", "Scope", "Session", "SessionInfo",
-    "Store", "Summary", "Table", "User", "now",
+    "Choice", "Database", "Day", "History", "Message", "NO_SERVER", "Place", "PlaceSetting", "Places", "Report",
+    "Scope", "Session", "SessionInfo", "Store", "Summary", "Table", "Totals", "USAGE_RETENTION_DAYS", "Usage",
+    "UsageLog", "User", "now",
 ]
