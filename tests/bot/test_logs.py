@@ -137,4 +137,6 @@ async def test_ready_line_names_the_servers_and_model(bot: commands.Bot, runtime
         await bot.on_ready()
     [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("ready")]
     assert line == (f"ready as {bot.user} (id {bot.user.id}) in 1 servers; model qwen3:8b (1 server/channel "
-                    f"overrides); Ollama at {runtime.settings.ollama_host}")
+                    f"overrides); Ollama at {runtime.settings.ollama_host}; invite: "
+                    f"https://discord.com/oauth2/authorize?client_id={bot.user.id}&scope=bot+applications.commands"
+                    f"&permissions=309237746752")
