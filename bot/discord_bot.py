@@ -22,7 +22,7 @@ from core.preflight import print_checks, run_checks
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin", "bot.cogs.threads")
 
 
 def _options() -> dict[str, Any]:
