@@ -116,7 +116,7 @@ class Chat(commands.Cog):
             if (await self.respond(message, chat, text, pictures, channel=channel)).ignored:
                 await self._wait(chat.key, message, text, pictures)  # the reply streaming now answers it
                 return
-            await self._answer_waiting(chat, channel)
+            await self._answer_waiting(chat)  # they were written where this conversation is: its channel or thread
 
     async def _thread_for(self, message: discord.Message) -> discord.abc.Messageable:
         """A thread started on the message, for its answer; where Discord refuses one (a missing
@@ -143,15 +143,14 @@ class Chat(commands.Cog):
         queue.append((message, text, pictures))
         await self._react(message, BUSY_REACTION)
 
-    async def _answer_waiting(self, chat: ChatSession, channel: discord.abc.Messageable) -> None:
+    async def _answer_waiting(self, chat: ChatSession) -> None:
         """Answer what waited during the reply that just ended: all of it together, in one turn."""
         while self._waiting.get(chat.key):
             batch = self._waiting.pop(chat.key)
             for waiting, _, _ in batch:
                 await self._unreact(waiting, BUSY_REACTION)
             text = "\n\n".join(t for _, t, _ in batch)
-            stream = await self.respond(batch[-1][0], chat, text, [p for _, _, pics in batch for p in pics],
-                                        channel=channel)
+            stream = await self.respond(batch[-1][0], chat, text, [p for _, _, pics in batch for p in pics])
             if stream.ignored:  # another reply started streaming first: it answers them when it ends
                 self._waiting[chat.key] = batch + self._waiting.get(chat.key, [])
                 for waiting, _, _ in batch:
