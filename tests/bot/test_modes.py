@@ -249,3 +249,29 @@ async def test_modes_fall_back_to_free_response_channels_and_clear_with_default(
     fake_ollama.script(text("Heard you."))
     await dpytest.message("no mention again", channel=room, member=config().members[0])
     assert said_by_bot(bot, room) == [["Heard you."]]
+
+
+async def test_help_describes_this_channels_mode(bot: commands.Bot, runtime: Runtime) -> None:
+    room, lively = config().channels[:2]
+    allow_threads(room)
+    name = bot.user.display_name
+
+    async def how(channel: Any) -> str:
+        asking = Interaction(config().members[0].id, guild=room.guild.id, channel=channel.id)
+        asking.channel = channel
+        return (await call(bot, ("help",), asking)).splitlines()[1]
+
+    per_person = (" You can also DM me. Each person has a conversation of their own with me in each channel (and in "
+                  "each thread), and I remember it across restarts.")
+    assert await how(room) == f"• Mention @{name} in a message, or reply to one of my messages." + per_person
+    await runtime.places.set(Scope.channel(lively.id), by="t", mode="all")
+    assert await how(lively) == (f"• In this channel I answer every message; elsewhere, mention @{name} or reply "
+                                 "to me." + per_person)
+    await runtime.places.set(Scope.channel(room.id), by="t", mode="thread")
+    assert await how(room) == (f"• Mention @{name} here and I answer in a new thread named after your question; in "
+                               "my threads, just write (no mention needed)." + per_person)
+    starting = Interaction(config().members[0].id, guild=room.guild.id)
+    starting.user, starting.channel = config().members[0], room
+    await call(bot, ("chat",), starting)
+    [thread] = threads(room)
+    assert await how(thread) == "• This is one of my threads: just write here, nobody needs to mention me." + per_person
