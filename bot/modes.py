@@ -53,12 +53,16 @@ def thread_name(text: str, fallback: str) -> str:
     return flat if len(flat) <= THREAD_NAME_LIMIT else flat[:THREAD_NAME_LIMIT - 1].rstrip() + "…"
 
 
+MARKUP = re.compile(r"\*\*|__|~~|\|\||`+")  # bold, underline, strike, spoiler, code: shown raw in a thread's name
+
+
 def question_title(message: discord.Message, me: discord.abc.User) -> str:
-    """The name of the thread a mention starts: the question as people read it, without the @bot."""
+    """The name of the thread a mention starts: the question as people read it, without the @bot
+    (other people as @name, no bold or code marks; a lone * or _ may be a product or a file name)."""
     text = re.sub(rf"<@!?{me.id}>", " ", message.content)
-    for user in message.mentions:  # other people, as Discord shows them: @name
-        text = re.sub(rf"<@!?{user.id}>", "@" + user.display_name, text)
-    return thread_name(discord.utils.remove_markdown(text), f"Chat with {message.author.display_name}")
+    for user in message.mentions:
+        text = re.sub(rf"<@!?{user.id}>", lambda _m, name=user.display_name: "@" + name, text)
+    return thread_name(MARKUP.sub("", text), f"Chat with {message.author.display_name}")
 
 
 async def start_thread(message: discord.Message, me: discord.abc.User) -> discord.Thread:

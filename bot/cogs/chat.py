@@ -1,4 +1,4 @@
-"""Chat: decides which messages to answer (and where: the channel, or a thread) and streams the engine's reply back."""
+"""Chat: decides which messages to answer, and where (the channel, or a thread), and streams the reply back."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,6 @@ import discord
 from discord.ext import commands
 
 from core import ChatSession, EngineError, Phase, Settings, compose, failure_line
-
 from core.store import ALL, THREAD
 
 from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin

@@ -146,15 +146,18 @@ async def test_a_long_question_names_its_thread_within_discords_limit(
     allow_threads(room)
     await runtime.places.set(Scope.channel(room.id), by="t", mode="thread")
     question = "why does " + "my build fail " * 20 + "?"
-    fake_ollama.script(text("Because."), text("Here it is."))
-    await dpytest.message(f"<@{bot.user.id}>   {question}", channel=room, member=config().members[0])
-    await dpytest.message(f"<@{bot.user.id}>", channel=room, member=config().members[1],
+    alice, bob, carol = config().members[:3]
+    fake_ollama.script(text("Because."), text("Ask away."))
+    await dpytest.message(f"<@{bot.user.id}>   {question}", channel=room, member=alice)
+    await dpytest.message(f"<@{bot.user.id}>", channel=room, member=bob,
                           attachments=[__file__])  # no words at all: a name of its own
+    await dpytest.message(f"<@{bot.user.id}> should <@{alice.id}> read `my_data.csv`?", channel=room, member=carol)
     await settle(bot, runtime)
-    long_one, files_only = threads(room)
+    long_one, files_only, about_alice = threads(room)
     assert len(long_one.name) == 100 and long_one.name.endswith("…") and question.startswith(long_one.name[:-1])
-    assert files_only.name == f"Chat with {config().members[1].display_name}"
-    assert said_by_bot(bot, long_one) == [["Because."]]
+    assert files_only.name == f"Chat with {bob.display_name}"
+    assert about_alice.name == f"should @{alice.display_name} read my_data.csv?"
+    assert said_by_bot(bot, long_one) == [["Because."]] and said_by_bot(bot, about_alice) == [["Ask away."]]
 
 
 async def test_without_the_right_to_start_threads_a_mention_is_answered_in_the_channel(
