@@ -154,8 +154,8 @@ async def _add_user_to_thread(self: Any, channel_id: int, user_id: int) -> None:
 @pytest.fixture(autouse=True)
 def fake_cdn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # dpytest writes the files the bot sends to its working folder
-    monkeypatch.setattr(dpy_backend.FakeHttp, "edit_message", keeping_components_on_edit(
-        keeping_edited_files(dpy_backend.FakeHttp.edit_message, tmp_path)))
+    monkeypatch.setattr(dpy_backend.FakeHttp, "edit_message", keeping_edited_files(
+        keeping_components_on_edit(dpy_backend.FakeHttp.edit_message), tmp_path))
     # dpytest 0.7 has no threads: start them as Discord does (owned by the bot, announced to the client)
     monkeypatch.setattr(dpy_backend.FakeHttp, "start_thread_with_message", _start_thread_with_message, raising=False)
     monkeypatch.setattr(dpy_backend.FakeHttp, "start_thread_without_message", _start_thread_without_message,
