@@ -24,7 +24,7 @@ from core.preflight import print_checks, run_checks
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin", "bot.cogs.threads")
 # What the bot does in a channel: read it and its history, answer (in threads too, and in threads it
 # starts), react (⏳) and attach files. The invite URL asks for these and nothing more.
 PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,

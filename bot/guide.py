@@ -5,13 +5,19 @@ from core import Seen, Settings
 from core.sizes import human_size
 
 
-def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here: bool, model: str,
-              has_persona: bool, admin: bool, seen: Seen | None = None) -> str:
-    """The whole /help answer (under Discord's 2000 characters)."""
+def help_text(settings: Settings, *, bot_name: str, in_dm: bool, mode: str, model: str,
+              has_persona: bool, admin: bool, seen: Seen | None = None, my_thread: bool = False) -> str:
+    """The whole /help answer (under Discord's 2000 characters). `mode`: this channel's (mention,
+    all or thread); `my_thread`: this is a thread the bot started."""
     if in_dm:
         how = "Just write here: every message in this DM goes to me."
-    elif auto_reply_here:
+    elif my_thread:
+        how = "This is one of my threads: just write here, nobody needs to mention me."
+    elif mode == "all":
         how = f"In this channel I answer every message; elsewhere, mention @{bot_name} or reply to me."
+    elif mode == "thread":
+        how = (f"Mention @{bot_name} here and I answer in a new thread named after your question; in my threads, "
+               "just write (no mention needed).")
     else:
         how = f"Mention @{bot_name} in a message, or reply to one of my messages."
     if not in_dm and settings.allow_dms:
@@ -42,7 +48,8 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
              "• `/files`: the files you attached here, and a menu to download one.")
     lines = [
         "**Talking to me**",
-        f"• {how} Each channel is a separate conversation, and I remember it across restarts.",
+        f"• {how} Each person has a conversation of their own with me in each channel (and in each thread), "
+        "and I remember it across restarts.",
         "• Reply to any message (and mention me) to ask about it: I see the message you replied to.",
         f"• I read up to {settings.context_tokens:,} tokens of a conversation at a time; "
         + ("earlier messages are kept as a short summary" if settings.summary else "earlier messages drop out")
@@ -60,10 +67,11 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         files,
         "• `/sessions`: your conversations.",
         "• `/usage`: what you used today and this week, and your daily budgets if there are any.",
+        "• `/chat [topic]`: start a thread with me in this channel; nobody needs to mention me there.",
     ]
     if admin:
-        lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin audit`, `/admin sessions`, "
-                     "`/admin reset`, `/admin stop`, `/admin usage`: for server managers.")
+        lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin channel`, `/admin audit`, "
+                     "`/admin sessions`, `/admin reset`, `/admin stop`, `/admin usage`: for server managers.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)

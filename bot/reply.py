@@ -95,16 +95,17 @@ class ReplyStream(Reply):
         extra: dict[str, Any] = {}
         if first and self.view is not None and not self._closed:
             extra["view"] = self.view
+        message: discord.Message | None = None
         if first and self.reply_to is not None:
             try:
                 message = await self.reply_to.reply(content, allowed_mentions=NO_MENTIONS, mention_author=False,
                                                     **extra)
-                self._view_shown = bool(extra)
-                return message
             except discord.HTTPException:
                 pass  # the message was deleted: send it plainly
-        message = await self.channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
-        self._view_shown = bool(extra)
+        if message is None:
+            message = await self.channel.send(content, allowed_mentions=NO_MENTIONS, **extra)
+        if extra:  # only the first message carries the button; sending the later ones leaves that known
+            self._view_shown = True
         return message
 
     async def close(self) -> None:

@@ -160,7 +160,8 @@ class Settings:
     blocked_role_ids: frozenset[int] = frozenset()
     allowed_channel_ids: frozenset[int] = frozenset()
     blocked_channel_ids: frozenset[int] = frozenset()
-    auto_reply_channel_ids: frozenset[int] = frozenset()
+    # channels answering every message where /admin channel sets no mode (AUTO_REPLY_CHANNEL_IDS: the older name)
+    free_response_channel_ids: frozenset[int] = frozenset()
     allow_dms: bool = True
     show_thinking: bool = False
     edits_per_5s: int = 4
@@ -253,8 +254,11 @@ class Settings:
         take("INLINE_TEXT_MAX_BYTES", "inline_text_max_bytes", lambda n, r: 0 if r.strip() == "0" else _parse_size(n, r))
         take("DISCORD_TOKEN", "discord_token", text)
         for key in ("ADMIN_USER_IDS", "ALLOWED_USER_IDS", "BLOCKED_USER_IDS", "ALLOWED_ROLE_IDS",
-                    "BLOCKED_ROLE_IDS", "ALLOWED_CHANNEL_IDS", "BLOCKED_CHANNEL_IDS", "AUTO_REPLY_CHANNEL_IDS"):
+                    "BLOCKED_ROLE_IDS", "ALLOWED_CHANNEL_IDS", "BLOCKED_CHANNEL_IDS"):
             take(key, key.lower(), _parse_ids)
+        # AUTO_REPLY_CHANNEL_IDS is the older name of FREE_RESPONSE_CHANNEL_IDS: the channels of both count
+        values["free_response_channel_ids"] = frozenset().union(
+            *(_parse_ids(key, env.get(key) or "") for key in ("FREE_RESPONSE_CHANNEL_IDS", "AUTO_REPLY_CHANNEL_IDS")))
         take("ALLOW_DMS", "allow_dms", _parse_bool)
         take("SHOW_THINKING", "show_thinking", _parse_bool)
         take("DISCORD_EDITS_PER_5S", "edits_per_5s", lambda n, r: _parse_int(n, r, 1))

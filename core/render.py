@@ -17,6 +17,7 @@ from .tools import EXECUTE_TERMINAL, SEND_FILE
 NO_ANSWER = "-# (no answer)"
 REPLACING = "-# ↩️ Stopped my previous reply to answer this instead."
 REPLACED = "-# ⏹️ Stopped: a newer message took over."
+THINKING = "-# 💭 thinking…"  # while a reasoning phase runs and its thinking is not shown
 UNEXPECTED = "⚠️ Something went wrong on my side; the details are in the bot's log."
 MODEL_WAIT = "-# ⏳ waiting for the model ({n} ahead)…"
 
@@ -52,6 +53,7 @@ class ToolLine:
     exit_code: int | None = None
     ahead: int = 0  # while queued: commands before it
     kind: str = "command"  # or "file"
+    why: str = ""  # when stopped: who or what stopped it (" by Ada", ": a newer message took over")
     output_id: str = ""  # the whole output is kept (the model's copy was cut): the bot offers it
     output_bytes: int = 0
 
@@ -63,7 +65,7 @@ class ToolLine:
         if self.kind == "file":
             name = inline_code(self.command or "(no name)")
             return {"running": f"-# 📎 sending {name}…", "ok": f"-# 📎 {name} attached below",
-                    "stopped": f"-# ⏹️ {name} not sent"}.get(self.status, f"-# ⚠️ {name} not sent")
+                    "stopped": f"-# ⏹️ {name} not sent{self.why}"}.get(self.status, f"-# ⚠️ {name} not sent")
         cmd = inline_code(self.command or "(no command)")
         if self.status == "queued":
             return f"-# ⏳ queued behind {self.ahead} command{'' if self.ahead == 1 else 's'}…"
@@ -74,7 +76,7 @@ class ToolLine:
         if self.status == "error":
             return f"-# ⚠️ {cmd} could not run"
         if self.status == "stopped":
-            return f"-# ⏹️ {cmd} stopped"
+            return f"-# ⏹️ {cmd} stopped{self.why}"
         mark = "✅" if self.status == "ok" else "❌"
         more = " · 📄 full output below" if self.output_id else ""
         return f"-# {mark} {cmd} → exit {self.exit_code}{more}"
@@ -95,6 +97,7 @@ class Reply:
         self.show_thinking = show_thinking
         self.parts: list[str | ToolLine | NoticeLine] = []
         self.thinking = ""
+        self.reasoning = False  # a reasoning phase runs now (its thinking arrives, nothing else yet)
         self.files: list[FileReady] = []  # for the person: attached (or saved) when the reply ends
         self.ignored = False  # the engine ignored the message (a reply was already streaming there)
         self.stopped_by: str | None = None  # who pressed Stop, for the line saying so
@@ -129,9 +132,10 @@ class Reply:
             case Replacing():
                 self.add_line(REPLACING)
             case Replaced():
-                self.fail(REPLACED)
+                self.stopped(": a newer message took over", REPLACED)
             case Stopped():
-                self.fail(f"-# ⏹️ Stopped by {self.stopped_by}." if self.stopped_by else "-# ⏹️ Stopped.")
+                who = f" by {self.stopped_by}" if self.stopped_by else ""
+                self.stopped(who, f"-# ⏹️ Stopped{who}.")
             case Done():
                 self.finish()
             case Ignored():
@@ -139,6 +143,7 @@ class Reply:
 
     # -- what happened ------------------------------------------------------------
     def add_text(self, text: str) -> None:
+        self.reasoning = False
         if self.parts and isinstance(self.parts[-1], str):
             self.parts[-1] += text
         else:
@@ -147,15 +152,21 @@ class Reply:
 
     def add_line(self, line: str) -> None:
         """A line of its own (notices, errors)."""
+        self.reasoning = False
         self.parts.append(NoticeLine(line))
         self.changed()
 
     def add_thinking(self, text: str) -> None:
+        """Reasoning: shown collapsed when asked (SHOW_THINKING), else only a line saying it goes on."""
         self.thinking += text
         if self.show_thinking:
             self.changed()
+        elif not self.reasoning and text.strip():
+            self.reasoning = True
+            self.changed()
 
     def tool_started(self, command: str, kind: str = "command") -> None:
+        self.reasoning = False
         self.parts.append(ToolLine(command, kind=kind))
         self.changed()
 
@@ -216,10 +227,24 @@ class Reply:
         self.stop_tools()
         self.add_line(line)
 
+    def stopped(self, why: str, line: str) -> None:
+        """The reply was stopped (Stop, or a newer message): one ⏹️ line says so, the stopped
+        command's own when one was running, else `line`."""
+        tool = self._current_tool()
+        if tool is None:
+            self.fail(line)
+            return
+        self._end_model_wait()
+        tool.why, self.reasoning = why, False
+        self.stop_tools()
+
     def finish(self) -> None:
         """The model's answer is complete: an empty one still shows that it came."""
+        reasoned, self.reasoning = self.reasoning, False
         if not self.text.strip():
             self.add_line(NO_ANSWER)
+        elif reasoned:
+            self.changed()  # the 💭 line goes
 
     def _current_tool(self) -> ToolLine | None:
         return next((p for p in reversed(self.parts) if isinstance(p, ToolLine) and not p.settled), None)
@@ -247,4 +272,6 @@ class Reply:
                 blocks.append(part.text)
             elif part.strip():
                 blocks.append(part.strip("\n"))
+        if self.reasoning:
+            blocks.append(THINKING)
         return "\n".join(blocks)

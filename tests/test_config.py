@@ -60,3 +60,13 @@ def test_dotenv_is_read_and_environment_wins(tmp_path: Path) -> None:
 def test_token_is_not_in_the_repr() -> None:
     s = Settings.from_env({"DISCORD_TOKEN": "secret-token-value"})
     assert "secret-token-value" not in repr(s)
+
+
+def test_auto_reply_channel_ids_is_the_older_name_of_free_response_channel_ids() -> None:
+    """Deployments that set AUTO_REPLY_CHANNEL_IDS keep answering there; both lists count."""
+    assert Settings.from_env({"AUTO_REPLY_CHANNEL_IDS": "10, 11"}).free_response_channel_ids == {10, 11}
+    assert Settings.from_env({"FREE_RESPONSE_CHANNEL_IDS": "12"}).free_response_channel_ids == {12}
+    both = Settings.from_env({"AUTO_REPLY_CHANNEL_IDS": "10", "FREE_RESPONSE_CHANNEL_IDS": "12"})
+    assert both.free_response_channel_ids == {10, 12}
+    with pytest.raises(ConfigError, match="AUTO_REPLY_CHANNEL_IDS"):
+        Settings.from_env({"AUTO_REPLY_CHANNEL_IDS": "#general"})

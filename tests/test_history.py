@@ -92,6 +92,20 @@ def test_list_and_clear(history: History) -> None:
     assert history.window(s, 10) == []
 
 
+def test_sessions_count_what_people_and_the_assistant_wrote(history: History) -> None:
+    """Not the commands' results, nor an assistant row that only asked for a command (issue 19)."""
+    s = history.open_session("counter", "one")
+    history.add_message(s, "user", "run it")
+    history.add_message(s, "assistant", "", tool_calls=[{"function": {"name": "execute_terminal", "arguments": {}}}])
+    history.add_message(s, "tool", "exit code: 0", tool_name="execute_terminal")
+    history.add_message(s, "assistant", "Let me look.", tool_calls=[{"function": {"name": "execute_terminal"}}])
+    history.add_message(s, "tool", "exit code: 0", tool_name="execute_terminal")
+    history.add_message(s, "assistant", "Done.")
+    history.add_message(s, "assistant", "half an answ", complete=False)  # stopped: people saw it
+    [info] = history.list_sessions("counter")
+    assert info.message_count == 4
+
+
 def test_sqlite_uses_wal_and_the_window_index(tmp_path: Path) -> None:
     h = Store(f"sqlite:///{tmp_path}/chat.db")
     assert h.database.db.execute_sql("PRAGMA journal_mode").fetchone()[0] == "wal"

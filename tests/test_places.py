@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from core import Place, Scope, Settings
+from core import EngineError, Place, Scope, Settings
 from core.store import Store
 
 
@@ -73,3 +73,70 @@ async def test_settings_an_older_version_stored_still_apply(tmp_path: Path) -> N
             await places.set("server:1", by="t", model=None)  # type: ignore[arg-type]
     finally:
         store.close()
+
+
+@pytest.mark.asyncio
+async def test_a_database_made_before_modes_gains_the_column_and_keeps_its_rows(tmp_path: Path) -> None:
+    """The mode column is added when an older database opens (AddedColumn); its rows still apply."""
+    import sqlite3
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:  # place_settings as versions before issue 19 made it
+        db.execute("CREATE TABLE place_settings (scope VARCHAR(191) PRIMARY KEY, prompt TEXT, model VARCHAR(191), "
+                   "updated_by VARCHAR(191) NOT NULL, updated_at DATETIME NOT NULL)")
+        db.execute("INSERT INTO place_settings VALUES ('server:1', NULL, 'phi4', 'x', '2024-01-01')")
+    store = Store(f"sqlite:///{path}")
+    try:
+        columns = {row[1] for row in store.database.db.execute_sql("PRAGMA table_info(place_settings)").fetchall()}
+        assert "mode" in columns
+        places = store.places
+        assert (await places.model(Place(channel="10", server="1"))).value == "phi4"
+        choice = await places.mode(Place(channel="10", server="1"))
+        assert (choice.value, choice.source) == ("mention", "")
+        await places.set(Scope.server(1), by="t", mode="thread")
+        assert (await places.own(Scope.server(1))).model == "phi4"  # the model stays
+    finally:
+        store.close()
+
+
+@pytest.mark.asyncio
+async def test_the_mode_resolves_like_the_model_and_falls_back_to_free_response_channels(tmp_path: Path) -> None:
+    """Channel, thread's channel, server, everywhere; then FREE_RESPONSE_CHANNEL_IDS (all); then mention."""
+    url = f"sqlite:///{tmp_path}/chat.db"
+    store = Store(url)
+    try:
+        places = store.places
+        free = {20, 21}
+        thread_in_20 = Place(channel="900", parent="20", server="1")
+        assert [(c.value, c.source) for c in [await places.mode(Place(channel="20", server="1"), free),
+                                              await places.mode(thread_in_20, free),
+                                              await places.mode(Place(channel="22", server="1"), free)]] == [
+            ("all", "FREE_RESPONSE_CHANNEL_IDS"), ("all", "FREE_RESPONSE_CHANNEL_IDS"), ("mention", "")]
+        await places.set(Scope.server(1), by="t", mode="thread")
+        choice = await places.mode(Place(channel="22", server="1"), free)
+        assert (choice.value, choice.source) == ("thread", Scope.server(1))
+        choice = await places.mode(thread_in_20, free)  # a setting of the server wins over the env's default
+        assert (choice.value, choice.source) == ("thread", Scope.server(1))
+        await places.set(Scope.channel(20), by="t", mode="mention")
+        choice = await places.mode(thread_in_20, free)  # a thread follows its channel
+        assert (choice.value, choice.source) == ("mention", Scope.channel(20))
+        await places.set(Scope.channel(900), by="t", mode="all")
+        assert (await places.mode(thread_in_20, free)).value == "all"
+        await places.set(Scope.everywhere(), by="t", mode="all")
+        choice = await places.mode(Place(channel="5", server="2"))
+        assert (choice.value, choice.source) == ("all", Scope.everywhere())
+        with pytest.raises(EngineError):
+            await places.set(Scope.channel(20), by="t", mode="sometimes")
+        # clearing the mode alone keeps the row while something else is set; the last field removes it
+        await places.set(Scope.channel(20), by="t", prompt="Be brief.")
+        await places.set(Scope.channel(20), by="t", mode=None)
+        assert (await places.own(Scope.channel(20))).prompt == "Be brief."
+        await places.set(Scope.channel(20), by="t", prompt=None)
+        assert await places.own(Scope.channel(20)) is None
+    finally:
+        store.close()
+    reopened = Store(url)  # stored: a restart keeps them
+    try:
+        assert (await reopened.places.mode(Place(channel="22", server="1"))).value == "thread"
+        assert (await reopened.places.mode(Place(channel="900", parent="20", server="1"))).value == "all"
+    finally:
+        reopened.close()

@@ -195,3 +195,52 @@ async def test_a_chain_of_forks_does_not_outlive_a_timeout(runtime: Runtime) -> 
     await asyncio.sleep(2)
     second = await runtime.terminal.execute("alice", "forks", "cat /root/na /root/nb /root/nc /root/nd 2>/dev/null")
     assert first.stdout == second.stdout  # nothing counts on after the kill
+
+
+# Commands whose errors come from the shell itself (issue 19): they read as the image's `sh -c` prints them.
+SHELL_ERRORS = ["pip install requests", "echo a; cd /nonexistent", "nosuchcmd 2>&1", "echo (", "x=1\nnosuch2"]
+
+
+@pytest.mark.asyncio
+async def test_shell_errors_read_as_the_images_own_shell_prints_them(runtime: Runtime,
+                                                                     docker_client: docker.DockerClient) -> None:
+    assert (await run(runtime, "pip install requests")).stderr == "sh: pip: not found\n"  # not `sh: eval: line 0:`
+    for command in SHELL_ERRORS:
+        ours = await run(runtime, command)
+        theirs = await asyncio.to_thread(container(runtime, docker_client).exec_run, ["sh", "-c", command],
+                                         demux=True)
+        out, err = ((part or b"").decode() for part in theirs.output)
+        assert (ours.exit_code, ours.stdout, ours.stderr) == (theirs.exit_code, out, err), command
+        assert "eval" not in ours.stdout + ours.stderr
+
+
+@pytest.mark.parametrize("shell", ["dash", "bash"])
+def test_errors_under_eval_read_as_sh_c_prints_them_in_other_shells(shell: str) -> None:
+    """The images' other usual /bin/sh (Debian's dash, bash): the same command run directly and under
+    eval, as the user's part runs it; the eval run's error lines, cleaned, are the direct run's."""
+    import subprocess
+    from core.sandbox.terminal import ShellErrors
+    path = shutil.which(shell)
+    if path is None:
+        pytest.skip(f"no {shell} on this machine")
+    for command in ["nosuchcmd_19", "true\nnosuchcmd_19", "cd /nonexistent_19", "echo ("]:
+        direct = subprocess.run([path, "-c", command, "sh"], capture_output=True)
+        wrapped = subprocess.run([path, "-c", 'eval "$1"', "sh", command], capture_output=True)
+        cleaner = ShellErrors()
+        cleaned = b"".join(cleaner.feed(wrapped.stderr[i:i + 3]) for i in range(0, len(wrapped.stderr), 3))
+        cleaned += cleaner.flush()
+        if shell == "bash" and command == "echo (":  # bash -c names itself (`sh: -c: line 1: …`): no eval either way
+            assert cleaned == b"sh: syntax error near unexpected token `newline'\nsh: `echo ('\n", cleaned
+            continue
+        assert cleaned == direct.stderr, (command, wrapped.stderr)
+
+
+def test_only_the_start_of_a_shell_error_line_changes() -> None:
+    from core.sandbox.terminal import ShellErrors
+    sample = (b"progress sh: 1: eval: kept\nsh: 1: eval: pip: not found\n"
+              b"sh: eval: line 0: cd: x\nsh: eval: line 4: syntax error\nsh: 12 eval: kept\nsh:")
+    for size in (1, 2, 5, 7, 64):
+        cleaner = ShellErrors()
+        out = b"".join(cleaner.feed(sample[i:i + size]) for i in range(0, len(sample), size)) + cleaner.flush()
+        assert out == (b"progress sh: 1: eval: kept\nsh: 1: pip: not found\n"
+                       b"sh: cd: x\nsh: syntax error\nsh: 12 eval: kept\nsh:"), size

@@ -4,19 +4,20 @@ from __future__ import annotations
 import io
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
 from core import ChatSession, EngineError, Place, Report, Scope
-from core.store import PROMPT_MAX_CHARS
+from core.store import PROMPT_MAX_CHARS, THREAD
 from core.render import failure_line, inline_code
 from core.sizes import human_size
 
-from ..access import user_is_admin
+from ..access import place_of, user_is_admin
 from ..formatting import stamp, totals_line
+from ..modes import may_start_threads, mode_at
 from ..reply import NO_MENTIONS
 from .base import Refused, SlashCog, say
 
@@ -27,6 +28,15 @@ log = logging.getLogger(__name__)
 REFUSAL = "Only server managers and the bot's admins can use /admin."
 ONLY_BOT_ADMINS = "Only the bot's admins (ADMIN_USER_IDS) can change the default for every server and DM."
 UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
+MODES_IN_SERVERS = "Modes apply in servers' channels (in a DM I answer every message); `everywhere` sets the default."
+MODE_MEANS = {
+    "mention": "I answer a mention of me or a reply to me",
+    "all": "I answer every message (each person still has a conversation of their own)",
+    "thread": "a mention starts a thread named after the question and I answer there; in my threads nobody "
+              "needs to mention me",
+}
+NO_THREADS_HERE = ("\n⚠️ I may not start threads in {channel} (I need Create Public Threads and Send Messages in "
+                   "Threads): until I may, I answer mentions in the channel itself.")
 AUDIT_ROWS = 15
 USAGE_DAYS_MOST = 90
 USAGE_TOP = 10  # people listed by /admin usage
@@ -40,7 +50,9 @@ def _source(source: Scope | str) -> str:
             return f"set for <#{source.id}>"
         return "set for this server" if source.kind == Scope.SERVER else "the bot-wide default"
     return {"SYSTEM_PROMPT": "SYSTEM_PROMPT in the bot's settings",
-            "OLLAMA_MODEL": "OLLAMA_MODEL in the bot's settings"}.get(source, source)
+            "OLLAMA_MODEL": "OLLAMA_MODEL in the bot's settings",
+            "FREE_RESPONSE_CHANNEL_IDS": "FREE_RESPONSE_CHANNEL_IDS in the bot's settings",
+            "": "the built-in default"}.get(source, source)
 
 
 def _quoted(text: str, limit: int = 1800) -> str:
@@ -243,9 +255,16 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         if name is None:
             return await say(interaction, f"Model for {label}: `{before.value}` ({_source(before.source)})."
                                           + await self._context_line(before.value))
+        model = None if name.strip().lower() == "default" else name.strip()
+        own = await self.runtime.places.own(scope)
+        if model is None and (own is None or not own.model):
+            return await say(interaction, f"{label[0].upper() + label[1:]} has no model of its own: it uses "
+                                          f"`{before.value}` ({_source(before.source)}).")
+        if model == before.value:
+            return await say(interaction, f"`{model}` is already the model for {label} ({_source(before.source)}); "
+                                          "nothing changed.")
         # a model the server lacks, or one that cannot call tools: EngineError, said by cog_app_command_error
-        await self.runtime.switch_model(scope, None if name.strip().lower() == "default" else name.strip(),
-                                        by=str(interaction.user.id))
+        await self.runtime.switch_model(scope, model, by=str(interaction.user.id))
         after = await self.runtime.places.model(place)  # switch_model logs the change
         await say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
                                f"({_source(after.source)}); it applies from the next message."
@@ -268,6 +287,40 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         models = await self.runtime.models() or []
         return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
+
+    @app_commands.command(name="channel", description="Which messages I answer in a channel: mentions, all, "
+                                                      "or each mention in a thread")
+    @app_commands.describe(mode="mention: a mention or a reply; all: every message; thread: a mention starts a "
+                                "thread; default: as the wider place says (leave empty to see the mode)",
+                           channel="Another channel of this server (default: this one)",
+                           server="The whole server's mode instead (channels without their own follow it)",
+                           everywhere="The default for every server (the bot's admins only)")
+    async def channel_mode(self, interaction: discord.Interaction,
+                           mode: Literal["mention", "all", "thread", "default"] | None = None,
+                           channel: discord.abc.GuildChannel | None = None, server: bool = False,
+                           everywhere: bool = False) -> None:
+        if interaction.guild is None and not everywhere:
+            raise Refused(MODES_IN_SERVERS)
+        where = None if server or everywhere else channel or getattr(interaction, "channel", None)
+        scope, label = self._target(interaction, where, everywhere)
+        place = place_of(where) if where is not None else self._place(interaction, scope)
+        before = await mode_at(self.runtime, place)
+        if mode is None:
+            return await say(interaction, f"Mode in {label}: `{before.value}` ({_source(before.source)}): "
+                                          f"{MODE_MEANS[before.value]}.")
+        own = await self.runtime.places.own(scope)
+        own_mode = own.mode if own is not None else None
+        wanted = None if mode == "default" else mode
+        if wanted == own_mode:
+            return await say(interaction, f"Mode in {label} is already `{before.value}` ({_source(before.source)}); "
+                                          "nothing changed.")
+        await self.runtime.places.set(scope, by=str(interaction.user.id), mode=wanted)
+        log.info("mode for %s set to %s by %s", scope, wanted or "(inherited)", interaction.user.id)
+        after = await mode_at(self.runtime, place)
+        warning = NO_THREADS_HERE.format(channel=label) if after.value == THREAD and where is not None \
+            and not may_start_threads(where) else ""
+        await say(interaction, f"Mode in {label} is now `{after.value}` ({_source(after.source)}): "
+                               f"{MODE_MEANS[after.value]}. It applies from the next message." + warning)
 
     @prompt.command(name="set", description="Set the persona for this server, one channel, or everywhere")
     @app_commands.describe(text="The persona and house rules (leave empty to edit the current one in a form)",

@@ -1,4 +1,4 @@
-"""Chat: decides which messages to answer and streams the engine's reply back."""
+"""Chat: decides which messages to answer, and where (the channel, or a thread), and streams the reply back."""
 from __future__ import annotations
 
 import logging
@@ -11,9 +11,11 @@ import discord
 from discord.ext import commands
 
 from core import ChatSession, EngineError, Phase, Settings, TooFast, compose, failure_line
+from core.store import ALL, THREAD
 
 from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
+from ..modes import from_a_person, is_bot_thread, may_start_threads, mode_at, start_thread
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
 from ..uploads import save_attachments
@@ -29,6 +31,7 @@ QUEUE_FULL = "-# ✋ {n} of your messages are already waiting for my answer here
 REFUSAL_QUIET_SECONDS = 600
 ANSWERED_MEMORY = 5000  # reply messages remembered, to know whose conversation a replied-to answer is in
 REPLY_QUOTE_LIMIT = 1500  # characters of a replied-to message quoted into the turn
+HERE = "here"  # Chat.where: answered in the message's own channel (THREAD: in a thread started for it)
 
 
 class Chat(commands.Cog):
@@ -49,19 +52,29 @@ class Chat(commands.Cog):
         return self.bot.runtime.settings
 
     # -- which messages -------------------------------------------------------
-    def addressed(self, message: discord.Message) -> bool:
-        """A DM, a mention, a reply to the bot, or an auto-reply channel."""
+    def mentioned(self, message: discord.Message) -> bool:
+        """A mention of the bot, or a reply to one of its messages."""
         me = self.bot.user
-        if message.author.bot or me is None:
+        if me is None:
             return False
-        if message.guild is None:
-            return True
         if any(user.id == me.id for user in message.mentions):
             return True
         replied_to = self._known_reference(message)
-        if replied_to is not None and replied_to.author.id == me.id:
-            return True
-        return bool(channel_ids(message.channel) & self.settings.auto_reply_channel_ids)
+        return replied_to is not None and replied_to.author.id == me.id
+
+    async def where(self, message: discord.Message) -> str | None:
+        """Where `message` is answered: HERE (in its channel), THREAD (in a thread started for it) or
+        None (not for the bot). A DM and the bot's own threads: always here; elsewhere the channel's
+        mode decides (bot/modes.py)."""
+        me = self.bot.user
+        if me is None or not from_a_person(message):
+            return None
+        if message.guild is None or is_bot_thread(message.channel, me):
+            return HERE
+        mode = (await mode_at(self.bot.runtime, place_of(message.channel))).value
+        if self.mentioned(message):
+            return THREAD if mode == THREAD and may_start_threads(message.channel) else HERE
+        return HERE if mode == ALL else None
 
     def clean_text(self, message: discord.Message) -> str:
         me = self.bot.user
@@ -72,7 +85,8 @@ class Chat(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if not self.addressed(message):
+        where = await self.where(message)
+        if where is None:
             return
         roles = [r.id for r in getattr(message.author, "roles", [])]
         refused = refusal(self.settings, user_id=message.author.id, role_ids=roles,
@@ -85,8 +99,13 @@ class Chat(commands.Cog):
             await self.slow_down(message, too_fast)
             return
         text = self.clean_text(message)
-        async with ChatSession(user=message.author.id, session=message.channel.id, place=place_of(message.channel),
-                               file_limit=upload_limit(message.channel), runtime=self.bot.runtime) as chat:
+        if not text and not message.attachments:
+            return
+        channel: discord.abc.Messageable = message.channel
+        if where == THREAD:
+            channel = await self._thread_for(message)
+        async with ChatSession(user=message.author.id, session=channel.id, place=place_of(channel),
+                               file_limit=upload_limit(channel), runtime=self.bot.runtime) as chat:
             pictures: list[str] = []
             if message.attachments:
                 saved = await save_attachments(message, chat, self.settings.upload_max_file_bytes)
@@ -99,10 +118,20 @@ class Chat(commands.Cog):
             if chat.phase is Phase.STREAMING:  # a reply is streaming here: this one waits its turn
                 await self._wait(chat.key, message, text, pictures)
                 return
-            if (await self.respond(message, chat, text, pictures)).ignored:
+            if (await self.respond(message, chat, text, pictures, channel=channel)).ignored:
                 await self._wait(chat.key, message, text, pictures)  # the reply streaming now answers it
                 return
-            await self._answer_waiting(chat)
+            await self._answer_waiting(chat)  # they were written where this conversation is: its channel or thread
+
+    async def _thread_for(self, message: discord.Message) -> discord.abc.Messageable:
+        """A thread started on the message, for its answer; where Discord refuses one (a missing
+        right, a deleted message), the message's own channel."""
+        try:
+            return await start_thread(message, self.bot.user)
+        except discord.HTTPException as exc:
+            log.warning("could not start a thread in channel %s (answering there instead): %s",
+                        message.channel.id, exc)
+            return message.channel
 
     # -- messages that arrive while a reply streams -------------------------------
     async def _wait(self, key: tuple[str, str], message: discord.Message, text: str, pictures: list[str]) -> None:
@@ -205,32 +234,35 @@ class Chat(commands.Cog):
         return user_is_admin(self.settings, user)
 
     async def respond(self, message: discord.Message, chat: ChatSession, text: str,
-                      pictures: list[str] | None = None) -> ReplyStream:
-        """Run one turn and show it as a reply to `message`; the stream says whether the engine
-        ignored the message (a reply was already streaming there)."""
+                      pictures: list[str] | None = None, *,
+                      channel: discord.abc.Messageable | None = None) -> ReplyStream:
+        """Run one turn and show it as a reply to `message`, or in `channel` (a thread started for
+        it); the stream says whether the engine ignored the message (a reply was already streaming there)."""
+        channel = channel or message.channel
+
         async def stop(who: discord.abc.User) -> None:
-            log.info("reply stopped by %s in channel %s", who.id, message.channel.id)
+            log.info("reply stopped by %s in channel %s", who.id, channel.id)
             stream.stopped_by = who.display_name
             await chat.stop()
 
         view = StopView(message.author.id, self.may_stop, stop)
-        stream = ReplyStream(message.channel, message, self.pacer, show_thinking=self.settings.show_thinking,
-                             min_interval=self.min_edit_interval, view=view,
-                             outputs_view=lambda kept: outputs_view(message.author.id, message.channel.id, kept))
+        stream = ReplyStream(channel, message if channel.id == message.channel.id else None, self.pacer,
+                             show_thinking=self.settings.show_thinking, min_interval=self.min_edit_interval,
+                             view=view, outputs_view=lambda kept: outputs_view(message.author.id, channel.id, kept))
         self.streams[chat.key] = stream
         try:
-            async with message.channel.typing():
+            async with channel.typing():
                 async for event in chat.events(text, images=pictures or []):
                     stream.apply(event)  # core/render.py words every event
                     if stream.ignored:  # a reply started streaming first: the caller queues this
                         return stream
         except EngineError as exc:
-            log.debug("reply failed in channel %s: %s", message.channel.id, exc)  # incidents log the detail once
+            log.debug("reply failed in channel %s: %s", channel.id, exc)  # incidents log the detail once
             stream.fail(failure_line(exc))
         except discord.HTTPException as exc:
-            log.warning("discord refused an update in channel %s: %s", message.channel.id, exc)
+            log.warning("discord refused an update in channel %s: %s", channel.id, exc)
         except Exception as exc:  # noqa: BLE001 - no traceback ever reaches Discord
-            log.exception("unexpected failure while replying in channel %s", message.channel.id)
+            log.exception("unexpected failure while replying in channel %s", channel.id)
             stream.fail(failure_line(exc))
         finally:
             if self.streams.get(chat.key) is stream:

@@ -12,10 +12,11 @@ from core.context import Seen
 from core.errors import NotAFolder, WorkspaceError
 from core.sandbox.workspace import shown_name
 
-from ..access import channel_ids, place_of, upload_limit, user_is_admin
+from ..access import place_of, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
 from ..formatting import stamp, totals_line
 from ..guide import help_text
+from ..modes import is_bot_thread, mode_at
 from ..reply import NO_MENTIONS
 from .base import SlashCog, say
 
@@ -88,12 +89,12 @@ class Everyone(SlashCog):
         place = place_of(channel) if channel is not None else Place(
             channel=str(interaction.channel_id),
             server=str(interaction.guild.id) if interaction.guild is not None else None)
-        ids = channel_ids(channel) if channel is not None else {interaction.channel_id}
         me = self.bot.user
         await say(interaction, help_text(
             rt.settings, bot_name=me.display_name if me else "the bot",
             seen=rt.context_seen.get((str(interaction.user.id), str(interaction.channel_id))),
-            in_dm=interaction.guild is None, auto_reply_here=bool(ids & rt.settings.auto_reply_channel_ids),
+            in_dm=interaction.guild is None, my_thread=is_bot_thread(channel, me),
+            mode=(await mode_at(rt, place)).value,
             model=(await rt.places.model(place)).value, has_persona=bool((await rt.places.prompt(place)).value),
             admin=user_is_admin(rt.settings, interaction.user, in_guild=interaction.guild is not None)))
 

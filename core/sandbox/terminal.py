@@ -48,7 +48,9 @@ exec /bin/sh -c "$__u" sh "$__c"
 """
 # The user's part, in the image's /bin/sh: $1 is the command. It restores the working directory and
 # the exported variables the last command left, and saves them on exit, so `cd` and `export` carry over.
-USER_PART = r"""
+# It runs as one line (each line below is a whole command): the shell then numbers the command's lines
+# from its own first one, as it would in a terminal (busybox counts from the script's start).
+USER_PART = "; ".join(r"""
 __c=$1
 set --
 __s=/tmp/.agent
@@ -58,7 +60,7 @@ if [ -r "$__s/cwd" ]; then IFS= read -r __d < "$__s/cwd"; fi
 cd "$__d" 2>/dev/null || cd /data 2>/dev/null || cd /
 trap '__rc=$?; pwd > "$__s/cwd"; export -p > "$__s/env"; rm -f "$__s/running"; exit $__rc' EXIT
 eval "$__c"
-"""
+""".strip().splitlines())
 # $1: the command's start time; $0: the busybox (for rm). First every process but PID 1 (the init) and
 # this script is stopped at once (kill -1 walks the process list under the lock fork needs, so no chain
 # of forks can outrun it, and none can react while the others die), then every one that started at or
@@ -107,6 +109,44 @@ def script(busybox: str | None, body: str, *args: str) -> list[str]:
     if busybox:
         return [busybox, "sh", "-c", body, busybox, *args]
     return ["sh", "-c", body, "command", *args]
+
+
+class ShellErrors:
+    """The shell's own error lines as a terminal shows them. The user's part runs the command through
+    `eval`, which the shell names in its errors (dash: `sh: 1: eval: pip: not found`; busybox:
+    `sh: eval: line 0: pip: not found`; bash, for syntax errors: `sh: eval: line 3: …`): the
+    wrapper's words are taken out, leaving what `sh -c` prints (`sh: 1: pip: not found`,
+    `sh: pip: not found`). Only lines that start so change; a line's start split across chunks is
+    held until it is whole."""
+
+    EVAL = re.compile(rb"^sh: (\d+: )?eval: (?:line \d+: )?", re.MULTILINE)
+    HOLD = 24  # a line's start shorter than this may still turn out to be one of those
+
+    def __init__(self) -> None:
+        self.pending = b""  # the start of a line, held
+        self.line_start = True  # whether the next byte starts a line
+
+    def feed(self, data: bytes) -> bytes:
+        data, self.pending = self.pending + data, b""
+        head = b""
+        if not self.line_start:  # the rest of a line already passed on: as it is
+            end = data.find(b"\n") + 1
+            if not end:
+                return data
+            head, data = data[:end], data[end:]
+        last = data[data.rfind(b"\n") + 1:]
+        if len(last) < self.HOLD and last.startswith(b"sh: "[:len(last)]):
+            data, self.pending = data[:len(data) - len(last)], last
+        self.line_start = not data or data.endswith(b"\n")
+        return head + self._clean(data)
+
+    def flush(self) -> bytes:
+        """What is still held, when the command has ended."""
+        rest, self.pending, self.line_start = self.pending, b"", True
+        return self._clean(rest)
+
+    def _clean(self, data: bytes) -> bytes:
+        return self.EVAL.sub(lambda m: b"sh: " + (m.group(1) or b""), data) if b"eval: " in data else data
 
 
 def full_output_cap(settings: Settings) -> int:
@@ -224,14 +264,19 @@ class Terminal:
         timed_out = False
 
         marker = _Marker()
+        shell = {STDOUT: ShellErrors(), STDERR: ShellErrors()}  # on stdout too: `cmd 2>&1` sends them there
+
+        def keep(stream: int, data: bytes) -> None:
+            if data:
+                (err if stream == STDERR else out).write(data)
+                if len(whole) < whole_cap:
+                    whole.extend(data[:whole_cap - len(whole)])
 
         def sink(stream: int, data: bytes) -> None:
             if stream == STDOUT and not marker.done:
                 data = marker.feed(data)
             if data:
-                (err if stream == STDERR else out).write(data)
-                if len(whole) < whole_cap:
-                    whole.extend(data[:whole_cap - len(whole)])
+                keep(stream, shell[stream].feed(data))
 
         runner: asyncio.Future[int] | None = None
         try:
@@ -262,6 +307,8 @@ class Terminal:
             if marker.start is not None and not await self._kill(box, marker.start):
                 self._unkilled[box.name] = marker.start
             raise
+        for stream, held in shell.items():
+            keep(stream, held.flush())
         cut = out.total > 2 * out.half or err.total > 2 * err.half
         return CommandResult(command, exit_code, out.text(), err.text(), loop.time() - (started or loop.time()),
                              timed_out=timed_out, timeout=limit, output_bytes=out.total + err.total,

@@ -11,7 +11,7 @@
   write transaction, the tables made and the columns added since, closing.
 - `history.py`: users, sessions, messages, summaries, and the window sent to the model.
 - `audit.py`: every command a sandbox ran, and its retention.
-- `places.py`: persona and model per channel, server or everywhere (a typed `Scope`).
+- `places.py`: persona, model and mode per channel, server or everywhere (a typed `Scope`).
 - `usage.py`: what each person used, per server, UTC day and model (turns, tokens, command time,
   files), for /usage, /admin usage and the daily budgets.
 
@@ -37,7 +37,7 @@ from .history import (
     Summary,
     User,
 )
-from .places import KEEP, PROMPT_MAX_CHARS, Choice, Place, Places, PlaceSetting, Scope
+from .places import ALL, KEEP, MENTION, MODES, PROMPT_MAX_CHARS, THREAD, Choice, Place, Places, PlaceSetting, Scope
 from .usage import NO_SERVER, USAGE_RETENTION_DAYS, Day, Report, Totals, Usage, UsageLog
 
 if TYPE_CHECKING:
@@ -54,7 +54,7 @@ class Store:
         if settings is None:
             from ..config import Settings
             settings = Settings(database_url=url)
-        self.database = Database(url, TABLES, _history.ADDED_COLUMNS)
+        self.database = Database(url, TABLES, (*_history.ADDED_COLUMNS, *_places.ADDED_COLUMNS))
         self.history = History(self.database)
         self.audit = AuditLog(self.database)
         self.places = Places(self.database, settings)  # its fallbacks: SYSTEM_PROMPT and OLLAMA_MODEL
@@ -74,8 +74,8 @@ class Store:
 
 
 __all__ = [
-    "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "PROMPT_MAX_CHARS", "ROW_ID", "AddedColumn", "Audit", "AuditLog",
-    "Choice", "Database", "Day", "History", "Message", "NO_SERVER", "Place", "PlaceSetting", "Places", "Report",
-    "Scope", "Session", "SessionInfo", "Store", "Summary", "Table", "Totals", "USAGE_RETENTION_DAYS", "Usage",
-    "UsageLog", "User", "now",
+    "ALL", "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "MENTION", "MODES", "NO_SERVER", "PROMPT_MAX_CHARS", "ROW_ID",
+    "THREAD", "USAGE_RETENTION_DAYS", "AddedColumn", "Audit", "AuditLog", "Choice", "Database", "Day", "History",
+    "Message", "Place", "PlaceSetting", "Places", "Report", "Scope", "Session", "SessionInfo", "Store", "Summary",
+    "Table", "Totals", "Usage", "UsageLog", "User", "now",
 ]

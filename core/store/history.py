@@ -119,11 +119,13 @@ class History:
         return row.id if row else None
 
     def list_sessions(self, user: str | None = None) -> list[SessionInfo]:
-        """Sessions with message counts, most recently active first."""
+        """Sessions with the number of messages people and the assistant wrote (not the commands'
+        results, nor the assistant's rows that only call a command), most recently active first."""
         count = fn.COUNT(Message.id)
+        written = (Message.session == Session.id) & (Message.role != "tool") & (Message.content != "")
         query = (Session.select(Session.id, Session.key, Session.last_active, User.key.alias("user_key"),
                                 count.alias("n"))
-                 .join(User).switch(Session).join(Message, JOIN.LEFT_OUTER)
+                 .join(User).switch(Session).join(Message, JOIN.LEFT_OUTER, on=written)
                  .group_by(Session.id, Session.key, Session.last_active, User.id, User.key)
                  .order_by(Session.last_active.desc()))
         if user is not None:

@@ -1,21 +1,23 @@
-"""Persona and model per place: a channel (or thread), its parent channel, a server, or everywhere.
+"""Persona, model and mode per place: a channel (or thread), its parent channel, a server, or everywhere.
 
-Operators set them at run time (the bot's /admin prompt and /admin model); they are stored in
-the database, so they survive restarts, and kept in memory, so a turn never waits on a query to
-learn them. The most specific place that sets a value wins; SYSTEM_PROMPT and OLLAMA_MODEL are
-the fallbacks. A persona adds to the built-in instructions (core/prompt.py), never replaces them.
+Operators set them at run time (the bot's /admin prompt, /admin model and /admin channel); they
+are stored in the database, so they survive restarts, and kept in memory, so a turn never waits on
+a query to learn them. The most specific place that sets a value wins; SYSTEM_PROMPT, OLLAMA_MODEL
+and FREE_RESPONSE_CHANNEL_IDS are the fallbacks. A persona adds to the built-in instructions
+(core/prompt.py), never replaces them. The mode says which messages in a channel are answered:
+on a mention (or a reply), every message, or each mention in a thread of its own.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Collection, Literal
 
 from peewee import CharField, DateTimeField, TextField
 
 from ..errors import EngineError
-from .database import Database, Table, now
+from .database import AddedColumn, Database, Table, now
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -24,6 +26,10 @@ log = logging.getLogger(__name__)
 KEEP = object()  # Places.set: leave this field as it is
 PROMPT_MAX_CHARS = 4000  # operator text rides on every request: keep room for the conversation
 _EVERYWHERE_STORED = "default"  # how the bot-wide scope has always been stored
+# Which messages in a channel are answered: mentions and replies only; every message; or a mention
+# starts a thread for its answer (in the bot's own threads, every message).
+MENTION, ALL, THREAD = "mention", "all", "thread"
+MODES = (MENTION, ALL, THREAD)
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class PlaceSetting(Table):
     scope = CharField(max_length=191, primary_key=True)  # str(Scope): "channel:<id>", "server:<id>" or "default"
     prompt = TextField(null=True)
     model = CharField(max_length=191, null=True)
+    mode = CharField(max_length=16, null=True)  # one of MODES
     updated_by = CharField(max_length=191, default="")
     updated_at = DateTimeField(default=now)
 
@@ -89,6 +96,7 @@ class PlaceSetting(Table):
 
 
 TABLES = (PlaceSetting,)
+ADDED_COLUMNS = (AddedColumn("place_settings", "mode", CharField(max_length=16, null=True)),)
 
 
 @dataclass(frozen=True)
@@ -149,6 +157,16 @@ class Places:
     async def model(self, place: Place) -> Choice:
         return await self._nearest(place, "model") or Choice(self.settings.ollama_model, "OLLAMA_MODEL")
 
+    async def mode(self, place: Place, free_response: Collection[int] = ()) -> Choice:
+        """Which messages are answered here (one of MODES). Where no scope sets it, a channel (or a
+        thread's channel) in `free_response` (FREE_RESPONSE_CHANNEL_IDS) answers all, others mentions."""
+        found = await self._nearest(place, "mode")
+        if found is not None:
+            return found
+        if any(c and c.isdigit() and int(c) in free_response for c in (place.channel, place.parent)):
+            return Choice(ALL, "FREE_RESPONSE_CHANNEL_IDS")
+        return Choice(MENTION, "")
+
     async def _nearest(self, place: Place, field: str) -> Choice | None:
         """The value the most specific scope of `place` sets for `field`."""
         rows = await self._table()
@@ -169,9 +187,12 @@ class Places:
         """How many servers and channels use a model of their own (the bot-wide default not counted)."""
         return sum(1 for scope, row in (await self._table()).items() if row.model and scope.kind != Scope.EVERYWHERE)
 
-    async def set(self, scope: Scope, *, by: str, prompt: object = KEEP, model: object = KEEP) -> None:
-        """Change one scope's prompt and/or model: a string sets it, None clears it, KEEP leaves it."""
+    async def set(self, scope: Scope, *, by: str, prompt: object = KEEP, model: object = KEEP,
+                  mode: object = KEEP) -> None:
+        """Change one scope's prompt, model and/or mode: a string sets it, None clears it, KEEP leaves it."""
         _checked(scope)
+        if mode is not KEEP and mode is not None and mode not in MODES:
+            raise EngineError(f"Not a mode: {mode!r}; pick one of {', '.join(MODES)}.")
         if isinstance(prompt, str):
             prompt = prompt.strip()
             if len(prompt) > PROMPT_MAX_CHARS:
@@ -181,18 +202,19 @@ class Places:
         current = rows.get(scope)
         new_prompt = (current.prompt if current is not None else None) if prompt is KEEP else prompt
         new_model = (current.model if current is not None else None) if model is KEEP else model
-        row = await self.database.run(self._save, str(scope), new_prompt, new_model, by)
+        new_mode = (current.mode if current is not None else None) if mode is KEEP else mode
+        row = await self.database.run(self._save, str(scope), new_prompt, new_model, new_mode, by)
         if row is None:
             rows.pop(scope, None)
         else:
             rows[scope] = row
 
-    def _save(self, scope: str, prompt: object, model: object, by: str) -> PlaceSetting | None:
+    def _save(self, scope: str, prompt: object, model: object, mode: object, by: str) -> PlaceSetting | None:
         with self.database.write():
-            if prompt is None and model is None:
+            if prompt is None and model is None and mode is None:
                 PlaceSetting.delete().where(PlaceSetting.scope == scope).execute()
                 return None
-            values = {"prompt": prompt, "model": model, "updated_by": by, "updated_at": now()}
+            values = {"prompt": prompt, "model": model, "mode": mode, "updated_by": by, "updated_at": now()}
             if not PlaceSetting.update(**values).where(PlaceSetting.scope == scope).execute():
                 PlaceSetting.create(scope=scope, **values)
             return PlaceSetting.get_by_id(scope)

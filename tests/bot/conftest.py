@@ -87,11 +87,80 @@ def keeping_edited_files(original: Any, folder: Path) -> Any:
     return edit_message
 
 
+def keeping_components_on_edit(original: Any) -> Any:
+    """dpytest 0.7 rebuilds an edited message from the message object, which has lost its buttons:
+    Discord keeps a message's components unless the edit sends new ones (`view=None` sends none)."""
+    async def edit_message(http: Any, channel_id: int, message_id: int, **fields: Any) -> dict:
+        self = sys._getframe(1).f_locals.get("self")  # noqa: F841 - dpytest reads its caller's locals
+        stored = next((m for m in dpy_backend._cur_config.messages.get(int(channel_id), [])
+                       if int(m["id"]) == int(message_id)), {})
+        kept = stored.get("components")
+        data = await original(http, channel_id, message_id, **fields)
+        payload = getattr(fields.get("params"), "payload", None) or {}
+        components = payload["components"] if "components" in payload else kept
+        for message in dpy_backend._cur_config.messages.get(int(channel_id), []):
+            if int(message["id"]) == int(message_id):
+                message["components"] = components or []
+        data["components"] = components or []
+        return data
+    return edit_message
+
+
+def _thread_in(channel_id: int, name: str, auto_archive_duration: int, kind: int,
+               message_id: int | None = None) -> dict:
+    """What Discord does when the bot starts a thread: checks the right and the name, then makes the
+    thread (a thread on a message takes the message's id) and announces it (THREAD_CREATE)."""
+    state = dpy_backend.get_state()
+    parent = state.get_channel(int(channel_id))
+    if not isinstance(parent, discord.TextChannel):
+        raise discord.HTTPException(types.SimpleNamespace(status=400, reason="Bad Request"), "not a text channel")
+    perms = parent.permissions_for(parent.guild.me)
+    if not (perms.create_public_threads or perms.administrator):
+        raise discord.Forbidden(types.SimpleNamespace(status=403, reason="Forbidden"), "Missing Permissions")
+    if not 1 <= len(name) <= 100:
+        raise discord.HTTPException(types.SimpleNamespace(status=400, reason="Bad Request"),
+                                    "name: must be between 1 and 100 in length")
+    data = thread_data(parent, name, state.user.id, auto_archive_duration=auto_archive_duration, kind=kind,
+                       thread_id=message_id)
+    state.parse_thread_create(data)
+    return data
+
+
+def thread_data(parent: discord.TextChannel, name: str, owner_id: int, *, auto_archive_duration: int = 1440,
+                kind: int = discord.ChannelType.public_thread.value, thread_id: int | None = None) -> dict:
+    """A thread as Discord describes it in THREAD_CREATE: started by `owner_id` in `parent`."""
+    return {"id": str(thread_id or facts.make_id()), "guild_id": str(parent.guild.id), "parent_id": str(parent.id),
+            "owner_id": str(owner_id), "name": name, "type": kind, "flags": 0, "last_message_id": None,
+            "rate_limit_per_user": 0, "message_count": 0, "member_count": 1, "newly_created": True,
+            "thread_metadata": {"archived": False, "auto_archive_duration": auto_archive_duration,
+                                "archive_timestamp": discord.utils.utcnow().isoformat(), "locked": False}}
+
+
+async def _start_thread_with_message(self: Any, channel_id: int, message_id: int, *, name: str,
+                                     auto_archive_duration: int, **_: Any) -> dict:
+    return _thread_in(channel_id, name, auto_archive_duration, discord.ChannelType.public_thread.value, message_id)
+
+
+async def _start_thread_without_message(self: Any, channel_id: int, *, name: str, auto_archive_duration: int,
+                                        type: int, **_: Any) -> dict:  # noqa: A002 - discord.py's name
+    return _thread_in(channel_id, name, auto_archive_duration, int(type))
+
+
+async def _add_user_to_thread(self: Any, channel_id: int, user_id: int) -> None:
+    if dpy_backend.get_state().get_channel(int(channel_id)) is None:
+        raise discord.NotFound(types.SimpleNamespace(status=404, reason="Not Found"), "Unknown Channel")
+
+
 @pytest.fixture(autouse=True)
 def fake_cdn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.chdir(tmp_path)  # dpytest writes the files the bot sends to its working folder
-    monkeypatch.setattr(dpy_backend.FakeHttp, "edit_message",
-                        keeping_edited_files(dpy_backend.FakeHttp.edit_message, tmp_path))
+    monkeypatch.setattr(dpy_backend.FakeHttp, "edit_message", keeping_edited_files(
+        keeping_components_on_edit(dpy_backend.FakeHttp.edit_message), tmp_path))
+    # dpytest 0.7 has no threads: start them as Discord does (owned by the bot, announced to the client)
+    monkeypatch.setattr(dpy_backend.FakeHttp, "start_thread_with_message", _start_thread_with_message, raising=False)
+    monkeypatch.setattr(dpy_backend.FakeHttp, "start_thread_without_message", _start_thread_without_message,
+                        raising=False)
+    monkeypatch.setattr(dpy_backend.FakeHttp, "add_user_to_thread", _add_user_to_thread, raising=False)
     monkeypatch.setattr(dpy_backend.FakeHttp, "get_from_cdn", _cdn, raising=False)
     monkeypatch.setattr(dpy_backend.FakeHttp, "send_message", keeping_components(dpy_backend.FakeHttp.send_message))
     for parser in ("parse_message_reaction_add", "parse_message_reaction_remove"):

@@ -34,7 +34,8 @@ async def test_setup_hook_loads_the_three_cogs_and_their_commands(bot: commands.
     assert {"reset", "sessions", "help", "usage", "admin"} <= names
     admin = bot.tree.get_command("admin")
     assert {c.name for c in admin.commands} == {"sessions", "reset", "stop", "status", "model", "audit", "prompt",
-                                                      "usage"}
+                                                      "usage", "channel"}
+    assert "chat" in names
     assert bot.intents.message_content
     from bot.discord_bot import create_bot
     fresh = create_bot(runtime=bot.runtime)  # dpytest swaps the connection state of `bot`
@@ -90,10 +91,10 @@ async def test_replies_to_the_bot_are_answered(bot: commands.Bot, fake_ollama: F
     assert fake_ollama.requests[1]["messages"][-1]["content"] == "and a follow-up"
 
 
-async def test_auto_reply_channels_answer_everything(runtime: Runtime, fake_ollama: FakeOllama) -> None:
+async def test_free_response_channels_answer_everything(runtime: Runtime, fake_ollama: FakeOllama) -> None:
     bot = await start_bot(runtime)
     channel = config().channels[1]
-    runtime.settings = runtime.settings.replace(auto_reply_channel_ids=frozenset({channel.id}))
+    runtime.settings = runtime.settings.replace(free_response_channel_ids=frozenset({channel.id}))
     fake_ollama.script(text("Always listening here."))
     await dpytest.message("no mention needed", channel=channel)
     assert bot_text(bot, channel) == "Always listening here."
@@ -313,7 +314,7 @@ async def test_a_message_while_a_tool_runs_replaces_the_reply_and_says_so(bot: c
     await first
     await settle(bot, runtime)
     shown = [m.content.split("\n") for m in channel_messages(channel, bot)]
-    assert shown == [["-# ⏹️ `sleep 60` stopped", "-# ⏹️ Stopped: a newer message took over."],
+    assert shown == [["-# ⏹️ `sleep 60` stopped: a newer message took over"],
                      ["-# ↩️ Stopped my previous reply to answer this instead.", "New answer."]]
 
 

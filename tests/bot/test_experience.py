@@ -73,7 +73,7 @@ async def test_the_stop_button_stops_the_reply_and_kills_its_command(
     await turn
     await settle(bot, runtime)
     final = channel_messages(channel, bot)[-1]
-    assert final.content.split("\n") == ["-# ⏹️ `sleep 60` stopped", f"-# ⏹️ Stopped by {author.display_name}."]
+    assert final.content.split("\n") == [f"-# ⏹️ `sleep 60` stopped by {author.display_name}"]  # one ⏹️ line
     assert buttons(final) == []  # the button goes when the reply ends
     rows = runtime.history.messages(runtime.history.find_session(str(author.id), str(channel.id)))
     assert [(r.role, r.content) for r in rows][-1] == ("tool", STOPPED_RESULT)

@@ -215,18 +215,19 @@ async def test_help_says_how_to_talk_here(bot: commands.Bot, runtime: Runtime) -
     lines = said.splitlines()
     assert lines[0] == "**Talking to me**"
     assert lines[1] == (f"• Mention @{bot.user.display_name} in a message, or reply to one of my messages. You can "
-                        "also DM me. Each channel is a separate conversation, and I remember it across restarts.")
+                        "also DM me. Each person has a conversation of their own with me in each channel (and in "
+                        "each thread), and I remember it across restarts.")
     assert "• `/reset`: forget this conversation and restart your sandbox (`keep_container` keeps it, `files` " \
            "deletes your files too)." in lines
     assert lines[-1] == "Here I use the model `qwen3:8b`."
     assert lines[3] == ("• I read up to 16,384 tokens of a conversation at a time; earlier messages are kept as a "
                         "short summary. `/reset` starts over.")
     assert not any("/admin" in line for line in lines)
-    runtime.settings = runtime.settings.replace(auto_reply_channel_ids=frozenset({CHANNEL}), allow_dms=False)
+    runtime.settings = runtime.settings.replace(free_response_channel_ids=frozenset({CHANNEL}), allow_dms=False)
     await runtime.places.set(Scope.server(1), by="t", prompt="Be kind.")
     lines = (await call(bot, ("help",), Interaction(1, manage_guild=True))).splitlines()
     assert lines[1].startswith(f"• In this channel I answer every message; elsewhere, mention "
-                               f"@{bot.user.display_name} or reply to me. Each channel")
+                               f"@{bot.user.display_name} or reply to me. Each person")
     assert any(line.startswith("• `/admin status`") for line in lines)
     assert lines[-1] == "Here I use the model `qwen3:8b` with a persona set by the operators."
     assert len(said) < 2000
