@@ -44,10 +44,11 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         "`files` deletes your files too).",
         "• `/files`: your files in `/data` here, and a menu to download one.",
         "• `/sessions`: your conversations.",
+        "• `/export`: your conversations as a file; `/forget`: delete everything I hold of you, everywhere.",
     ]
     if admin:
         lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin audit`, `/admin sessions`, "
-                     "`/admin reset`, `/admin stop`: for server managers.")
+                     "`/admin reset`, `/admin stop`, `/admin forget`: for server managers, about their server.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)

@@ -9,17 +9,19 @@ from .context import Seen
 from .errors import EngineError, ModelError, OllamaUnavailable, SandboxUnavailable, UploadError
 from .events import (Done, Event, FileReady, Ignored, Notice, Replaced, Replacing, Stopped, TextDelta, ThinkingDelta,
                      ToolFinished, ToolQueued, ToolStarted)
+from .export import ExportTooLarge
 from .preflight import print_checks, run_checks
 from .registry import Phase
 from .render import Reply, ToolLine, failure_line, inline_code, thinking_line
-from .runtime import Runtime, get_runtime, set_runtime
+from .runtime import Forgotten, Runtime, get_runtime, set_runtime
 from .session import ChatSession
-from .store import Place, Scope
+from .store import Place, Reach, Scope
 
 __all__ = [
-    "ChatSession", "ConfigError", "Done", "EngineError", "Event", "FileReady", "Ignored", "ModelError", "Notice",
-    "OllamaUnavailable", "Phase", "Place", "Replaced", "Replacing", "Reply", "Runtime", "SandboxUnavailable", "Scope",
-    "Seen", "Settings", "Stopped", "TextDelta", "ThinkingDelta", "ToolFinished", "ToolLine", "ToolQueued",
+    "ChatSession", "ConfigError", "Done", "EngineError", "Event", "ExportTooLarge", "FileReady", "Forgotten", "Ignored",
+    "ModelError", "Notice", "OllamaUnavailable", "Phase", "Place", "Reach", "Replaced", "Replacing", "Reply", "Runtime",
+    "SandboxUnavailable", "Scope", "Seen", "Settings", "Stopped", "TextDelta", "ThinkingDelta", "ToolFinished",
+    "ToolLine", "ToolQueued",
     "ToolStarted", "UploadError", "compose", "failure_line", "get_runtime", "inline_code", "print_checks",
     "run_checks", "set_runtime", "thinking_line",
 ]

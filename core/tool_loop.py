@@ -76,6 +76,7 @@ class Turn:
     session_id: int
     user: str
     session: str
+    server: str | None = None  # the server (guild) it happens in, for the audit; None in a DM
     model: str = ""
     persona: str = ""
     rounds: int = 0
@@ -125,11 +126,11 @@ class TurnRunner:
 
     async def run(self, gen: Generation, session_id: int, user: str, session: str, text: str,
                   place: Place | None = None, *, images: Sequence[str] = (), file_limit: int = 0) -> None:
-        turn = Turn(gen, session_id, user, session, file_limit=file_limit)
+        place = place or Place(channel=session)
+        turn = Turn(gen, session_id, user, session, server=place.server, file_limit=file_limit)
         emit = gen.outbox.put
         ending = "failed"
         try:
-            place = place or Place(channel=session)
             turn.model = (await self.parts.places.model(place)).value
             turn.persona = (await self.parts.places.prompt(place)).value
             if images and not await self._sees(turn) and (user, session) not in self.parts.told_no_vision:
@@ -433,18 +434,18 @@ class TurnRunner:
                 rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
                         else self._unrun(calls, index, CANCELLED_RESULT, NOT_RUN_RESULT))
                 await asyncio.shield(self.parts.history.run(self.parts.history.add_messages, session_id, rows))
-                await asyncio.shield(self._audit(user, session, parsed.command, began, cancelled=True))
+                await asyncio.shield(self._audit(turn, parsed.command, began, cancelled=True))
                 raise
             except EngineError as exc:
                 turn.ran(parsed.command, "did not run")
-                await self._audit(user, session, parsed.command, began)
+                await self._audit(turn, parsed.command, began)
                 rows = self._unrun(calls, index, f"error: {exc.user_message}", NOT_RUN_AFTER_ERROR)
                 await self.parts.history.run(self.parts.history.add_messages, session_id, rows)
                 gen.outbox.put(ToolFinished(call.name, exc.user_message, error=True))
                 raise
             self.parts.incidents.succeeded(DOCKER)
             turn.ran(parsed.command, outcome.ending)
-            await self._audit(user, session, parsed.command, began, exit_code=outcome.exit_code,
+            await self._audit(turn, parsed.command, began, exit_code=outcome.exit_code,
                               duration=outcome.duration, output_bytes=outcome.output_bytes,
                               timed_out=outcome.finished.timed_out)
             await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name)
@@ -510,15 +511,16 @@ class TurnRunner:
             rows.append({"role": "tool", "content": content, "tool_name": calls[index].name})
         return rows
 
-    async def _audit(self, user: str, session: str, command: str, began: float, *, exit_code: int | None = None,
+    async def _audit(self, turn: Turn, command: str, began: float, *, exit_code: int | None = None,
                      duration: float | None = None, output_bytes: int = 0, timed_out: bool = False,
                      cancelled: bool = False) -> None:
-        """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files sent."""
+        """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files
+        sent, with the server the turn happens in."""
         if duration is None:
             duration = asyncio.get_running_loop().time() - began
         audit = self.parts.audit
-        await audit.run(audit.add, user, session, command, exit_code=exit_code, duration=duration,
-                        output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
+        await audit.run(audit.add, turn.user, turn.session, command, exit_code=exit_code, duration=duration,
+                        output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled, server=turn.server)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
         await self.parts.history.run(self.parts.history.add_message, session_id, role, content, **extra)

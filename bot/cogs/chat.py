@@ -5,14 +5,14 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 import discord
 from discord.ext import commands
 
 from core import ChatSession, EngineError, Phase, Settings, compose, failure_line
 
-from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
+from ..access import channel_ids, person_refusal, place_of, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
 from ..pacing import ChannelPacer
 from ..reply import NO_MENTIONS, ReplyStream
@@ -73,9 +73,7 @@ class Chat(commands.Cog):
     async def on_message(self, message: discord.Message) -> None:
         if not self.addressed(message):
             return
-        roles = [r.id for r in getattr(message.author, "roles", [])]
-        refused = refusal(self.settings, user_id=message.author.id, role_ids=roles,
-                          channel_ids=channel_ids(message.channel), is_dm=message.guild is None)
+        refused = person_refusal(self.settings, message.author, message.channel, in_guild=message.guild is not None)
         if refused:
             await self.refuse(message, refused)
             return
@@ -126,6 +124,17 @@ class Chat(commands.Cog):
                 for waiting, _, _ in batch:
                     await self._react(waiting, BUSY_REACTION)
                 return
+
+    async def drop_waiting(self, user: str, sessions: Collection[str] | None = None) -> int:
+        """Drop a person's messages waiting for an answer (in `sessions`; None: everywhere), their ⏳
+        taken off: they asked to be forgotten, and answering them would start a conversation again.
+        The number dropped."""
+        dropped = 0
+        for key in [k for k in self._waiting if k[0] == user and (sessions is None or k[1] in sessions)]:
+            for waiting, _, _ in self._waiting.pop(key, []):
+                await self._unreact(waiting, BUSY_REACTION)
+                dropped += 1
+        return dropped
 
     # -- the replied-to message -----------------------------------------------------
     async def with_reply_context(self, message: discord.Message, text: str) -> str:

@@ -7,17 +7,17 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, Place
+from core import ChatSession, EngineError, Reach
 from core.context import Seen
 from core.errors import NotAFolder, WorkspaceError
 from core.sandbox.workspace import shown_name
 
-from ..access import channel_ids, place_of, upload_limit, user_is_admin
+from ..access import channel_ids, place_of_interaction, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
 from ..formatting import stamp
 from ..guide import help_text
 from ..reply import NO_MENTIONS
-from .base import SlashCog, say
+from .base import Choices, SlashCog, checked_choices, say
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
@@ -40,7 +40,8 @@ class Everyone(SlashCog):
                            files="Also delete your files in /data now (otherwise they go after "
                                  "DATA_RETENTION_DAYS unused)")
     async def reset(self, interaction: discord.Interaction, keep_container: bool = False, files: bool = False) -> None:
-        async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.runtime) as chat:
+        async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
+                               place=place_of_interaction(interaction), runtime=self.runtime) as chat:
             removed = await chat.reset(keep_container=keep_container, delete_files=files)
         if files:
             return await say(interaction, f"Cleared {removed} messages here, deleted your files in /data and "
@@ -50,10 +51,10 @@ class Everyone(SlashCog):
 
     @app_commands.command(name="sessions", description="List your conversations with the assistant")
     async def sessions(self, interaction: discord.Interaction) -> None:
-        infos = await self.runtime.sessions_of(str(interaction.user.id))
+        infos = await self.runtime.sessions_of(str(interaction.user.id), Reach.everything())  # their own, everywhere
         if not infos:
             return await say(interaction, "You have no conversations yet.")
-        running = await self.runtime.sandbox_states()
+        running = await self.runtime.sandbox_states(Reach.everything())  # read for their own conversations only
         lines = [f"<#{i.session}> · {i.message_count} messages · last active {stamp(i.last_active)} · "
                  + ("🟢 sandbox running" if running.get((i.user, i.session)) == "running" else "⚪ no sandbox")
                  + _seen(self.runtime.context_seen.get((i.user, i.session)))
@@ -64,9 +65,7 @@ class Everyone(SlashCog):
     async def help(self, interaction: discord.Interaction) -> None:
         rt = self.runtime
         channel = getattr(interaction, "channel", None)
-        place = place_of(channel) if channel is not None else Place(
-            channel=str(interaction.channel_id),
-            server=str(interaction.guild.id) if interaction.guild is not None else None)
+        place = place_of_interaction(interaction)
         ids = channel_ids(channel) if channel is not None else {interaction.channel_id}
         me = self.bot.user
         await say(interaction, help_text(
@@ -81,7 +80,8 @@ class Everyone(SlashCog):
     async def files(self, interaction: discord.Interaction, path: str | None = None) -> None:
         # the most the bot may attach here: a DM's limit when there is no channel
         limit = min(self.runtime.settings.send_file_max_bytes, upload_limit(getattr(interaction, "channel", None)))
-        chat = ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.runtime)
+        chat = ChatSession(user=interaction.user.id, session=interaction.channel_id,
+                           place=place_of_interaction(interaction), runtime=self.runtime)
         async with chat:
             where = in_data(path or "")
             where = "" if where == "data" else where
@@ -102,14 +102,14 @@ class Everyone(SlashCog):
                                         view=picker if picker.children else MISSING, allowed_mentions=NO_MENTIONS)
 
     @files.autocomplete("path")
-    async def _files_path(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        """Names in /data (or in the folder typed so far) that match what is typed; links left out."""
+    @checked_choices
+    async def _files_path(self, interaction: discord.Interaction, current: str) -> Choices:
+        """Names in /data (or in the folder typed so far) that match what is typed; links left out.
+        Nothing is created or started for it: no conversation, no sandbox (only an existing /data is read)."""
         typed = in_data(current)
         folder, _, stem = typed.rpartition("/")
         try:
-            async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
-                                   runtime=self.runtime) as chat:
-                entries = await chat.list_files(folder)
+            entries = await self.runtime.list_files(str(interaction.user.id), str(interaction.channel_id), folder)
         except EngineError:
             return []
         # only paths that come back exactly as sent (no control characters, no edge spaces a strip would eat)

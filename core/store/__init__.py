@@ -12,6 +12,7 @@
 - `history.py`: users, sessions, messages, summaries, and the window sent to the model.
 - `audit.py`: every command a sandbox ran, and its retention.
 - `places.py`: persona and model per channel, server or everywhere (a typed `Scope`).
+- `reach.py`: how far an admin sees: one server's conversations and commands, or everything.
 
 The synchronous calls (History's, AuditLog's) run on the store's threads through their `run`;
 Places' calls are coroutines already. Table and column names are those of every earlier version,
@@ -36,6 +37,7 @@ from .history import (
     User,
 )
 from .places import KEEP, PROMPT_MAX_CHARS, Choice, Place, Places, PlaceSetting, Scope
+from .reach import EVERYTHING, Reach
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -51,7 +53,7 @@ class Store:
         if settings is None:
             from ..config import Settings
             settings = Settings(database_url=url)
-        self.database = Database(url, TABLES, _history.ADDED_COLUMNS)
+        self.database = Database(url, TABLES, (*_history.ADDED_COLUMNS, *_audit.ADDED_COLUMNS))
         self.history = History(self.database)
         self.audit = AuditLog(self.database)
         self.places = Places(self.database, settings)  # its fallbacks: SYSTEM_PROMPT and OLLAMA_MODEL
@@ -70,7 +72,7 @@ class Store:
 
 
 __all__ = [
-    "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "PROMPT_MAX_CHARS", "ROW_ID", "AddedColumn", "Audit", "AuditLog",
-    "Choice", "Database", "History", "Message", "Place", "PlaceSetting", "Places", "Scope", "Session", "SessionInfo",
-    "Store", "Summary", "Table", "User", "now",
+    "EVERYTHING", "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "PROMPT_MAX_CHARS", "ROW_ID", "AddedColumn", "Audit",
+    "AuditLog", "Choice", "Database", "History", "Message", "Place", "PlaceSetting", "Places", "Reach", "Scope",
+    "Session", "SessionInfo", "Store", "Summary", "Table", "User", "now",
 ]
