@@ -714,10 +714,11 @@ class DockerProvider(Provider):
         with reported_as_unavailable():
             rows = await self._list(f"{LABEL}.user={user}")
         sessions = [s for s in (row["Labels"].get(f"{LABEL}.session", "") for row in rows) if s]
+        folders = 0
         for session in sessions:
+            folders += self.data_dir(user, session).exists()
             await self.delete_data(user, session)
         root, loop = self.user_root(user), asyncio.get_running_loop()
-        folders = 0
         for folder in await loop.run_in_executor(self._disk_pool, folders_of, root):
             session = session_of(folder)
             if folder.name == session_folder(user, session):
