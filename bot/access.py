@@ -4,7 +4,8 @@ The same lists hold everywhere: chat, attachments, slash commands, buttons and a
 DM has no roles and no channel of a server, so when ALLOWED_ROLE_IDS, BLOCKED_ROLE_IDS or
 ALLOWED_CHANNEL_IDS is set a DM is refused, unless DM_ACCESS=mutual: then the person's roles
 are those they hold in the servers they share with the bot (a blocked role in any of them
-refuses). The bot's admins (ADMIN_USER_IDS) pass every allow-list; a block list stops anyone.
+refuses). The bot's admins (ADMIN_USER_IDS) may always DM it (to run /admin there); a block
+list stops anyone.
 """
 from __future__ import annotations
 
@@ -72,16 +73,17 @@ def refusal(settings: Settings, *, user_id: int, role_ids: Iterable[int] = (), c
         return REFUSED
     if channels & settings.blocked_channel_ids:
         return REFUSED
-    admin = user_id in settings.admin_user_ids
+    admin_in_dm = is_dm and user_id in settings.admin_user_ids  # the bot's admins run /admin in DMs
     if is_dm:
         if not settings.allow_dms:
             return NO_DMS
-        if dms_need_servers(settings) and not admin and not (settings.dm_access == "mutual" and shares_a_server):
+        if dms_need_servers(settings) and not admin_in_dm \
+                and not (settings.dm_access == "mutual" and shares_a_server):
             return NO_DMS
-    if (settings.allowed_user_ids or settings.allowed_role_ids) and not admin:
+    if (settings.allowed_user_ids or settings.allowed_role_ids) and not admin_in_dm:
         if user_id not in settings.allowed_user_ids and not roles & settings.allowed_role_ids:
             return REFUSED
-    if settings.allowed_channel_ids and not is_dm and not admin and not channels & settings.allowed_channel_ids:
+    if settings.allowed_channel_ids and not is_dm and not channels & settings.allowed_channel_ids:
         return REFUSED
     return None
 
