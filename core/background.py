@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from .erasure import erase
 from .errors import EngineError
+from .store import now
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -137,9 +138,10 @@ class Background:
         s, history, containers, audit = self.parts.settings, self.parts.history, self.parts.sandboxes, self.parts.audit
         swept = Swept(await audit.run(audit.purge, timedelta(days=s.audit_retention_days)))
         if s.history_retention_days > 0:
-            stale = [row for row in await history.run(history.idle, timedelta(days=s.history_retention_days))
-                     if not self._in_use(row[1], row[2])]
-            swept.conversations = (await erase(self.parts, self.registry, stale)).conversations
+            cutoff = now() - timedelta(days=s.history_retention_days)  # a day at least: never today's
+            stale = await history.run(history.idle, cutoff)
+            swept.conversations = (await erase(self.parts, self.registry, stale, spare=self._in_use,
+                                               unused_since=cutoff)).conversations
         for user, session in await history.run(history.idle_sessions, timedelta(days=s.data_retention_days)):
             if self._in_use(user, session):
                 continue

@@ -10,7 +10,8 @@ conversations) in one transaction. The audit log is not touched here: it has its
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable
+from datetime import datetime
+from typing import TYPE_CHECKING, Callable, Iterable
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -30,16 +31,24 @@ class Erased:
     folders: int = 0
 
 
-async def erase(parts: "Parts", registry: "SessionRegistry", conversations: Iterable[Conversation]) -> Erased:
-    """Delete these conversations and everything of theirs but the audit rows."""
+async def erase(parts: "Parts", registry: "SessionRegistry", conversations: Iterable[Conversation], *,
+                spare: Callable[[str, str], bool] | None = None, unused_since: datetime | None = None) -> Erased:
+    """Delete these conversations and everything of theirs but the audit rows. For a sweep (nobody
+    asked): `spare(user, session)` keeps one that got to work meanwhile, and `unused_since` keeps
+    the history of one used since then (the sweep's cutoff); the running replies are then left alone."""
     todo = list(conversations)
     erased = Erased()
-    for _, user, session in todo:  # first: nothing of theirs runs any more
-        await registry.cancel((user, session))
+    if spare is None:
+        for _, user, session in todo:  # first: nothing of theirs runs any more
+            await registry.cancel((user, session))
     sandboxes = parts.sandboxes
     present = {(c.user, c.session) for c in await sandboxes.info()} if todo else set()
-    for _, user, session in todo:
+    done = []
+    for sid, user, session in todo:
         key = (user, session)
+        if spare is not None and spare(user, session):  # a message came in since they were picked
+            continue
+        done.append(sid)
         if sandboxes.data_dir(user, session).exists():
             erased.folders += 1
         if key in present:
@@ -48,7 +57,8 @@ async def erase(parts: "Parts", registry: "SessionRegistry", conversations: Iter
         parts.outputs.forget(key)
         parts.context_seen.pop(key, None)
         parts.told_no_vision.discard(key)
-    ids = [sid for sid, _, _ in todo if sid is not None]
+    ids = [sid for sid in done if sid is not None]
     if ids:
-        erased.conversations, erased.messages = await parts.history.run(parts.history.delete_sessions, ids)
+        erased.conversations, erased.messages = await parts.history.run(parts.history.delete_sessions, ids,
+                                                                        unused_since)
     return erased

@@ -171,11 +171,11 @@ class Runtime:
         for AUDIT_RETENTION_DAYS, with the command text removed. With Reach.everything(), also
         sandboxes and folders of theirs that no conversation names."""
         infos = await self.sessions_of(user, reach)
-        keys = [(user, info.session) for info in infos]
-        for key in keys:  # a sandbox start-up under way would bring a sandbox back after the deletion
-            warming = self._warming.get(key)
-            if warming is not None:
-                await asyncio.gather(warming, return_exceptions=True)
+        sessions = {info.session for info in infos}
+        # a sandbox start-up under way would bring a sandbox back after the deletion: let it finish first
+        warming = [task for (who, session), task in list(self._warming.items())
+                   if who == user and (reach.everywhere or session in sessions)]
+        await asyncio.gather(*warming, return_exceptions=True)
         erased = await erase(self.parts, self.registry, [(info.id, user, info.session) for info in infos])
         if reach.everywhere:
             sandboxes, folders = await self.sandboxes.delete_person(user)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -180,6 +181,11 @@ def test_deleting_conversations_takes_their_messages_summaries_and_a_person_left
     assert User.select().where(User.key == "gone").count() == 0
     assert [m["content"] for m in history.window(keep, 10)] == ["hello", "hi"]
     assert history.delete_sessions([]) == (0, 0)
+    # a sweep deletes only what is still unused since its cutoff: a message that came in meanwhile keeps it
+    cutoff = datetime.now(timezone.utc).replace(tzinfo=None)
+    history.add_message(keep, "user", "still here")
+    assert history.delete_sessions([keep], unused_since=cutoff) == (0, 0)
+    assert history.find_session("stays", "a") == keep
 
 
 def test_a_database_from_before_servers_gains_the_columns(store: Store) -> None:

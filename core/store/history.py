@@ -166,22 +166,28 @@ class History:
                     found[key] = row["server"]
         return found
 
-    def idle(self, older_than: timedelta) -> list[tuple[int, str, str]]:
-        """(id, user, session) of the conversations not used for longer than `older_than`, oldest first."""
+    def idle(self, older_than: timedelta | datetime) -> list[tuple[int, str, str]]:
+        """(id, user, session) of the conversations not used for longer than `older_than` (or since
+        that time), oldest first."""
+        cutoff = older_than if isinstance(older_than, datetime) else now() - older_than
         query = (Session.select(Session.id, User.key.alias("user_key"), Session.key).join(User)
-                 .where(Session.last_active < now() - older_than).order_by(Session.last_active))
+                 .where(Session.last_active < cutoff).order_by(Session.last_active))
         return [(row["id"], row["user_key"], row["key"]) for row in query.dicts()]
 
     def idle_sessions(self, older_than: timedelta) -> list[tuple[str, str]]:
         """(user, session) pairs not used for longer than `older_than`, oldest first."""
         return [(user, session) for _, user, session in self.idle(older_than)]
 
-    def delete_sessions(self, session_ids: Iterable[int]) -> tuple[int, int]:
+    def delete_sessions(self, session_ids: Iterable[int], unused_since: datetime | None = None) -> tuple[int, int]:
         """Delete these conversations for good: their messages, summaries and rows, and a person
-        left with none; (conversations, messages) deleted."""
+        left with none; (conversations, messages) deleted. `unused_since`: only those not used
+        since then (a sweep's cutoff: one a message came to meanwhile stays)."""
         ids = sorted(set(session_ids))
         conversations = messages = 0
         with self.database.write():
+            if unused_since is not None and ids:
+                ids = [row.id for row in Session.select(Session.id).where(
+                    Session.id.in_(ids) & (Session.last_active < unused_since))]
             for start in range(0, len(ids), 500):
                 chunk = ids[start:start + 500]
                 owners = {row.user_id for row in Session.select(Session.user).where(Session.id.in_(chunk))}
