@@ -213,8 +213,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         here = "" if reach.everywhere else " in this server"
         lines = [
             f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
-            + (f" · {overrides} {'server or channel' if reach.everywhere else 'channel or server'} overrides "
-               "(/admin model)" if overrides else ""),
+            + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
             f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'}"
             + (f" at {rt.settings.ollama_host}" if reach.everywhere else ""),
             f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}",

@@ -56,7 +56,7 @@ async def test_a_managers_status_counts_their_server_only(seeded: World, runtime
     assert said.splitlines() == ["Model: `qwen3:8b`", "Ollama: 🟢 reachable", "Docker: 🟢 reachable",
                                  "Sandboxes running in this server: 1", "Replies in progress in this server: 0"]
     said = await ask(w.bot, ("admin", "status"), Asked(w.bot, w.a_manager, w.a_room))
-    assert said.splitlines()[0] == "Model: `qwen3:8b` · 1 channel or server overrides (/admin model)"
+    assert said.splitlines()[0] == "Model: `qwen3:8b` · 1 server or channel overrides (/admin model)"
     assert runtime.settings.ollama_host not in said
 
 
