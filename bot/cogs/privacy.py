@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 EXPORT_FILES_MAX = 20
 NOTHING_TO_EXPORT = "You have no conversations with me: there is nothing to export."
+EXPORT_UNDER_WAY = "Your export is already being made; it comes here in a moment."
 EXPORTED = ("Your conversations with me, as JSON{packed}: for each one its server, channel and times, and "
             "every message with its role, content, tool calls and time.")
 TOO_LARGE = ("Your conversations are too large to send here: they would take {files} files of up to {size} "
@@ -34,6 +35,10 @@ TOO_LARGE = ("Your conversations are too large to send here: they would take {fi
 
 class Privacy(SlashCog):
     """/forget and /export, acknowledged at once (SlashCog.interaction_check), failures said once."""
+
+    def __init__(self, bot: "LLMBot") -> None:
+        super().__init__(bot)
+        self._exporting: set[int] = set()  # one export per person at a time: each one reads all they have
 
     def refusal_of(self, interaction: discord.Interaction) -> str | None:
         """Nobody is refused their own data: not the access lists, not DMs turned off."""
@@ -54,12 +59,18 @@ class Privacy(SlashCog):
 
     @app_commands.command(name="export", description="Your conversations with the assistant, as a JSON file")
     async def export(self, interaction: discord.Interaction) -> None:
+        who = interaction.user.id
+        if who in self._exporting:
+            return await say(interaction, EXPORT_UNDER_WAY)
         limit = upload_limit(getattr(interaction, "channel", None))
+        self._exporting.add(who)
         try:
-            files = await self.runtime.export_person(str(interaction.user.id), limit, EXPORT_FILES_MAX)
+            files = await self.runtime.export_person(str(who), limit, EXPORT_FILES_MAX)
         except ExportTooLarge as exc:
             return await say(interaction, TOO_LARGE.format(files=exc.files, size=human_size(limit),
                                                            most=EXPORT_FILES_MAX))
+        finally:
+            self._exporting.discard(who)
         if not files:
             return await say(interaction, NOTHING_TO_EXPORT)
         packed = ", gzipped" if files[0][0].endswith(".gz") else ""

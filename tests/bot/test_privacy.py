@@ -113,6 +113,11 @@ async def test_export_sends_the_conversations_as_json(seeded: World, runtime: Ru
         {"function": {"name": "execute_terminal", "arguments": {"command": SECRET}}}]
     nobody = Asked(w.bot, w.a_plain, w.a_room)
     assert await ask(w.bot, ("export",), nobody) == "You have no conversations with me: there is nothing to export."
+    # one export per person at a time (each reads everything they have)
+    first, again = Asked(w.bot, w.victim, w.a_room), Asked(w.bot, w.victim, w.a_room)
+    await asyncio.gather(ask(w.bot, ("export",), first), ask(w.bot, ("export",), again))
+    assert again.said == "Your export is already being made; it comes here in a moment."
+    assert first.response.sent[-1][1]["file"].filename == f"conversations-{w.victim.id}.json"
 
 
 async def test_admin_forget_takes_a_person_in_this_server_only(seeded: World, runtime: Runtime,
