@@ -24,7 +24,7 @@ from core.preflight import print_checks, run_checks
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
-EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin", "bot.cogs.threads")
+EXTENSIONS = ("bot.cogs.chat", "bot.cogs.everyone", "bot.cogs.admin", "bot.cogs.threads", "bot.cogs.privacy")
 # What the bot does in a channel: read it and its history, answer (in threads too, and in threads it
 # starts), react (⏳) and attach files. The invite URL asks for these and nothing more.
 PERMISSIONS = discord.Permissions(view_channel=True, send_messages=True, send_messages_in_threads=True,
@@ -38,11 +38,14 @@ def invite_url(client_id: int) -> str:
     return discord.utils.oauth_url(client_id, permissions=PERMISSIONS, scopes=("bot", "applications.commands"))
 
 
-def _options() -> dict[str, Any]:
+def _options(settings: Settings) -> dict[str, Any]:
     """How this bot talks to Discord: message content (to read what it is asked), no prefix commands
-    of its own (slash commands instead), and no mention it sends ever pings anyone."""
+    of its own (slash commands instead), and no mention it sends ever pings anyone. With
+    DM_ACCESS=mutual, the members of its servers too: a DM is checked against the roles its
+    writer holds in the servers they share with the bot."""
     intents = discord.Intents.default()
     intents.message_content = True
+    intents.members = settings.dm_access == "mutual"
     return dict(command_prefix=commands.when_mentioned, intents=intents, help_command=None,
                 allowed_mentions=discord.AllowedMentions.none())
 
@@ -55,7 +58,7 @@ class _BotMixin:
         # client is built) only alarm operators.
         discord.VoiceClient.warn_nacl = False
         discord.VoiceClient.warn_dave = False
-        super().__init__(**{**_options(), **options})  # type: ignore[call-arg]
+        super().__init__(**{**_options(runtime.settings), **options})  # type: ignore[call-arg]
         self.runtime = runtime
         self.initial_extensions = tuple(initial_extensions)
 
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Cannot reach Discord ({type(exc).__name__}): check this machine's internet connection", file=sys.stderr)
         return 1
     except discord.PrivilegedIntentsRequired:
-        print("Enable the Message Content Intent on the Bot page of the Developer Portal, then start again",
+        members = " and the Server Members Intent (DM_ACCESS=mutual)" if settings.dm_access == "mutual" else ""
+        print(f"Enable the Message Content Intent{members} on the Bot page of the Developer Portal, then start again",
               file=sys.stderr)
         return 1
     return 0

@@ -68,10 +68,12 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, mode: str, mode
         "• `/sessions`: your conversations.",
         "• `/usage`: what you used today and this week, and your daily budgets if there are any.",
         "• `/chat [topic]`: start a thread with me in this channel; nobody needs to mention me there.",
+        "• `/export`: your conversations as a file; `/forget`: delete everything I hold of you, everywhere.",
     ]
     if admin:
         lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin channel`, `/admin audit`, "
-                     "`/admin sessions`, `/admin reset`, `/admin stop`, `/admin usage`: for server managers.")
+                     "`/admin sessions`, `/admin reset`, `/admin stop`, `/admin usage`, `/admin forget`: for server "
+                     "managers, about their server.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)

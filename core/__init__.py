@@ -10,20 +10,21 @@ from .context import Seen
 from .errors import BudgetSpent, EngineError, ModelError, OllamaUnavailable, SandboxUnavailable, UploadError
 from .events import (Done, Event, FileReady, Ignored, ModelQueued, Notice, Replaced, Replacing, Stopped, TextDelta,
                      ThinkingDelta, ToolFinished, ToolQueued, ToolStarted)
+from .export import ExportTooLarge
 from .preflight import print_checks, run_checks
 from .rate import TooFast
 from .registry import Phase
 from .render import Reply, ToolLine, failure_line, inline_code, thinking_line
-from .runtime import Runtime, get_runtime, set_runtime
+from .runtime import Forgotten, Runtime, get_runtime, set_runtime
 from .session import ChatSession
-from .store import Place, Report, Scope, Totals
+from .store import Place, Reach, Report, Scope, Totals
 from .usage_chart import render_usage_chart
 
 __all__ = [
-    "Allowance", "BudgetSpent", "ChatSession", "ConfigError", "Done", "EngineError", "Event", "FileReady", "Ignored",
-    "ModelError", "ModelQueued", "Notice", "OllamaUnavailable", "PersonalUsage", "Phase", "Place", "Replaced",
-    "Replacing", "Reply", "Report", "Runtime", "SandboxUnavailable", "Scope", "Seen", "Settings", "Stopped",
-    "TextDelta", "ThinkingDelta", "TooFast", "ToolFinished", "ToolLine", "ToolQueued", "ToolStarted", "Totals",
-    "UploadError", "compose", "failure_line", "get_runtime", "human_duration", "inline_code", "print_checks",
-    "render_usage_chart", "run_checks", "set_runtime", "thinking_line",
+    "Allowance", "BudgetSpent", "ChatSession", "ConfigError", "Done", "EngineError", "Event", "ExportTooLarge",
+    "FileReady", "Forgotten", "Ignored", "ModelError", "ModelQueued", "Notice", "OllamaUnavailable", "PersonalUsage",
+    "Phase", "Place", "Reach", "Replaced", "Replacing", "Reply", "Report", "Runtime", "SandboxUnavailable", "Scope",
+    "Seen", "Settings", "Stopped", "TextDelta", "ThinkingDelta", "TooFast", "ToolFinished", "ToolLine", "ToolQueued",
+    "ToolStarted", "Totals", "UploadError", "compose", "failure_line", "get_runtime", "human_duration", "inline_code",
+    "print_checks", "render_usage_chart", "run_checks", "set_runtime", "thinking_line",
 ]

@@ -1,8 +1,8 @@
 """The engine's work between turns, on the event loop: two loops, started once per loop.
 
 - the reaper: adopts the sandboxes a previous process left (once, first), then removes idle
-  sandboxes every VM_IDLE_TIMEOUT/4 (1 to 60 s) and sweeps old audit and usage rows and /data
-  folders hourly;
+  sandboxes every VM_IDLE_TIMEOUT/4 (1 to 60 s) and sweeps old audit and usage rows, conversations
+  (HISTORY_RETENTION_DAYS) and /data folders hourly;
 - the disk watch: weighs sandboxes against VM_DISK, those running a command every second, those
   used in the last minute every 5 s, all of them every 10 s; it outlives any failure and says so
   once a minute, not once a second. In chat-only mode (TOOLS=off) there is nothing to weigh and it
@@ -13,11 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
+from .erasure import erase
 from .errors import EngineError
-from .store import USAGE_RETENTION_DAYS
+from .store import USAGE_RETENTION_DAYS, now
 
 if TYPE_CHECKING:
     from .parts import Parts
@@ -29,6 +31,16 @@ DISK_WATCH_SECONDS = 1.0  # how often sandboxes in use are weighed against VM_DI
 DISK_WATCH_RECENT = 60.0  # "in use": running a command, or used within this many seconds
 DISK_WATCH_RECENT_SECONDS = 5.0  # how often sandboxes used lately (but idle now) are weighed
 DISK_WATCH_ALL_SECONDS = 10.0  # every sandbox (background jobs write too) this often
+
+
+@dataclass
+class Swept:
+    """What one retention pass deleted."""
+
+    audit_rows: int = 0
+    usage_rows: int = 0  # past USAGE_RETENTION_DAYS
+    conversations: int = 0  # HISTORY_RETENTION_DAYS: whole conversations, with their /data and sandbox
+    folders: list[str] = field(default_factory=list)  # DATA_RETENTION_DAYS: /data folders of conversations kept
 
 
 class Background:
@@ -116,23 +128,36 @@ class Background:
             except EngineError as exc:
                 log.warning("idle sandbox check failed: %s", exc)
 
-    async def retention_pass(self) -> tuple[int, list[str]]:
-        """Drop audit rows past AUDIT_RETENTION_DAYS, usage rows past USAGE_RETENTION_DAYS and /data
-        folders unused for DATA_RETENTION_DAYS; returns the audit rows and the folders deleted."""
+    def _in_use(self, user: str, session: str) -> bool:
+        """A reply or a command (an upload, a listing) is at work in the conversation: never swept now."""
+        containers = self.parts.sandboxes
+        return self.registry.phase((user, session)) is not None or containers.busy(containers.name(user, session))
+
+    async def retention_pass(self) -> Swept:
+        """Drop audit rows past AUDIT_RETENTION_DAYS, usage rows past USAGE_RETENTION_DAYS,
+        conversations unused for HISTORY_RETENTION_DAYS (when set) with their /data and sandbox, and
+        /data folders unused for DATA_RETENTION_DAYS.
+
+        Only whole conversations unused for at least a day go: a message of today is never purged,
+        and neither is anything in a conversation that is at work now."""
         s, history, containers, audit = self.parts.settings, self.parts.history, self.parts.sandboxes, self.parts.audit
-        purged = await audit.run(audit.purge, timedelta(days=s.audit_retention_days))
+        swept = Swept(await audit.run(audit.purge, timedelta(days=s.audit_retention_days)))
         usage = self.parts.usage
-        counts = await usage.run(usage.purge, timedelta(days=USAGE_RETENTION_DAYS))
-        removed = []
+        swept.usage_rows = await usage.run(usage.purge, timedelta(days=USAGE_RETENTION_DAYS))
+        if s.history_retention_days > 0:
+            cutoff = now() - timedelta(days=s.history_retention_days)  # a day at least: never today's
+            stale = await history.run(history.idle, cutoff)
+            swept.conversations = (await erase(self.parts, self.registry, stale, spare=self._in_use,
+                                               unused_since=cutoff)).conversations
         for user, session in await history.run(history.idle_sessions, timedelta(days=s.data_retention_days)):
-            if self.registry.phase((user, session)) is not None or containers.busy(containers.name(user, session)):
+            if self._in_use(user, session):
                 continue
             folder = containers.data_dir(user, session)
             if folder.exists():
                 await containers.remove(user, session)
                 await containers.delete_data(user, session)
-                removed.append(str(folder))
-        if purged or counts or removed:
-            log.info("retention: %d audit rows, %d usage rows and %d /data folders deleted", purged, counts,
-                     len(removed))
-        return purged, removed
+                swept.folders.append(str(folder))
+        if swept.audit_rows or swept.usage_rows or swept.conversations or swept.folders:
+            log.info("retention: %d audit rows, %d usage rows, %d conversations and %d /data folders deleted",
+                     swept.audit_rows, swept.usage_rows, swept.conversations, len(swept.folders))
+        return swept

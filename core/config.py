@@ -143,6 +143,7 @@ class Settings:
     # Retention
     audit_retention_days: int = 90  # every command run, kept apart from the conversation
     data_retention_days: int = 30  # a conversation's /data folder, after its last use
+    history_retention_days: int = 0  # a whole conversation (and its /data, its sandbox), after its last use; 0: kept
     # Uploads
     upload_dir: str = "data/uploads"
     upload_max_file_bytes: int = 25 * 1024 ** 2
@@ -163,6 +164,9 @@ class Settings:
     # channels answering every message where /admin channel sets no mode (AUTO_REPLY_CHANNEL_IDS: the older name)
     free_response_channel_ids: frozenset[int] = frozenset()
     allow_dms: bool = True
+    # DMs when ALLOWED_ROLE_IDS, BLOCKED_ROLE_IDS or ALLOWED_CHANNEL_IDS is set: "refuse" them, or
+    # check the person's roles in the servers they share with the bot ("mutual").
+    dm_access: str = "refuse"
     show_thinking: bool = False
     edits_per_5s: int = 4
     shard_count: int = 0
@@ -246,6 +250,7 @@ class Settings:
         take("USER_DAILY_COMMAND_SECONDS", "user_daily_command_seconds", _parse_int)
         take("AUDIT_RETENTION_DAYS", "audit_retention_days", lambda n, r: _parse_int(n, r, 1))
         take("DATA_RETENTION_DAYS", "data_retention_days", lambda n, r: _parse_int(n, r, 1))
+        take("HISTORY_RETENTION_DAYS", "history_retention_days", _parse_int)
         take("UPLOAD_DIR", "upload_dir", text)
         take("UPLOAD_MAX_FILE_SIZE", "upload_max_file_bytes", _parse_size)
         take("UPLOAD_MAX_SESSION_SIZE", "upload_max_session_bytes", _parse_size)
@@ -260,6 +265,7 @@ class Settings:
         values["free_response_channel_ids"] = frozenset().union(
             *(_parse_ids(key, env.get(key) or "") for key in ("FREE_RESPONSE_CHANNEL_IDS", "AUTO_REPLY_CHANNEL_IDS")))
         take("ALLOW_DMS", "allow_dms", _parse_bool)
+        take("DM_ACCESS", "dm_access", _parse_dm_access)
         take("SHOW_THINKING", "show_thinking", _parse_bool)
         take("DISCORD_EDITS_PER_5S", "edits_per_5s", lambda n, r: _parse_int(n, r, 1))
         take("SHARD_COUNT", "shard_count", _parse_int)
@@ -287,6 +293,16 @@ def _parse_prompt(name: str, raw: str) -> str:
     value = raw.strip().replace("\\n", "\n")  # one line in .env may stand for several
     if len(value) > 4000:
         raise ConfigError(f"{name} must be at most 4000 characters, got {len(value)}")
+    return value
+
+
+DM_ACCESS_VALUES = ("refuse", "mutual")
+
+
+def _parse_dm_access(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in DM_ACCESS_VALUES:
+        raise ConfigError(f"{name} must be refuse or mutual, got {raw!r}")
     return value
 
 

@@ -35,3 +35,11 @@ class OutputStore:
         if found is None or found[0] != owner:
             return None
         return found[1]
+
+    def forget(self, owner: Key) -> int:
+        """Drop every output kept for `owner` (its conversation was deleted); the number dropped."""
+        gone = [output_id for output_id, (key, _) in self._kept.items() if key == owner]
+        for output_id in gone:
+            _, data = self._kept.pop(output_id)
+            self._size -= len(data)
+        return len(gone)

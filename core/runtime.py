@@ -4,7 +4,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Generic, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, Iterable, Mapping, TypeVar
 
 import ollama
 
@@ -13,24 +14,41 @@ from .admission import FairGate
 from .background import Background
 from .config import Settings
 from .context import Seen, TokenCounter
+from .erasure import erase
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
+from .export import export_files
 from .incidents import Incidents
 from .model_client import ModelServer
 from .outputs import OutputStore
 from .preflight import model_problem
 from .parts import Parts
 from .rate import MessageRate, TooFast
-from .registry import Key, SessionRegistry
+from .registry import Key, Phase, SessionRegistry
 from .sandbox import Provider, Terminal
 from .sandbox.docker import DockerProvider
 from .sandbox.folder import FolderProvider
-from .store import Audit, AuditLog, History, Places, Report, Scope, SessionInfo, Store, UsageLog
+from .sandbox.quota import UserDisk
+from .sandbox.workspace import FileEntry, list_folder
+from .store import EVERYTHING, Audit, AuditLog, History, Places, Reach, Report, Scope, SessionInfo, Store, UsageLog
 from .tool_loop import TurnRunner
 from .uploads import UploadStore
 from .usage_chart import render_usage_chart
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+V = TypeVar("V")
+
+
+@dataclass(frozen=True)
+class Forgotten:
+    """What forget_person deleted, and what it kept (the audit rows, their command text removed)."""
+
+    conversations: int
+    messages: int
+    sandboxes: int
+    folders: int
+    settings: int  # place settings that named them as the last to change them
+    audit_rows_kept: int
 
 
 class _Part(Generic[T]):
@@ -126,17 +144,92 @@ class Runtime:
         return self.message_rate.admit(str(user), self.settings.user_messages_per_minute)
 
     # -- what the bot reads (its cogs ask these, never the stores and clients behind them) --------
-    async def sessions_of(self, user: str | None) -> list[SessionInfo]:
-        """A person's conversations (everyone's with None), the most recently active first."""
-        return await self.history.run(self.history.list_sessions, user)
+    # A server's managers read their own server only (Reach.within); the bot's admins and a person
+    # reading their own conversations, everything (Reach.everything()). There is no default.
+    async def sessions_of(self, user: str | None, reach: Reach, *, matching: str = "",
+                          limit: int | None = None) -> list[SessionInfo]:
+        """A person's conversations (everyone's with None) within `reach`, the most recently active first."""
+        return await self.history.run(self.history.list_sessions, user, reach, matching=matching, limit=limit)
 
-    async def find_session(self, user: str, session: str) -> int | None:
-        """The conversation's id if this person has talked to the bot there; None (nothing is created) if not."""
-        return await self.history.run(self.history.find_session, user, session)
+    async def find_session(self, user: str, session: str, reach: Reach) -> int | None:
+        """The conversation's id if this person has talked to the bot there, within `reach`; None
+        (nothing is created) if not."""
+        return await self.history.run(self.history.find_session, user, session, reach)
 
-    async def audit(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
-        """The latest commands run in sandboxes, newest first: everyone's, or one person's or channel's."""
-        return await self.store.audit.run(self.store.audit.latest, user, session, limit)
+    async def audit(self, reach: Reach, user: str | None = None, session: str | None = None,
+                    limit: int = 20) -> list[Audit]:
+        """The latest commands run in sandboxes within `reach`, newest first: everyone's, or one
+        person's or channel's."""
+        return await self.store.audit.run(self.store.audit.latest, user, session, limit, reach=reach)
+
+    async def _within(self, reach: Reach, found: Mapping[Key, V]) -> dict[Key, V]:
+        """Those of `found` whose conversation is within `reach` (a sandbox or a reply of no known
+        conversation is only the bot's admins' to see)."""
+        if reach.everywhere or not found:
+            return dict(found)
+        servers = await self.history.run(self.history.servers_of, list(found))
+        return {key: value for key, value in found.items() if key in servers and reach.covers(servers[key])}
+
+    async def replies(self, reach: Reach) -> dict[Key, Phase]:
+        """The replies running now within `reach`, by (user, session)."""
+        return await self._within(reach, self.registry.active())
+
+    async def list_files(self, user: str, session: str, path: str = "") -> list[FileEntry]:
+        """What a conversation's /data (or a folder in it) holds, newest first; links are listed,
+        never followed. Nothing is created or started: no folder, no sandbox, no conversation."""
+        sandboxes = self.sandboxes
+        if not sandboxes.data_dir(user, session).exists():
+            return []
+        async with sandboxes.get(user, session).in_use():  # its image stays mounted meanwhile
+            folder = await sandboxes.prepare_data(user, session)  # mounted if it was not: starts nothing
+            return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
+
+    async def user_disk(self, user: str) -> UserDisk:
+        """What one person's conversations hold in /data together, against USER_DISK."""
+        return await self.sandboxes.user_disk(user)
+
+    # -- their data on request ----------------------------------------------------------------
+    async def forget_person(self, user: str, reach: Reach, *, channels: Iterable[str] = ()) -> Forgotten:
+        """Delete what the bot holds of one person within `reach` (they asked, or a manager of the
+        server did): their running replies stop first; then their conversations (messages,
+        summaries), sandboxes and /data, their id on the settings they changed (`channels`: the
+        server's channels, whose settings are the server's) and their usage. Their audit rows stay
+        for AUDIT_RETENTION_DAYS, with the command text removed. With Reach.everything(), also
+        sandboxes and folders of theirs that no conversation names."""
+        infos = await self.sessions_of(user, reach)
+        sessions = {info.session for info in infos}
+        # a sandbox start-up under way would bring a sandbox back after the deletion: let it finish first
+        warming = [task for (who, session), task in list(self._warming.items())
+                   if who == user and (reach.everywhere or session in sessions)]
+        await asyncio.gather(*warming, return_exceptions=True)
+        erased = await erase(self.parts, self.registry, [(info.id, user, info.session) for info in infos])
+        if reach.everywhere:
+            sandboxes, folders = await self.sandboxes.delete_person(user)
+            erased.sandboxes += sandboxes
+            erased.folders += folders
+        kept = await self.store.audit.run(self.store.audit.blank, user, reach)
+        if reach.everywhere:
+            settings = await self.places.forget_author(user)
+        else:
+            own = {Scope.server(str(reach.server))} | {Scope.channel(c) for c in channels}
+            settings = await self.places.forget_author(user, lambda scope: scope in own)
+        await self.usage.run(self.usage.forget, user, reach.server)  # their counts: everywhere, or this server's
+        log.info("forgot user %s (%s): %d conversations, %d messages, %d sandboxes, %d /data folders; "
+                 "%d audit rows kept without their commands", user, reach, erased.conversations, erased.messages,
+                 erased.sandboxes, erased.folders, kept)
+        return Forgotten(erased.conversations, erased.messages, erased.sandboxes, erased.folders, settings, kept)
+
+    async def export_person(self, user: str, limit: int, max_files: int = 20) -> list[tuple[str, bytes]]:
+        """Every conversation of one person, everywhere, as JSON files of at most `limit` bytes each
+        (gzipped, then split, when larger; ExportTooLarge past `max_files`); none when they have no
+        conversation. Built on the store's
+        threads, one conversation at a time, so other conversations' writes go on meanwhile."""
+        history = self.history
+        infos = sorted(await self.sessions_of(user, EVERYTHING), key=lambda info: (info.last_active, info.id))
+        conversations = [c for c in [await history.run(history.export, info.id) for info in infos] if c]
+        if not conversations:
+            return []
+        return await history.run(export_files, user, conversations, limit, max_files)
 
     async def check_budget(self, user: str) -> None:
         """Raise BudgetSpent (its line says which budget and when it resets) when `user` has used up
@@ -175,12 +268,14 @@ class Runtime:
             return None
         return [m.model for m in listed.models if m.model]
 
-    async def sandbox_states(self) -> dict[Key, str]:
-        """Each sandbox's state ("running", "exited", …) by (user, session); empty when Docker cannot be asked."""
+    async def sandbox_states(self, reach: Reach) -> dict[Key, str]:
+        """Each sandbox's state ("running", "exited", …) by (user, session), within `reach`; empty
+        when Docker cannot be asked."""
         try:
-            return {(c.user, c.session): c.status for c in await self.sandboxes.info()}
+            found = {(c.user, c.session): c.status for c in await self.sandboxes.info()}
         except EngineError:
             return {}
+        return await self._within(reach, found)
 
     async def sandboxes_reachable(self) -> bool:
         """Whether the sandbox backend (Docker) answers now."""

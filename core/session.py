@@ -14,7 +14,7 @@ from .events import Event, Ignored, Replacing, TextDelta
 from .store import Place
 from .registry import Phase
 from .sandbox.quota import DELETE_SOME, UserDisk
-from .sandbox.workspace import FileEntry, list_folder
+from .sandbox.workspace import FileEntry
 from .uploads import safe_filename
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
@@ -29,23 +29,30 @@ class ChatSession:
     """
 
     def __init__(self, user: str | int, session: str | int, *, place: Place | None = None,
-                 file_limit: int = 0, settings: Settings | None = None, runtime: Runtime | None = None) -> None:
+                 file_limit: int = 0, settings: Settings | None = None, runtime: Runtime | None = None,
+                 prewarm: bool = True) -> None:
         self.user = str(user)
         self.session = str(session)
-        # Where persona and model come from; by default the session is its own channel.
+        # Where persona and model come from, and the server the conversation is in (stored when it
+        # opens; none for a DM); by default the session is its own channel, in no server.
         self.place = place or Place(channel=self.session)
         # The most one reply's files (send_file) may weigh where they are delivered, e.g. a Discord
         # channel's upload limit; 0: only SEND_FILE_MAX_BYTES.
         self.file_limit = file_limit
         self._settings = settings
         self._runtime = runtime
+        # Start the sandbox in the background on opening, so the first command waits less; off for
+        # what only looks at /data (a /files listing starts nothing).
+        self.prewarm = prewarm
         self.session_id: int | None = None
 
     async def __aenter__(self) -> "ChatSession":
         self._runtime = self._runtime or get_runtime(self._settings)
-        self.session_id = await self._runtime.history.run(self._runtime.history.open_session, self.user, self.session)
+        history = self._runtime.history
+        self.session_id = await history.run(history.open_session, self.user, self.session, self.place.server)
         self._runtime.start_background()
-        self._runtime.prewarm(self.user, self.session)
+        if self.prewarm:
+            self._runtime.prewarm(self.user, self.session)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
@@ -98,16 +105,11 @@ class ChatSession:
 
     async def list_files(self, path: str = "") -> list[FileEntry]:
         """What /data (or a folder in it) holds, newest first; links are listed, never followed."""
-        folder, sandboxes = self.upload_folder, self.runtime.sandboxes
-        if not folder.exists():
-            return []
-        async with sandboxes.get(self.user, self.session).in_use():  # its image stays mounted meanwhile
-            folder = await sandboxes.prepare_data(self.user, self.session)  # mounted if it was not: starts nothing
-            return await asyncio.to_thread(list_folder, folder, path)  # one short scandir
+        return await self.runtime.list_files(self.user, self.session, path)
 
     async def disk_usage(self) -> UserDisk:
         """What this person's conversations hold in /data together, against USER_DISK."""
-        return await self.runtime.sandboxes.user_disk(self.user)
+        return await self.runtime.user_disk(self.user)
 
     async def read_file(self, path: str, max_bytes: int, *, exact: bool = False) -> bytes:
         """A file of the sandbox (e.g. /data/report.pdf) through the sandbox backend, so a link

@@ -77,7 +77,7 @@ class Turn:
     session_id: int
     user: str
     session: str
-    server: str = ""  # the Place's server; "" in a DM or outside Discord (how the usage table stores it)
+    server: str | None = None  # the server (guild) it happens in, for the audit; None in a DM
     model: str = ""
     persona: str = ""
     rounds: int = 0
@@ -129,12 +129,11 @@ class TurnRunner:
 
     async def run(self, gen: Generation, session_id: int, user: str, session: str, text: str,
                   place: Place | None = None, *, images: Sequence[str] = (), file_limit: int = 0) -> None:
-        turn = Turn(gen, session_id, user, session, file_limit=file_limit)
+        place = place or Place(channel=session)
+        turn = Turn(gen, session_id, user, session, server=place.server, file_limit=file_limit)
         emit = gen.outbox.put
         ending = "failed"
         try:
-            place = place or Place(channel=session)
-            turn.server = place.server or ""
             turn.model = (await self.parts.places.model(place)).value
             turn.persona = (await self.parts.places.prompt(place)).value
             if images and not await self._sees(turn) and (user, session) not in self.parts.told_no_vision:
@@ -553,14 +552,14 @@ class TurnRunner:
                      exit_code: int | None = None, duration: float | None = None, output_bytes: int = 0,
                      timed_out: bool = False, cancelled: bool = False) -> None:
         """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files
-        sent. A command's time also counts toward its person's usage."""
+        sent, with the server the turn happens in. A command's time also counts toward its person's usage."""
         if duration is None:
             duration = asyncio.get_running_loop().time() - began
         if isinstance(parsed, TerminalCall):
             turn.command_seconds += duration
         audit = self.parts.audit
         await audit.run(audit.add, turn.user, turn.session, parsed.command, exit_code=exit_code, duration=duration,
-                        output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
+                        output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled, server=turn.server)
 
     async def _store(self, session_id: int, role: str, content: str, **extra: Any) -> None:
         await self.parts.history.run(self.parts.history.add_message, session_id, role, content, **extra)

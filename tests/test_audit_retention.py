@@ -50,9 +50,9 @@ async def test_retention_drops_old_audit_rows_and_unused_data_folders(runtime: R
     folders = {s: runtime.sandboxes.data_dir("alice", s) for s in ("stale", "fresh", "busy")}
 
     async with runtime.sandboxes.get("alice", "busy").in_use():  # a command is running there right now
-        purged, removed = await runtime.background.retention_pass()
-    assert purged == 1 and [r.session for r in audit.latest()] == ["new"]
-    assert removed == [str(folders["stale"])]
+        swept = await runtime.background.retention_pass()
+    assert swept.audit_rows == 1 and [r.session for r in audit.latest()] == ["new"]
+    assert swept.folders == [str(folders["stale"])] and swept.conversations == 0  # HISTORY_RETENTION_DAYS is off
     assert not folders["stale"].exists() and folders["fresh"].exists() and folders["busy"].exists()
     # the conversation itself stays; coming back starts with an empty /data
     assert (await runtime.terminal.execute("alice", "stale", "ls -A /data")).stdout == ""

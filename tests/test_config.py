@@ -25,12 +25,14 @@ def test_values_are_parsed() -> None:
     s = Settings.from_env({
         "OLLAMA_HOST": "127.0.0.1:11500", "VM_NETWORK": "off", "VM_MEMORY": "1g", "VM_CPUS": "0.5",
         "HISTORY_WINDOW": "12", "ADMIN_USER_IDS": "1, 2 3", "OLLAMA_THINK": "true",
-        "DATABASE_URL": "postgresql://u:p@127.0.0.1/db",
+        "DATABASE_URL": "postgresql://u:p@127.0.0.1/db", "HISTORY_RETENTION_DAYS": "30", "DM_ACCESS": " Mutual",
     })
     assert s.ollama_host == "http://127.0.0.1:11500"
     assert s.vm_network is False and s.vm_memory == 1024 ** 3 and s.vm_cpus == 0.5
     assert s.history_window == 12 and s.admin_user_ids == {1, 2, 3} and s.ollama_think is True
     assert s.database_url.startswith("postgresql://")
+    assert s.history_retention_days == 30 and s.dm_access == "mutual"
+    assert (Settings.from_env({}).history_retention_days, Settings.from_env({}).dm_access) == (0, "refuse")
 
 
 @pytest.mark.parametrize("env, names", [
@@ -41,6 +43,8 @@ def test_values_are_parsed() -> None:
     ({"DATABASE_URL": "chat.db"}, "DATABASE_URL"),
     ({"ADMIN_USER_IDS": "alice"}, "ADMIN_USER_IDS"),
     ({"COMMAND_TIMEOUT": "900", "COMMAND_TIMEOUT_MAX": "600"}, "COMMAND_TIMEOUT"),
+    ({"DM_ACCESS": "open"}, "DM_ACCESS"),
+    ({"HISTORY_RETENTION_DAYS": "-1"}, "HISTORY_RETENTION_DAYS"),
 ])
 def test_bad_values_fail_with_one_line_naming_the_setting(env: dict[str, str], names: str) -> None:
     with pytest.raises(ConfigError) as info:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
 import pytest
 
-from core.store import History, Message, Session, Store, User
+from core.store import Audit, History, Message, Reach, Session, Store, Summary, User
 from tests.conftest import require
 
 POSTGRES = os.environ.get("TEST_POSTGRES_URL")
@@ -25,9 +26,11 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     yield s
     if request.param == "postgresql":
         with s.database.write():
+            Summary.delete().execute()
             Message.delete().execute()
             Session.delete().execute()
             User.delete().execute()
+            Audit.delete().execute()
     s.close()
 
 
@@ -154,5 +157,70 @@ def test_a_database_from_before_images_gains_the_column(store: Store) -> None:
         sid = again.history.open_session("u", "s")
         again.history.add_message(sid, "user", "look", images=["/data/a.png"])
         assert again.history.window(sid, 10) == [{"role": "user", "content": "look", "image_refs": ["/data/a.png"]}]
+    finally:
+        again.close()
+
+
+def test_conversations_carry_their_server_and_old_ones_learn_it(history: History) -> None:
+    server_1, dm = history.open_session("u", "c1", "1"), history.open_session("u", "d1")
+    old = history.open_session("u", "old")  # as stored before servers were recorded
+    assert history.open_session("u", "old", "3") == old  # its person talks there again: it learns its server
+    assert history.open_session("u", "old", "4") == old and history.open_session("u", "old") == old  # and keeps it
+    history.open_session("v", "c1", "1")
+    assert {i.session: i.server for i in history.list_sessions("u")} == {"c1": "1", "d1": None, "old": "3"}
+    assert [i.session for i in history.list_sessions("u", Reach.within(1))] == ["c1"]
+    assert sorted(i.user for i in history.list_sessions(None, Reach.within(1))) == ["u", "v"]
+    assert history.list_sessions(None, Reach.within(2)) == []
+    assert history.find_session("u", "c1", Reach.within(1)) == server_1
+    assert history.find_session("u", "c1", Reach.within(2)) is None
+    assert history.find_session("u", "d1", Reach.within(1)) is None
+    assert history.find_session("u", "d1", Reach.everything()) == dm
+    assert history.servers_of([("u", "c1"), ("u", "d1"), ("u", "nowhere"), ("w", "c1")]) == {
+        ("u", "c1"): "1", ("u", "d1"): None}
+    assert [i.session for i in history.list_sessions("u", matching="ol", limit=5)] == ["old"]
+
+
+def test_deleting_conversations_takes_their_messages_summaries_and_a_person_left_with_none(
+        history: History) -> None:
+    a, b = history.open_session("gone", "a", "1"), history.open_session("gone", "b")
+    keep = history.open_session("stays", "a", "1")
+    for sid in (a, b, keep):
+        history.add_message(sid, "user", "hello")
+        history.add_message(sid, "assistant", "hi")
+    history.save_summary(a, 1, "they greeted")
+    assert history.delete_sessions([a]) == (1, 2)
+    assert history.summary(a) is None and history.find_session("gone", "a") is None
+    assert User.select().where(User.key == "gone").count() == 1  # b is still theirs
+    assert history.delete_sessions([b, b]) == (1, 2)
+    assert User.select().where(User.key == "gone").count() == 0
+    assert [m["content"] for m in history.window(keep, 10)] == ["hello", "hi"]
+    assert history.delete_sessions([]) == (0, 0)
+    # a sweep deletes only what is still unused since its cutoff: a message that came in meanwhile keeps it
+    cutoff = datetime.now(timezone.utc).replace(tzinfo=None)
+    history.add_message(keep, "user", "still here")
+    assert history.delete_sessions([keep], unused_since=cutoff) == (0, 0)
+    assert history.find_session("stays", "a") == keep
+
+
+def test_a_database_from_before_servers_gains_the_columns(store: Store) -> None:
+    """Conversations and audit rows stored before servers were recorded: NULL, the bot's admins' only."""
+    sid = store.history.open_session("u", "c1")
+    store.audit.add("u", "c1", "ls", exit_code=0, duration=0.1, output_bytes=1)
+    store.database.db.execute_sql("ALTER TABLE sessions DROP COLUMN server")
+    store.database.db.execute_sql("ALTER TABLE audit DROP COLUMN server")
+    url = store.url
+    store.close()
+    again = Store(url)
+    try:
+        assert "server" in {c.name for c in again.database.db.get_columns("sessions")}
+        assert "server" in {c.name for c in again.database.db.get_columns("audit")}
+        assert [(i.id, i.server) for i in again.history.list_sessions("u")] == [(sid, None)]
+        assert again.history.list_sessions("u", Reach.within(1)) == []
+        assert [r.server for r in again.audit.latest("u")] == [None]
+        assert again.audit.latest("u", reach=Reach.within(1)) == []
+        again.audit.add("u", "c1", "pwd", exit_code=0, duration=0.1, output_bytes=1, server="1")
+        assert [r.command for r in again.audit.latest(reach=Reach.within(1))] == ["pwd"]
+        assert again.audit.blank("u", Reach.within(1)) == 1
+        assert [r.command for r in again.audit.latest("u")] == ["", "ls"]
     finally:
         again.close()

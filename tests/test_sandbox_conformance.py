@@ -162,3 +162,14 @@ async def test_a_busy_sandbox_is_never_reaped(provider: Provider) -> None:
         assert removed == [idle.name]
         assert {i.name for i in await provider.info()} == {busy.name}
     assert await provider.reap(idle_seconds=0) == [busy.name]
+
+
+async def test_delete_person_takes_every_sandbox_and_data_of_one_person_only(provider: Provider) -> None:
+    for user, session in (("alice", "s"), ("alice", "t"), ("bob", "s")):
+        await run(provider.get(user, session), f"echo {user} > /data/{session}")
+    await provider.prepare_data("alice", "u")  # a /data no sandbox runs on
+    assert await provider.delete_person("alice") == (2, 3)
+    assert [(i.user, i.session) for i in await provider.info()] == [("bob", "s")]
+    assert not any(provider.data_dir("alice", s).exists() for s in ("s", "t", "u"))
+    assert await run(provider.get("bob", "s"), "cat /data/s") == (0, b"bob\n", b"")
+    assert await provider.delete_person("alice") == (0, 0)

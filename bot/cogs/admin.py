@@ -1,25 +1,32 @@
-"""/admin …: the assistant's settings and everyone's sessions, for server managers and the bot's admins."""
+"""/admin …: the assistant's settings and everyone's sessions, for server managers and the bot's admins.
+
+A server's managers (Manage Server) see and act on their own server only: its conversations,
+sandboxes, replies, audit rows and settings; nothing they are shown or may pick names anything of
+another server, or a DM. The bot's admins (ADMIN_USER_IDS) see everything, in a DM too, including
+rows from before servers were recorded (their server is unknown).
+"""
 from __future__ import annotations
 
 import io
 import logging
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from core import ChatSession, EngineError, Place, Report, Scope
+from core import ChatSession, EngineError, Place, Reach, Report, Scope
 from core.store import PROMPT_MAX_CHARS, THREAD
 from core.render import failure_line, inline_code
 from core.sizes import human_size
 
+from .. import forgetting
 from ..access import place_of, user_is_admin
 from ..formatting import stamp, totals_line
 from ..modes import may_start_threads, mode_at
 from ..reply import NO_MENTIONS
-from .base import Refused, SlashCog, say
+from .base import Choices, Refused, SlashCog, checked_choices, say
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
@@ -27,7 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 REFUSAL = "Only server managers and the bot's admins can use /admin."
 ONLY_BOT_ADMINS = "Only the bot's admins (ADMIN_USER_IDS) can change the default for every server and DM."
-UNKNOWN_CHANNEL = "No channel with the id `{channel}` is known to me for that user: pick one from the list."
+UNKNOWN_CHANNEL = "{user} has no conversation with me in the channel {channel}{where}: pick one from the list."
+COMMAND_REMOVED = "(command removed at the person's request)"
 MODES_IN_SERVERS = "Modes apply in servers' channels (in a DM I answer every message); `everywhere` sets the default."
 MODE_MEANS = {
     "mention": "I answer a mention of me or a reply to me",
@@ -87,7 +95,8 @@ def _audit_line(row) -> str:  # type: ignore[no-untyped-def]
     """One command as an admin reads it: when, who, where, what, and how it ended."""
     ending = ("⏱️ timed out" if row.timed_out else "⏹️ stopped" if row.cancelled
               else "⚠️ did not run" if row.exit_code is None else f"exit {row.exit_code}")
-    return (f"{stamp(row.created_at)} <@{row.user}> in <#{row.session}> {inline_code(row.command, 60)} → {ending} · "
+    command = inline_code(row.command, 60) if row.command else COMMAND_REMOVED
+    return (f"{stamp(row.created_at)} <@{row.user}> in <#{row.session}> {command} → {ending} · "
             f"{row.duration:.1f} s · {human_size(row.output_bytes)}")
 
 
@@ -104,6 +113,27 @@ def _usage_text(report: Report, title: str) -> str:
     return "\n".join(lines)
 
 
+def _guild_id(channel: Any) -> int | None:
+    """The server of a channel or thread option (an uncached one carries only guild_id)."""
+    found = getattr(channel, "guild_id", None)
+    if found is None:
+        found = getattr(getattr(channel, "guild", None), "id", None)
+    return int(found) if found is not None else None
+
+
+def _in_guild(scope: Scope, guild: Any) -> bool:
+    """Whether a place setting is this server's: the server's own, or one of its channels' or threads'."""
+    if scope.kind == Scope.SERVER:
+        return scope.id == str(guild.id)
+    find = getattr(guild, "get_channel_or_thread", None)
+    return scope.kind == Scope.CHANNEL and find is not None and scope.id.isdigit() and find(int(scope.id)) is not None
+
+
+def _channels_of(guild: Any) -> list[str]:
+    """The ids of a server's channels and threads the bot knows (their settings are the server's)."""
+    return [str(c.id) for c in [*getattr(guild, "channels", ()), *getattr(guild, "threads", ())]]
+
+
 class Admin(SlashCog, commands.GroupCog, group_name="admin",
             group_description="Manage the assistant (server managers only)"):
     """/admin …: each command checked once (interaction_check), its failures said once (cog_app_command_error)."""
@@ -116,28 +146,41 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         return getattr(command, "qualified_name", "") == "admin prompt set" \
             and getattr(interaction.namespace, "text", None) is None
 
-    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
-        """Acknowledged, the access lists applied (SlashCog), then: server managers and ADMIN_USER_IDS only."""
-        await super().interaction_check(interaction)
-        if not user_is_admin(self.runtime.settings, interaction.user, in_guild=interaction.guild is not None):
-            raise Refused(REFUSAL)
-        return True
+    def refusal_of(self, interaction: discord.Interaction) -> str | None:
+        """The access lists (SlashCog), then: server managers and ADMIN_USER_IDS only (in a DM, the latter)."""
+        line = super().refusal_of(interaction)
+        if line is None and not user_is_admin(self.runtime.settings, interaction.user,
+                                              in_guild=interaction.guild is not None):
+            return REFUSAL
+        return line
 
-    async def _known_channel(self, user_id: int, channel: str) -> None:
-        """A channel the bot can see, or one where this user has talked to it (DMs included); else refused."""
-        if channel.isdigit() and (self.bot.get_channel(int(channel)) is not None
-                                  or await self.runtime.find_session(str(user_id), channel) is not None):
+    def _reach(self, interaction: discord.Interaction) -> Reach:
+        """What this admin sees and acts on: everything for the bot's admins, else their server (a
+        manager's: refusal_of let nobody else in, and no one without a server)."""
+        if interaction.user.id in self.runtime.settings.admin_user_ids:
+            return Reach.everything()
+        if interaction.guild is None:
+            raise Refused(REFUSAL)
+        return Reach.within(interaction.guild.id)
+
+    async def _known_session(self, interaction: discord.Interaction, user_id: int, channel: str) -> None:
+        """A conversation of this user in that channel, within this admin's reach; else refused, with
+        the same line whether the channel is another server's, a DM, or nothing at all."""
+        reach = self._reach(interaction)
+        if await self.runtime.find_session(str(user_id), channel, reach) is not None:
             return
-        raise Refused(UNKNOWN_CHANNEL.format(channel=channel))
+        raise Refused(UNKNOWN_CHANNEL.format(user=f"<@{user_id}>", channel=inline_code(channel, 40),
+                                             where="" if reach.everywhere else " of this server"))
 
     # -- sessions ---------------------------------------------------------------------
-    @app_commands.command(name="sessions", description="All conversations with a running reply or sandbox")
+    @app_commands.command(name="sessions", description="Conversations with a running reply or sandbox")
     async def sessions(self, interaction: discord.Interaction) -> None:
-        running = await self.runtime.sandbox_states()
-        active = self.runtime.registry.active()
+        reach = self._reach(interaction)
+        running = await self.runtime.sandbox_states(reach)
+        active = await self.runtime.replies(reach)
         keys = sorted(set(running) | set(active))
         if not keys:
-            return await say(interaction, "No active sessions.")
+            return await say(interaction, "No active sessions" + ("." if reach.everywhere else " in this server."))
         lines = [f"<@{user}> in <#{session}> · sandbox: {running.get((user, session), 'none')}"
                  + (f" · replying ({active[(user, session)].value})" if (user, session) in active else "")
                  for user, session in keys[:40]]
@@ -146,7 +189,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     @app_commands.command(name="reset", description="Clear someone's conversation in a channel and restart their sandbox")
     @app_commands.describe(user="Whose conversation", channel="The channel id of the conversation")
     async def reset(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
-        await self._known_channel(user.id, channel)
+        await self._known_session(interaction, user.id, channel)
         async with ChatSession(user=user.id, session=channel, runtime=self.runtime) as chat:
             removed = await chat.reset()
         await say(interaction, f"Cleared {removed} messages of <@{user.id}> in <#{channel}>"
@@ -155,24 +198,28 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     @app_commands.command(name="stop", description="Stop someone's reply and remove their sandbox in a channel")
     @app_commands.describe(user="Whose session", channel="The channel id of the session")
     async def stop(self, interaction: discord.Interaction, user: discord.User, channel: str) -> None:
-        await self._known_channel(user.id, channel)
+        await self._known_session(interaction, user.id, channel)
         removed = await self.runtime.stop_session(str(user.id), str(channel))
         await say(interaction, f"Stopped <@{user.id}> in <#{channel}>"
                                + ("; sandbox removed." if removed else "; there was no sandbox."))
 
     @reset.autocomplete("channel")
     @stop.autocomplete("channel")
-    async def _channel_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    @checked_choices
+    async def _channel_choices(self, interaction: discord.Interaction, current: str) -> Choices:
+        """The picked person's conversations (everyone's, before one is picked) within this admin's reach."""
         user = getattr(interaction.namespace, "user", None)
-        infos = await self.runtime.sessions_of(str(user.id) if user else None)
+        user_id = getattr(user, "id", None)
+        infos = await self.runtime.sessions_of(str(user_id) if user_id else None, self._reach(interaction),
+                                               matching=current.strip(), limit=25)
         return [app_commands.Choice(name=f"{i.session} ({i.message_count} messages)", value=i.session)
-                for i in infos if current in i.session][:25]
+                for i in infos]
 
     @app_commands.command(name="audit", description="The latest commands run in sandboxes (kept after /reset)")
     @app_commands.describe(user="Only this person's commands", channel="Only commands in this channel (id)")
     async def audit(self, interaction: discord.Interaction, user: discord.User | None = None,
                     channel: str | None = None) -> None:
-        rows = await self.runtime.audit(str(user.id) if user else None, channel, AUDIT_ROWS)
+        rows = await self.runtime.audit(self._reach(interaction), str(user.id) if user else None, channel, AUDIT_ROWS)
         if not rows:
             return await say(interaction, "No commands recorded" + (" for that filter." if user or channel else "."))
         await say(interaction, "\n".join(_audit_line(row) for row in rows))
@@ -200,26 +247,58 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
 
     @app_commands.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
     async def status(self, interaction: discord.Interaction) -> None:
+        """For the bot's admins, the whole bot; for a server's managers, their server: its model, its
+        overrides, its sandboxes and replies, and whether Ollama and Docker work (not where they
+        are, nor what another server's failures said)."""
         rt = self.runtime
+        reach = self._reach(interaction)
         models = await rt.models()
-        model = (await rt.places.model(Place())).value
-        overrides = await rt.places.model_overrides()
+        if reach.everywhere:
+            model = (await rt.places.model(Place())).value
+            overrides = await rt.places.model_overrides()
+        else:
+            model = (await rt.places.model(Place(server=reach.server))).value
+            overrides = sum(1 for scope, row in (await rt.places.overrides()).items()
+                            if row.model and _in_guild(scope, interaction.guild))
         docker_ok = await rt.sandboxes_reachable()
-        running = [s for s in (await rt.sandbox_states()).values() if s == "running"] if docker_ok else []
+        running = [s for s in (await rt.sandbox_states(reach)).values() if s == "running"] if docker_ok else []
+        here = "" if reach.everywhere else " in this server"
         lines = [
             f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
             + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
-            f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'} at {rt.settings.ollama_host}",
+            f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'}"
+            + (f" at {rt.settings.ollama_host}" if reach.everywhere else ""),
             f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}" if rt.settings.tools
             else "Docker: not used (TOOLS=off: chat only, no commands)",
-            f"Sandboxes running: {len(running)}",
-            f"Replies in progress: {len(rt.registry.active())}",
+            f"Sandboxes running{here}: {len(running)}",
+            f"Replies in progress{here}: {len(await rt.replies(reach))}",
         ]
-        for incident in rt.incidents.open():  # what users were told "unavailable" about, in full
+        for incident in rt.incidents.open():  # what users were told "unavailable" about; in full for the bot's admins
             since = datetime.fromtimestamp(incident.since, timezone.utc).replace(tzinfo=None)
-            lines.append(f"🔴 {incident.part} failing since {stamp(since)} ({incident.count}×): "
-                         f"{incident.detail[:300]}")
+            detail = f": {incident.detail[:300]}" if reach.everywhere else " (the bot's admins see the details)"
+            lines.append(f"🔴 {incident.part} failing since {stamp(since)} ({incident.count}×){detail}")
         await say(interaction, "\n".join(lines))
+
+    # -- their data on request ------------------------------------------------------
+    @app_commands.command(name="forget", description="Delete someone's conversations, sandboxes and files "
+                                                     "in this server (after a confirmation)")
+    @app_commands.describe(user="Whose data to delete")
+    async def forget(self, interaction: discord.Interaction, user: discord.User) -> None:
+        """A server's managers: that person's data in this server. The bot's admins in a DM: everywhere."""
+        guild = interaction.guild
+        reach = Reach.everything() if guild is None else Reach.within(guild.id)
+        where = "everywhere" if guild is None else "in this server"
+        whose = f"<@{user.id}>'s"
+        target = str(user.id)
+
+        async def action() -> str:
+            line = await forgetting.forget(self.bot, target, reach, whose=whose, where=where,
+                                           channels=_channels_of(guild) if guild is not None else ())
+            log.info("/admin forget of %s (%s) by %s", target, reach, interaction.user.id)
+            return line
+
+        await forgetting.ask(interaction, forgetting.question(self.runtime.settings, whose=whose, where=where),
+                             action)
 
     # -- model and persona per place ------------------------------------------------
     def _target(self, interaction: discord.Interaction, channel: discord.abc.GuildChannel | None,
@@ -232,7 +311,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
                 raise Refused(ONLY_BOT_ADMINS)
             return Scope.everywhere(), "every server and DM (the default)"
         if channel is not None:
-            if getattr(getattr(channel, "guild", None), "id", None) != interaction.guild.id:
+            if _guild_id(channel) != interaction.guild.id:
                 raise Refused("Pick a channel of this server.")
             return Scope.channel(channel.id), f"<#{channel.id}>"
         return Scope.server(interaction.guild.id), "this server"
@@ -284,7 +363,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         return line
 
     @model.autocomplete("name")
-    async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    @checked_choices
+    async def _model_choices(self, interaction: discord.Interaction, current: str) -> Choices:
         models = await self.runtime.models() or []
         return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
 

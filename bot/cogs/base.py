@@ -1,12 +1,15 @@
 """What every cog with slash commands shares: its check and its error handler, written once.
 
 discord.py runs a cog's `interaction_check` before each of its app commands and hands whatever
-a command raises to its `cog_app_command_error`: commands hold only what they do.
+a command raises to its `cog_app_command_error`: commands hold only what they do. Autocompletes
+get no interaction_check from discord.py: each is wrapped in `checked_choices`, which applies the
+same rule (`refusal_of`) and offers nothing to whoever the command would refuse.
 """
 from __future__ import annotations
 
+import functools
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable, TypeVar
 
 import discord
 from discord import app_commands
@@ -20,6 +23,8 @@ if TYPE_CHECKING:
     from ..discord_bot import LLMBot
 
 log = logging.getLogger(__name__)
+C = TypeVar("C", bound="SlashCog")
+Choices = list[app_commands.Choice[str]]
 
 
 class Refused(app_commands.CheckFailure):
@@ -55,12 +60,17 @@ class SlashCog(commands.Cog):
         """True for a command whose first answer is a form (a modal must be the first answer)."""
         return False
 
+    def refusal_of(self, interaction: discord.Interaction) -> str | None:
+        """Why this cog's commands are refused to whoever sent `interaction` (None: they are not):
+        the same access lists as chat."""
+        return interaction_refusal(self.runtime.settings, interaction)
+
     async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
         """Acknowledge at once (Discord gives 3 s, and Docker or the database may take longer under
-        load), then apply the same access lists as chat."""
+        load), then apply refusal_of."""
         if not interaction.response.is_done() and not self.opens_a_form(interaction):
             await interaction.response.defer(ephemeral=True, thinking=True)
-        line = interaction_refusal(self.runtime.settings, interaction)
+        line = self.refusal_of(interaction)
         if line:
             raise Refused(line)
         return True
@@ -80,3 +90,16 @@ class SlashCog(commands.Cog):
             await say(interaction, failure_line(cause))
         except discord.HTTPException as exc:
             log.warning("could not say why /%s failed: %s", name, exc)
+
+
+def checked_choices(complete: Callable[[C, discord.Interaction, str], Awaitable[Choices]]
+                    ) -> Callable[[C, discord.Interaction, str], Awaitable[Choices]]:
+    """An autocomplete that first applies its cog's refusal_of: whoever the command would refuse is
+    offered nothing, and nothing is looked up, created or started for them."""
+    @functools.wraps(complete)
+    async def checked(cog: C, interaction: discord.Interaction, current: str) -> Choices:
+        if cog.refusal_of(interaction) is not None:
+            return []
+        return await complete(cog, interaction, current)
+
+    return checked

@@ -5,7 +5,7 @@ import logging
 import re
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Collection
 
 import discord
 from discord.ext import commands
@@ -13,7 +13,7 @@ from discord.ext import commands
 from core import ChatSession, EngineError, Phase, Settings, TooFast, compose, failure_line
 from core.store import ALL, THREAD
 
-from ..access import channel_ids, place_of, refusal, upload_limit, user_is_admin
+from ..access import person_refusal, place_of, upload_limit, user_is_admin
 from ..controls import FullOutputButton, StopView, outputs_view
 from ..modes import from_a_person, is_bot_thread, may_start_threads, mode_at, start_thread
 from ..pacing import ChannelPacer
@@ -88,9 +88,7 @@ class Chat(commands.Cog):
         where = await self.where(message)
         if where is None:
             return
-        roles = [r.id for r in getattr(message.author, "roles", [])]
-        refused = refusal(self.settings, user_id=message.author.id, role_ids=roles,
-                          channel_ids=channel_ids(message.channel), is_dm=message.guild is None)
+        refused = person_refusal(self.settings, message.author, message.channel, in_guild=message.guild is not None)
         if refused:
             await self.refuse(message, refused)
             return
@@ -161,6 +159,17 @@ class Chat(commands.Cog):
                 for waiting, _, _ in batch:
                     await self._react(waiting, BUSY_REACTION)
                 return
+
+    async def drop_waiting(self, user: str, sessions: Collection[str] | None = None) -> int:
+        """Drop a person's messages waiting for an answer (in `sessions`; None: everywhere), their ⏳
+        taken off: they asked to be forgotten, and answering them would start a conversation again.
+        The number dropped."""
+        dropped = 0
+        for key in [k for k in self._waiting if k[0] == user and (sessions is None or k[1] in sessions)]:
+            for waiting, _, _ in self._waiting.pop(key, []):
+                await self._unreact(waiting, BUSY_REACTION)
+                dropped += 1
+        return dropped
 
     # -- the replied-to message -----------------------------------------------------
     async def with_reply_context(self, message: discord.Message, text: str) -> str:

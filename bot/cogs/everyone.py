@@ -7,18 +7,18 @@ import discord
 from discord import app_commands
 from discord.utils import MISSING
 
-from core import ChatSession, EngineError, PersonalUsage, Place
+from core import ChatSession, EngineError, PersonalUsage, Reach
 from core.context import Seen
 from core.errors import NotAFolder, WorkspaceError
 from core.sandbox.workspace import shown_name
 
-from ..access import place_of, upload_limit, user_is_admin
+from ..access import place_of_interaction, upload_limit, user_is_admin
 from ..files import FILES_EMPTY, FilePicker, in_data, listing, send_file_to
 from ..formatting import stamp, totals_line
 from ..guide import help_text
 from ..modes import is_bot_thread, mode_at
 from ..reply import NO_MENTIONS
-from .base import SlashCog, say
+from .base import Choices, SlashCog, checked_choices, say
 
 if TYPE_CHECKING:
     from ..discord_bot import LLMBot
@@ -53,7 +53,8 @@ class Everyone(SlashCog):
                            files="Also delete your files in /data now (otherwise they go after "
                                  "DATA_RETENTION_DAYS unused)")
     async def reset(self, interaction: discord.Interaction, keep_container: bool = False, files: bool = False) -> None:
-        async with ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.runtime) as chat:
+        async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
+                               place=place_of_interaction(interaction), runtime=self.runtime) as chat:
             removed = await chat.reset(keep_container=keep_container, delete_files=files)
         if not self.runtime.settings.tools:  # chat only: there is no sandbox to speak of
             return await say(interaction, f"Cleared {removed} messages here"
@@ -66,10 +67,10 @@ class Everyone(SlashCog):
 
     @app_commands.command(name="sessions", description="List your conversations with the assistant")
     async def sessions(self, interaction: discord.Interaction) -> None:
-        infos = await self.runtime.sessions_of(str(interaction.user.id))
+        infos = await self.runtime.sessions_of(str(interaction.user.id), Reach.everything())  # their own, everywhere
         if not infos:
             return await say(interaction, "You have no conversations yet.")
-        running = await self.runtime.sandbox_states()
+        running = await self.runtime.sandbox_states(Reach.everything())  # read for their own conversations only
         sandboxes = self.runtime.settings.tools  # chat only: none to show
         lines = [f"<#{i.session}> · {i.message_count} messages · last active {stamp(i.last_active)}"
                  + ((" · 🟢 sandbox running" if running.get((i.user, i.session)) == "running" else " · ⚪ no sandbox")
@@ -86,9 +87,7 @@ class Everyone(SlashCog):
     async def help(self, interaction: discord.Interaction) -> None:
         rt = self.runtime
         channel = getattr(interaction, "channel", None)
-        place = place_of(channel) if channel is not None else Place(
-            channel=str(interaction.channel_id),
-            server=str(interaction.guild.id) if interaction.guild is not None else None)
+        place = place_of_interaction(interaction)
         me = self.bot.user
         await say(interaction, help_text(
             rt.settings, bot_name=me.display_name if me else "the bot",
@@ -103,35 +102,39 @@ class Everyone(SlashCog):
     async def files(self, interaction: discord.Interaction, path: str | None = None) -> None:
         # the most the bot may attach here: a DM's limit when there is no channel
         limit = min(self.runtime.settings.send_file_max_bytes, upload_limit(getattr(interaction, "channel", None)))
-        chat = ChatSession(user=interaction.user.id, session=interaction.channel_id, runtime=self.runtime)
-        async with chat:
-            where = in_data(path or "")
-            where = "" if where == "data" else where
-            try:
-                entries = await chat.list_files(where)
-                disk = await chat.disk_usage()
-            except NotAFolder:
+        user, session = str(interaction.user.id), str(interaction.channel_id)
+        where = in_data(path or "")
+        where = "" if where == "data" else where
+        # Listing starts nothing: no sandbox, and no conversation for someone who never talked to me.
+        chat = ChatSession(user=user, session=session, place=place_of_interaction(interaction), runtime=self.runtime,
+                           prewarm=False)
+        try:
+            entries = await self.runtime.list_files(user, session, where)
+        except NotAFolder:
+            async with chat:
                 return await send_file_to(interaction, chat, where, limit)  # a file: send it
-            except WorkspaceError as exc:  # the message may hold the path as typed: shown inert
-                return await say(interaction, f"⚠️ {discord.utils.escape_markdown(exc.user_message)}")
+        except WorkspaceError as exc:  # the message may hold the path as typed: shown inert
+            return await say(interaction, f"⚠️ {discord.utils.escape_markdown(exc.user_message)}")
+        disk = await self.runtime.user_disk(user)
         total = f"\n-# {'⚠️ ' + disk.full_line() if disk.full else disk.line()}" if disk.nearly_full else ""
         if not entries:
             await interaction.followup.send((FILES_EMPTY if not where else f"/data/{where} is empty.") + total,
                                             ephemeral=True, allowed_mentions=NO_MENTIONS)
             return
-        picker = FilePicker(chat, entries, limit)
+        async with chat:  # its files are listed: the conversation exists, and the picker reads through it
+            picker = FilePicker(chat, entries, limit)
         await interaction.followup.send(listing(where, entries, total), ephemeral=True,
                                         view=picker if picker.children else MISSING, allowed_mentions=NO_MENTIONS)
 
     @files.autocomplete("path")
-    async def _files_path(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        """Names in /data (or in the folder typed so far) that match what is typed; links left out."""
+    @checked_choices
+    async def _files_path(self, interaction: discord.Interaction, current: str) -> Choices:
+        """Names in /data (or in the folder typed so far) that match what is typed; links left out.
+        Nothing is created or started for it: no conversation, no sandbox (only an existing /data is read)."""
         typed = in_data(current)
         folder, _, stem = typed.rpartition("/")
         try:
-            async with ChatSession(user=interaction.user.id, session=interaction.channel_id,
-                                   runtime=self.runtime) as chat:
-                entries = await chat.list_files(folder)
+            entries = await self.runtime.list_files(str(interaction.user.id), str(interaction.channel_id), folder)
         except EngineError:
             return []
         # only paths that come back exactly as sent (no control characters, no edge spaces a strip would eat)

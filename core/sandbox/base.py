@@ -211,6 +211,11 @@ class Provider(abc.ABC):
         """Delete the session's /data for good (its sandbox goes first)."""
 
     @abc.abstractmethod
+    async def delete_person(self, user: str) -> tuple[int, int]:
+        """Delete every sandbox and /data of one person (they asked to be forgotten), those of
+        conversations the history does not know too; (sandboxes, /data folders) deleted."""
+
+    @abc.abstractmethod
     async def user_disk(self, user: str) -> UserDisk:
         """What one person's conversations hold in /data, against USER_DISK."""
 

@@ -27,7 +27,7 @@ from .base import OutputSink, Provider, Sandbox, SandboxInfo
 from .docker import diskimage
 from .docker.naming import sandbox_name, session_folder, user_folder
 from .quota import UserDisk
-from .workspace import remove_folder
+from .workspace import folders_of, remove_folder
 
 COMMANDS_OFF = "Commands are off here: this bot runs in chat-only mode (TOOLS=off)."
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -115,6 +115,16 @@ class FolderProvider(Provider):
         folder = self.data_dir(user, session)
         await asyncio.to_thread(diskimage.destroy, folder)  # a disk image a sandbox had, when commands were on
         await remove_folder(folder)
+
+    async def delete_person(self, user: str) -> tuple[int, int]:
+        """Every /data folder of the person (no sandboxes here), then their own folder."""
+        root = self._root() / user_folder(user)
+        folders = await asyncio.to_thread(folders_of, root)
+        for folder in folders:
+            await asyncio.to_thread(diskimage.destroy, folder)  # a disk image a sandbox had, when commands were on
+            await remove_folder(folder)
+        await remove_folder(root)
+        return 0, len(folders)
 
     async def user_disk(self, user: str) -> UserDisk:
         return await asyncio.to_thread(diskimage.user_disk, self._root() / user_folder(user), self.settings)

@@ -14,6 +14,7 @@
 - `places.py`: persona, model and mode per channel, server or everywhere (a typed `Scope`).
 - `usage.py`: what each person used, per server, UTC day and model (turns, tokens, command time,
   files), for /usage, /admin usage and the daily budgets.
+- `reach.py`: how far an admin sees: one server's conversations and commands, or everything.
 
 The synchronous calls (History's, AuditLog's, UsageLog's) run on the store's threads through their `run`;
 Places' calls are coroutines already. Table and column names are those of every earlier version,
@@ -39,6 +40,7 @@ from .history import (
 )
 from .places import ALL, KEEP, MENTION, MODES, PROMPT_MAX_CHARS, THREAD, Choice, Place, Places, PlaceSetting, Scope
 from .usage import NO_SERVER, USAGE_RETENTION_DAYS, Day, Report, Totals, Usage, UsageLog
+from .reach import EVERYTHING, Reach
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -54,7 +56,8 @@ class Store:
         if settings is None:
             from ..config import Settings
             settings = Settings(database_url=url)
-        self.database = Database(url, TABLES, (*_history.ADDED_COLUMNS, *_places.ADDED_COLUMNS))
+        self.database = Database(url, TABLES,
+                                 (*_history.ADDED_COLUMNS, *_places.ADDED_COLUMNS, *_audit.ADDED_COLUMNS))
         self.history = History(self.database)
         self.audit = AuditLog(self.database)
         self.places = Places(self.database, settings)  # its fallbacks: SYSTEM_PROMPT and OLLAMA_MODEL
@@ -74,8 +77,8 @@ class Store:
 
 
 __all__ = [
-    "ALL", "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "MENTION", "MODES", "NO_SERVER", "PROMPT_MAX_CHARS", "ROW_ID",
-    "THREAD", "USAGE_RETENTION_DAYS", "AddedColumn", "Audit", "AuditLog", "Choice", "Database", "Day", "History",
-    "Message", "Place", "PlaceSetting", "Places", "Report", "Scope", "Session", "SessionInfo", "Store", "Summary",
-    "Table", "Totals", "Usage", "UsageLog", "User", "now",
+    "ALL", "EVERYTHING", "IMAGE_REFS", "INTERRUPTED_RESULT", "KEEP", "MENTION", "MODES", "NO_SERVER",
+    "PROMPT_MAX_CHARS", "ROW_ID", "THREAD", "USAGE_RETENTION_DAYS", "AddedColumn", "Audit", "AuditLog", "Choice",
+    "Database", "Day", "History", "Message", "Place", "PlaceSetting", "Places", "Reach", "Report", "Scope", "Session",
+    "SessionInfo", "Store", "Summary", "Table", "Totals", "Usage", "UsageLog", "User", "now",
 ]

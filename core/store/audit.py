@@ -1,5 +1,7 @@
 """The audit log: one row per command a sandbox ran, kept apart from the conversation (so /reset
-never erases it) and dropped after AUDIT_RETENTION_DAYS."""
+never erases it) and dropped after AUDIT_RETENTION_DAYS. Each row names the server the command ran
+for (None: a DM, or a row from before servers were recorded), so a server's managers read their
+own server's only; a person's /forget blanks the command text of theirs and keeps the rest."""
 from __future__ import annotations
 
 from datetime import timedelta
@@ -7,7 +9,8 @@ from typing import Any, Callable, TypeVar
 
 from peewee import AutoField, BooleanField, CharField, DateTimeField, FloatField, IntegerField, TextField
 
-from .database import Database, Table, now
+from .database import AddedColumn, Database, Table, now
+from .reach import EVERYTHING, Reach
 
 T = TypeVar("T")
 
@@ -19,7 +22,8 @@ class Audit(Table):
     created_at = DateTimeField(default=now, index=True)
     user = CharField(max_length=191)
     session = CharField(max_length=191)
-    command = TextField()
+    server = CharField(max_length=191, null=True)  # the server (guild) id; None: a DM, or unknown (older rows)
+    command = TextField()  # "" once its person asked to be forgotten
     exit_code = IntegerField(null=True)
     duration = FloatField(default=0.0)
     output_bytes = IntegerField(default=0)
@@ -32,6 +36,7 @@ class Audit(Table):
 
 
 TABLES = (Audit,)
+ADDED_COLUMNS = (AddedColumn("audit", "server", CharField(max_length=191, null=True)),)
 
 
 class AuditLog:
@@ -45,19 +50,32 @@ class AuditLog:
         return await self.database.run(fn, *args, **kwargs)
 
     def add(self, user: str, session: str, command: str, *, exit_code: int | None, duration: float,
-            output_bytes: int, timed_out: bool = False, cancelled: bool = False) -> None:
+            output_bytes: int, timed_out: bool = False, cancelled: bool = False, server: str | None = None) -> None:
         with self.database.write():
-            Audit.create(user=user, session=session, command=command, exit_code=exit_code, duration=duration,
-                         output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
+            Audit.create(user=user, session=session, server=server, command=command, exit_code=exit_code,
+                         duration=duration, output_bytes=output_bytes, timed_out=timed_out, cancelled=cancelled)
 
-    def latest(self, user: str | None = None, session: str | None = None, limit: int = 20) -> list[Audit]:
-        """The latest commands, newest first, narrowed to a user and/or a session."""
+    def latest(self, user: str | None = None, session: str | None = None, limit: int = 20, *,
+               reach: Reach = EVERYTHING) -> list[Audit]:
+        """The latest commands within `reach`, newest first, narrowed to a user and/or a session."""
         query = Audit.select().order_by(Audit.id.desc()).limit(limit)
         if user is not None:
             query = query.where(Audit.user == user)
         if session is not None:
             query = query.where(Audit.session == session)
+        if not reach.everywhere:
+            query = query.where(reach.where(Audit.server))
         return list(query)
+
+    def blank(self, user: str, reach: Reach = EVERYTHING) -> int:
+        """Remove the command text of a person's rows within `reach` (they asked to be forgotten); the
+        rows stay, for AUDIT_RETENTION_DAYS. The number of their rows kept."""
+        mine = Audit.user == user
+        if not reach.everywhere:
+            mine &= reach.where(Audit.server)
+        with self.database.write():
+            Audit.update(command="").where(mine & (Audit.command != "")).execute()
+            return Audit.select().where(mine).count()
 
     def purge(self, older_than: timedelta) -> int:
         """Delete the rows older than `older_than`; the number deleted."""

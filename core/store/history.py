@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from peewee import (
     JOIN,
@@ -20,6 +20,7 @@ from peewee import (
 )
 
 from .database import AddedColumn, Database, Table, now
+from .reach import EVERYTHING, Reach
 
 T = TypeVar("T")
 IMAGE_REFS = "image_refs"  # in a window message: /data paths of its images, replaced before a request
@@ -40,6 +41,9 @@ class Session(Table):
     id = AutoField()
     user = ForeignKeyField(User, backref="sessions", on_delete="CASCADE")
     key = CharField(max_length=191)
+    # The server (guild) the conversation is in; None for a DM, and for rows older than the column
+    # until the person talks there again (open_session fills it in).
+    server = CharField(max_length=191, null=True)
     created_at = DateTimeField(default=now)
     last_active = DateTimeField(default=now)
 
@@ -81,7 +85,8 @@ class Summary(Table):
 
 
 TABLES = (User, Session, Message, Summary)
-ADDED_COLUMNS = (AddedColumn("messages", "images", TextField(null=True)),)
+ADDED_COLUMNS = (AddedColumn("messages", "images", TextField(null=True)),
+                 AddedColumn("sessions", "server", CharField(max_length=191, null=True)))
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,7 @@ class SessionInfo:
     session: str
     message_count: int
     last_active: datetime
+    server: str | None = None  # None: a DM, or a conversation from before servers were recorded
 
 
 class History:
@@ -106,38 +112,113 @@ class History:
         return await self.database.run(fn, *args, **kwargs)
 
     # -- sessions ---------------------------------------------------------
-    def open_session(self, user: str, session: str) -> int:
-        """The id of the (user, session) pair, created on first use."""
+    def open_session(self, user: str, session: str, server: str | None = None) -> int:
+        """The id of the (user, session) pair, created on first use, in `server` (None: a DM or a
+        caller outside Discord). A conversation stored before servers were recorded learns its
+        server here; one never moves to another (a channel id belongs to one server for good)."""
         with self.database.write():
             user_row, _ = User.get_or_create(key=user)
-            row, _ = Session.get_or_create(user=user_row, key=session)
+            row, _ = Session.get_or_create(user=user_row, key=session, defaults={"server": server})
+            if server is not None and row.server is None:
+                Session.update(server=server).where(Session.id == row.id).execute()
         return row.id
 
-    def find_session(self, user: str, session: str) -> int | None:
-        row = (Session.select(Session.id).join(User)
-               .where((User.key == user) & (Session.key == session)).first())
+    def find_session(self, user: str, session: str, reach: Reach = EVERYTHING) -> int | None:
+        """The conversation's id, if it exists within `reach`; nothing is created."""
+        condition = (User.key == user) & (Session.key == session)
+        if not reach.everywhere:
+            condition &= reach.where(Session.server)
+        row = Session.select(Session.id).join(User).where(condition).first()
         return row.id if row else None
 
-    def list_sessions(self, user: str | None = None) -> list[SessionInfo]:
+    def list_sessions(self, user: str | None = None, reach: Reach = EVERYTHING, *, matching: str = "",
+                      limit: int | None = None) -> list[SessionInfo]:
         """Sessions with the number of messages people and the assistant wrote (not the commands'
-        results, nor the assistant's rows that only call a command), most recently active first."""
+        results, nor the assistant's rows that only call a command), most recently active first: one
+        person's (everyone's with None) within `reach`, those whose channel id holds `matching`, at
+        most `limit`."""
         count = fn.COUNT(Message.id)
         written = (Message.session == Session.id) & (Message.role != "tool") & (Message.content != "")
-        query = (Session.select(Session.id, Session.key, Session.last_active, User.key.alias("user_key"),
-                                count.alias("n"))
+        query = (Session.select(Session.id, Session.key, Session.server, Session.last_active,
+                                User.key.alias("user_key"), count.alias("n"))
                  .join(User).switch(Session).join(Message, JOIN.LEFT_OUTER, on=written)
-                 .group_by(Session.id, Session.key, Session.last_active, User.id, User.key)
-                 .order_by(Session.last_active.desc()))
+                 .group_by(Session.id, Session.key, Session.server, Session.last_active, User.id, User.key)
+                 .order_by(Session.last_active.desc(), Session.id.desc()))
         if user is not None:
             query = query.where(User.key == user)
-        return [SessionInfo(row["id"], row["user_key"], row["key"], row["n"], row["last_active"])
+        if not reach.everywhere:
+            query = query.where(reach.where(Session.server))
+        if matching:
+            query = query.where(Session.key.contains(matching))
+        if limit is not None:
+            query = query.limit(limit)
+        return [SessionInfo(row["id"], row["user_key"], row["key"], row["n"], row["last_active"], row["server"])
                 for row in query.dicts()]
+
+    def servers_of(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str | None]:
+        """The server of each of these (user, session) pairs that has a conversation (DMs: None)."""
+        wanted = set(keys)
+        found: dict[tuple[str, str], str | None] = {}
+        channels = sorted({session for _, session in wanted})
+        for start in range(0, len(channels), 500):  # well under every database's limit of parameters
+            query = (Session.select(User.key.alias("user_key"), Session.key, Session.server).join(User)
+                     .where(Session.key.in_(channels[start:start + 500])))
+            for row in query.dicts():
+                key = (row["user_key"], row["key"])
+                if key in wanted:
+                    found[key] = row["server"]
+        return found
+
+    def idle(self, older_than: timedelta | datetime) -> list[tuple[int, str, str]]:
+        """(id, user, session) of the conversations not used for longer than `older_than` (or since
+        that time), oldest first."""
+        cutoff = older_than if isinstance(older_than, datetime) else now() - older_than
+        query = (Session.select(Session.id, User.key.alias("user_key"), Session.key).join(User)
+                 .where(Session.last_active < cutoff).order_by(Session.last_active))
+        return [(row["id"], row["user_key"], row["key"]) for row in query.dicts()]
 
     def idle_sessions(self, older_than: timedelta) -> list[tuple[str, str]]:
         """(user, session) pairs not used for longer than `older_than`, oldest first."""
-        query = (Session.select(User.key.alias("user_key"), Session.key).join(User)
-                 .where(Session.last_active < now() - older_than).order_by(Session.last_active))
-        return [(row["user_key"], row["key"]) for row in query.dicts()]
+        return [(user, session) for _, user, session in self.idle(older_than)]
+
+    def delete_sessions(self, session_ids: Iterable[int], unused_since: datetime | None = None) -> tuple[int, int]:
+        """Delete these conversations for good: their messages, summaries and rows, and a person
+        left with none; (conversations, messages) deleted. `unused_since`: only those not used
+        since then (a sweep's cutoff: one a message came to meanwhile stays)."""
+        ids = sorted(set(session_ids))
+        conversations = messages = 0
+        with self.database.write():
+            if unused_since is not None and ids:
+                ids = [row.id for row in Session.select(Session.id).where(
+                    Session.id.in_(ids) & (Session.last_active < unused_since))]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start:start + 500]
+                owners = {row.user_id for row in Session.select(Session.user).where(Session.id.in_(chunk))}
+                Summary.delete().where(Summary.session.in_(chunk)).execute()
+                messages += Message.delete().where(Message.session.in_(chunk)).execute()
+                conversations += Session.delete().where(Session.id.in_(chunk)).execute()
+                if owners:
+                    still = Session.select(Session.user).where(Session.user.in_(list(owners)))
+                    User.delete().where(User.id.in_(list(owners)) & User.id.not_in(still)).execute()
+        return conversations, messages
+
+    def export(self, session_id: int) -> dict[str, Any] | None:
+        """One conversation as its person may take it away: where and when, its summary, and every
+        message (role, content, tool calls, time); None if it is gone."""
+        row = (Session.select(Session.key, Session.server, Session.created_at, Session.last_active)
+               .where(Session.id == session_id).first())
+        if row is None:
+            return None
+        summary = self.summary(session_id)
+        messages = []
+        for m in Message.select().where(Message.session == session_id).order_by(Message.id):
+            messages.append({"role": m.role, "content": m.content,
+                             "tool_calls": json.loads(m.tool_calls) if m.tool_calls else None,
+                             "tool_name": m.tool_name, "complete": m.complete,
+                             "images": json.loads(m.images) if m.images else [], "time": _iso(m.created_at)})
+        return {"server": row.server, "channel": row.key, "created": _iso(row.created_at),
+                "last_active": _iso(row.last_active), "summary": summary[1] if summary else None,
+                "messages": messages}
 
     def clear(self, session_id: int) -> int:
         """Delete a session's messages (and the summary of them); the number deleted."""
@@ -260,6 +341,11 @@ class History:
 
 
 Row = tuple[int, str, str, "str | None", "str | None", "str | None"]
+
+
+def _iso(stamp: datetime) -> str:
+    """A stored time (UTC without a zone) as ISO 8601 with its zone."""
+    return stamp.isoformat(timespec="seconds") + "Z"
 
 
 def _fit_turn(turn: list[Row], limit: int) -> list[Row]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Collection, Literal
+from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Literal
 
 from peewee import CharField, DateTimeField, TextField
 
@@ -208,6 +208,22 @@ class Places:
             rows.pop(scope, None)
         else:
             rows[scope] = row
+
+    async def forget_author(self, user: str, scopes: Callable[[Scope], bool] | None = None) -> int:
+        """Take a person's id off the settings they last changed (they asked to be forgotten; the
+        settings are their place's and stay), in the scopes `scopes` accepts (None: everywhere).
+        The number of settings changed."""
+        rows = await self._table()
+        mine = [scope for scope, row in rows.items() if row.updated_by == user and (scopes is None or scopes(scope))]
+        if mine:
+            await self.database.run(self._unsign, [str(scope) for scope in mine])
+            for scope in mine:
+                rows[scope].updated_by = ""
+        return len(mine)
+
+    def _unsign(self, scopes: list[str]) -> None:
+        with self.database.write():
+            PlaceSetting.update(updated_by="").where(PlaceSetting.scope.in_(scopes)).execute()
 
     def _save(self, scope: str, prompt: object, model: object, mode: object, by: str) -> PlaceSetting | None:
         with self.database.write():

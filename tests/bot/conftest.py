@@ -168,14 +168,15 @@ def fake_cdn(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
                             with_reaction_type(getattr(discord.state.ConnectionState, parser)))
 
 
-async def start_bot(runtime: Runtime) -> commands.Bot:
+async def start_bot(runtime: Runtime, guilds: int = 1) -> commands.Bot:
+    """The bot over `runtime`, in `guilds` servers of 2 text channels and 3 members each (dpytest)."""
     bot = create_bot(runtime=runtime)
     await bot._async_setup_hook()
     # dpytest resolves mentions through the guild's member cache, which needs the members
     # intent; the bot itself does not (it reads mentions from the message payload).
     bot._connection._intents.members = True
     bot._connection.member_cache_flags = discord.MemberCacheFlags.from_intents(bot.intents)
-    dpytest.configure(bot, guilds=1, text_channels=2, members=3)
+    dpytest.configure(bot, guilds=guilds, text_channels=2, members=3)
     bot._connection.loop = asyncio.get_running_loop()  # discord.py 2.7 sets it at login, which dpytest skips
     await bot.setup_hook()
     return bot

@@ -174,7 +174,7 @@ async def test_managers_and_listed_admins_may_use_admin(bot: commands.Bot, runti
 
 async def test_admin_sessions_reset_and_stop(bot: commands.Bot, runtime: Runtime,
                                              docker_client: docker.DockerClient) -> None:
-    sid = runtime.history.open_session("9", "111")
+    sid = runtime.history.open_session("9", "111", "1")  # in the managers' server (Interaction's guild 1)
     runtime.history.add_message(sid, "user", "x")
     await runtime.terminal.execute("9", "111", "true")
     admin = Interaction(1, manage_guild=True)
@@ -201,13 +201,18 @@ async def test_status_says_what_users_were_told_is_down(bot: commands.Bot, runti
         with pytest.raises(ModelError):
             async for _ in chat.chat_stream("hi"):
                 pass
-        said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+        runtime.settings = runtime.settings.replace(admin_user_ids=frozenset({77}))
+        said = await call(bot, ("admin", "status"), Interaction(77))
         down = [line for line in said.split("\n") if line.startswith("🔴 Ollama failing since")]
         assert len(down) == 1 and down[0].endswith("(1×): The model 'qwen3:8b' is not on the Ollama server: "
                                                    "run `ollama pull qwen3:8b` or pick another with /admin model.")
+        # a server's managers learn that it fails, not what failed elsewhere (another server's model, say)
+        said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+        [down] = [line for line in said.split("\n") if line.startswith("🔴 Ollama failing since")]
+        assert down.endswith("(1×) (the bot's admins see the details)")
         async for _ in chat.chat_stream("again"):
             pass
-        said = await call(bot, ("admin", "status"), Interaction(1, manage_guild=True))
+        said = await call(bot, ("admin", "status"), Interaction(77))
         assert "failing since" not in said  # the next good answer closes the incident
 
 
@@ -230,21 +235,27 @@ async def test_the_access_lists_apply_to_slash_commands(bot: commands.Bot, runti
 @pytest.mark.parametrize("command", ["reset", "stop"])
 async def test_admin_reset_and_stop_take_only_known_channels(bot: commands.Bot, runtime: Runtime,
                                                              docker_client: docker.DockerClient, command: str) -> None:
-    admin = types.SimpleNamespace(id=9)
-    for channel in ("not-a-channel", "424242"):
-        said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=admin, channel=channel)
-        assert said == f"No channel with the id `{channel}` is known to me for that user: pick one from the list."
-        assert runtime.history.find_session("9", channel) is None
+    person = types.SimpleNamespace(id=9)
+    runtime.history.open_session("9", "777")  # a DM the bot talked in: the bot's admins' only
+    runtime.history.open_session("9", "888", "2")  # a conversation in another server
+    for channel in ("not-a-channel", "424242", "777", "888"):
+        said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=person, channel=channel)
+        assert said == (f"<@9> has no conversation with me in the channel `{channel}` of this server: pick one "
+                        "from the list.")
+    assert runtime.history.find_session("9", "not-a-channel") is None  # nothing was created for a refusal
+    assert runtime.history.find_session("9", "424242") is None
     await asyncio.sleep(0.3)
     assert not docker_client.containers.list(all=True, filters={"label": "llmbot.user=9"})
-    runtime.history.open_session("9", "777")  # a DM channel the bot talked in: known through the history
-    said = await call(bot, ("admin", command), Interaction(1, manage_guild=True), user=admin, channel="777")
+    runtime.settings = runtime.settings.replace(admin_user_ids=frozenset({77}))
+    said = await call(bot, ("admin", command), Interaction(77, guild=None), user=person, channel="777")
     assert "<#777>" in said
 
 
 async def test_admins_read_the_audit_others_cannot(bot: commands.Bot, runtime: Runtime) -> None:
-    runtime.store.audit.add("9", str(CHANNEL), "ls -la /data", exit_code=0, duration=0.04, output_bytes=2048)
-    runtime.store.audit.add("10", "111", "rm -rf /", exit_code=None, duration=0.0, output_bytes=0, cancelled=True)
+    runtime.store.audit.add("9", str(CHANNEL), "ls -la /data", exit_code=0, duration=0.04, output_bytes=2048,
+                            server="1")
+    runtime.store.audit.add("10", "111", "rm -rf /", exit_code=None, duration=0.0, output_bytes=0, cancelled=True,
+                            server="1")
     said = await call(bot, ("admin", "audit"), Interaction(1, manage_guild=True))
     lines = said.splitlines()
     assert len(lines) == 2

@@ -28,14 +28,13 @@ def bot_text(bot: commands.Bot, channel) -> str:  # type: ignore[no-untyped-def]
     return "\n".join(m.content for m in channel_messages(channel, bot))
 
 
-async def test_setup_hook_loads_the_three_cogs_and_their_commands(bot: commands.Bot) -> None:
-    assert {"Chat", "Everyone", "Admin"} <= set(bot.cogs)
+async def test_setup_hook_loads_the_four_cogs_and_their_commands(bot: commands.Bot) -> None:
+    assert {"Chat", "Everyone", "Admin", "Privacy"} <= set(bot.cogs)
     names = {c.name for c in bot.tree.get_commands()}
-    assert {"reset", "sessions", "help", "usage", "admin"} <= names
+    assert {"reset", "sessions", "help", "usage", "admin", "forget", "export", "chat"} <= names
     admin = bot.tree.get_command("admin")
     assert {c.name for c in admin.commands} == {"sessions", "reset", "stop", "status", "model", "audit", "prompt",
-                                                      "usage", "channel"}
-    assert "chat" in names
+                                                "usage", "channel", "forget"}
     assert bot.intents.message_content
     from bot.discord_bot import create_bot
     fresh = create_bot(runtime=bot.runtime)  # dpytest swaps the connection state of `bot`

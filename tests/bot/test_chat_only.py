@@ -69,7 +69,8 @@ async def test_a_message_is_answered_with_no_docker_engine_and_no_tools(
     # the background loops ran without an engine: the reaper swept, and no disk watch was started
     assert runtime.background.reaper is not None and not runtime.background.reaper.done()
     assert runtime.background.disk_watch is None
-    assert await runtime.background.retention_pass() == (0, [])
+    swept = await runtime.background.retention_pass()
+    assert (swept.audit_rows, swept.conversations, swept.folders) == (0, 0, [])
 
 
 async def test_text_attachments_are_quoted_and_other_files_named_as_unseen(

@@ -2,6 +2,7 @@
 downloads. dpytest drives Discord; the engine runs for real (fake Ollama over HTTP, real Docker)."""
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -295,3 +296,29 @@ async def test_files_says_how_much_of_the_persons_total_their_conversations_hold
             assert len(lines) == 3
         finally:
             await dpytest.empty_queue()
+
+
+async def test_files_lists_without_starting_a_sandbox_or_a_conversation(bot: commands.Bot, runtime: Runtime,
+                                                                        docker_client: Any) -> None:
+    """Issue 19: /files by someone who never talked to the bot starts nothing and creates nothing; by
+    someone whose sandbox is gone, it lists /data and still starts nothing."""
+    config = dpytest.get_config()
+    newcomer, person, room = config.members[1], config.members[0], config.channels[0]
+
+    def sandboxes(member: Any) -> list[Any]:
+        return docker_client.containers.list(all=True, filters={"label": f"llmbot.user={member.id}"})
+
+    press = Press(newcomer, room)
+    await invoke(bot, ("files",), press)
+    assert press.sent[-1]["content"] == "Your /data here is empty. Attach files to a message to me to put them there."
+    await asyncio.sleep(0.5)  # a sandbox start, had one been asked for, would be under way by now
+    assert sandboxes(newcomer) == [] and runtime.history.find_session(str(newcomer.id), str(room.id)) is None
+
+    await runtime.terminal.execute(str(person.id), str(room.id), "echo kept > /data/notes.txt")
+    await runtime.stop_session(str(person.id), str(room.id))  # no sandbox now; the files stay
+    assert sandboxes(person) == []
+    listed = Press(person, room)
+    await invoke(bot, ("files",), listed)
+    assert "notes.txt" in listed.sent[-1]["content"]
+    await asyncio.sleep(0.5)
+    assert sandboxes(person) == []

@@ -29,7 +29,7 @@ from ...errors import SandboxUnavailable
 from ..base import OutputSink, Provider, Sandbox, SandboxInfo
 from ..locks import KeyedLocks
 from ..quota import UserDisk
-from ..workspace import remove_folder
+from ..workspace import folders_of, remove_folder, session_of
 from . import archive, busybox, diskimage
 from .engine import (DOCKER_ERRORS, PULL_TIMEOUT, REQUEST_TIMEOUT, Engine, explain, is_gone,
                      reported_as_unavailable)
@@ -706,6 +706,40 @@ class DockerProvider(Provider):
                     await self._delete(name)
             await asyncio.get_running_loop().run_in_executor(self._disk_pool, diskimage.destroy, folder)
             await remove_folder(folder)
+
+    async def delete_person(self, user: str) -> tuple[int, int]:
+        """Every sandbox of the person (found by its label) and every /data folder (found in their own
+        folder), each through delete_data and its locks; then their own folder, once empty."""
+        await self.discover_host_root()
+        with reported_as_unavailable():
+            rows = await self._list(f"{LABEL}.user={user}")
+        sessions = [s for s in (row["Labels"].get(f"{LABEL}.session", "") for row in rows) if s]
+        folders = 0
+        for session in sessions:
+            folders += self.data_dir(user, session).exists()
+            await self.delete_data(user, session)
+        root, loop = self.user_root(user), asyncio.get_running_loop()
+        for folder in await loop.run_in_executor(self._disk_pool, folders_of, root):
+            session = session_of(folder)
+            if folder.name == session_folder(user, session):
+                await self.delete_data(user, session)
+            else:  # a name that does not spell its session back (not a Discord id): by its folder alone
+                async with self._locks.hold(("data", str(folder))):
+                    await loop.run_in_executor(self._disk_pool, diskimage.destroy, folder)
+                    await remove_folder(folder)
+            folders += 1
+        legacy = self._data_root() / legacy_slug(user)  # folders named before exact digests, never used since
+        if legacy.is_dir():
+            for folder in await loop.run_in_executor(self._disk_pool, folders_of, legacy):
+                async with self._locks.hold(("data", str(folder))):
+                    await loop.run_in_executor(self._disk_pool, diskimage.destroy, folder)
+                folders += 1
+            await remove_folder(legacy)
+        try:
+            root.rmdir()  # their own folder (it names them); a conversation starting meanwhile keeps it
+        except OSError:
+            pass
+        return len(sessions), folders
 
     async def release_data(self) -> list[Path]:
         """Unmount the /data images no sandbox uses any more (removed, reaped, stopped for its disk,
