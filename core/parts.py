@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .sandbox import Provider, Terminal
     from .store import AuditLog, History, Places
     from .incidents import Incidents
+    from .mcp.hub import McpHub
     from .model_client import ModelServer
     from .outputs import OutputStore
     from .registry import Key
@@ -32,6 +33,7 @@ class Parts:
     terminal: Terminal  # commands in those sandboxes
     model_server: ModelServer  # the Ollama client, and what each model can do
     incidents: Incidents  # what is down now, logged once per incident
+    mcp: McpHub  # the operator's MCP servers (MCP_CONFIG): their sessions, tools and calls
     outputs: OutputStore  # cut commands' whole outputs, for the user to download
     tokens: TokenCounter  # characters to tokens, per model, learned from the server's counts
     # Decoding pictures for vision models: CPU work, kept off the loop and off the default executor.

@@ -11,7 +11,7 @@
   write transaction, the tables made and the columns added since, closing.
 - `history.py`: users, sessions, messages, summaries, and the window sent to the model.
 - `audit.py`: every command a sandbox ran, and its retention.
-- `places.py`: persona and model per channel, server or everywhere (a typed `Scope`).
+- `places.py`: persona, model and MCP servers per channel, server or everywhere (a typed `Scope`).
 
 The synchronous calls (History's, AuditLog's) run on the store's threads through their `run`;
 Places' calls are coroutines already. Table and column names are those of every earlier version,
@@ -51,7 +51,7 @@ class Store:
         if settings is None:
             from ..config import Settings
             settings = Settings(database_url=url)
-        self.database = Database(url, TABLES, _history.ADDED_COLUMNS)
+        self.database = Database(url, TABLES, (*_history.ADDED_COLUMNS, *_places.ADDED_COLUMNS))
         self.history = History(self.database)
         self.audit = AuditLog(self.database)
         self.places = Places(self.database, settings)  # its fallbacks: SYSTEM_PROMPT and OLLAMA_MODEL
