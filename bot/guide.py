@@ -6,8 +6,10 @@ from core.sizes import human_size
 
 
 def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here: bool, model: str,
-              has_persona: bool, admin: bool, seen: Seen | None = None) -> str:
-    """The whole /help answer (under Discord's 2000 characters)."""
+              has_persona: bool, admin: bool, seen: Seen | None = None,
+              tools: dict[str, list[str]] | None = None) -> str:
+    """The whole /help answer (under Discord's 2000 characters). `tools`: the MCP servers usable
+    here and the tools known of each."""
     if in_dm:
         how = "Just write here: every message in this DM goes to me."
     elif auto_reply_here:
@@ -40,6 +42,9 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
         reset = "• `/reset`: forget this conversation (`files` deletes the files you attached too)."
     files = ("• `/files`: your files in `/data` here, and a menu to download one." if settings.tools else
              "• `/files`: the files you attached here, and a menu to download one.")
+    if tools:
+        can.append("• Tools from services the operators connected: " + "; ".join(
+            f"**{name}** ({_names(known)})" for name, known in tools.items()) + ".")
     lines = [
         "**Talking to me**",
         f"• {how} Each channel is a separate conversation, and I remember it across restarts.",
@@ -62,7 +67,13 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, auto_reply_here
     ]
     if admin:
         lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin audit`, `/admin sessions`, "
-                     "`/admin reset`, `/admin stop`: for server managers.")
+                     "`/admin reset`, `/admin stop`, `/admin tools`: for server managers.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)
+
+
+def _names(tools: list[str], most: int = 8) -> str:
+    if not tools:
+        return "its tools are listed when first used"
+    return ", ".join(tools[:most]) + (f" and {len(tools) - most} more" if len(tools) > most else "")

@@ -14,9 +14,9 @@ import pytest_asyncio
 
 from core import ChatSession, FileReady, Notice, Runtime, Scope, Stopped, ToolFinished
 from core.store import Place
-from tests.conftest import make_settings, open_runtime
+from tests.conftest import make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
-from tests.mcp_fixtures import HttpServer, http_entry, stdio_entry, with_servers
+from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, stdio_entry, with_servers
 
 
 @pytest.fixture(scope="module")
@@ -239,3 +239,52 @@ async def test_a_server_turned_off_in_a_place_is_not_offered_there(rt: Runtime, 
         answer = results(fake_ollama.requests[-1])[0]
         assert answer == "web result for 'z'" if expected else answer.startswith("error: unknown tool 'web__search'")
     assert await rt.places.tools_off(Place(channel="10", server="1")) == {"web"}
+
+
+PYTHON_IMAGE = "llmbot-test-python:latest"  # bash tests/images/python-mcp.sh
+
+
+@pytest.mark.asyncio
+async def test_a_sandboxed_server_runs_in_each_conversations_own_sandbox_and_sees_only_its_data(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    try:
+        docker_client.images.get(PYTHON_IMAGE)
+    except docker.errors.ImageNotFound:
+        require(f"needs the image {PYTHON_IMAGE} (bash tests/images/python-mcp.sh)")
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE), tmp_path,
+                            {"files": sandboxed_entry("files", env={"WHO": "the file's"})})
+    async with open_runtime(settings, docker_client) as runtime:
+        for user in ("alice", "bob"):
+            async with ChatSession(user=user, session="s", runtime=runtime) as chat:
+                await chat.save_upload(f"{user}.txt", f"{user}'s notes".encode())
+        for user, other in (("alice", "bob"), ("bob", "alice")):
+            fake_ollama.script(tool_calls(("files__files", {}), ("files__read", {"path": f"/data/{user}.txt"}),
+                                          ("files__read", {"path": "/etc/hostname"}), ("files__env_keys", {})),
+                               text("ok"))
+            await turn(runtime, "what is in my files?", user=user)
+            listing, mine, hostname, env = results(fake_ollama.requests[-1])
+            assert f"{user}.txt" in listing.split() and f"{other}.txt" not in listing
+            assert mine == f"{user}'s notes"
+            assert hostname.strip() == "sandbox"  # it runs in the sandbox, not on the bot's machine
+            assert "WHO" in env.split() and "DISCORD_TOKEN" not in env.split()
+        assert offered(fake_ollama.requests[0])["files__read"]["parameters"]["required"] == ["path"]
+        # one server per conversation, each in its own container
+        running = {key[1] for key, c in runtime.mcp._boxed.items() if c.state == "up"}
+        assert running == {"alice", "bob"}
+
+
+@pytest.mark.asyncio
+async def test_chat_only_mode_offers_the_shared_servers_but_not_the_sandboxed_ones(
+        tmp_path: Path, fake_ollama: FakeOllama, web: HttpServer, docker_client: docker.DockerClient) -> None:
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, tools=False), tmp_path,
+                            {"web": http_entry(web), "files": sandboxed_entry("files")})
+    async with open_runtime(settings, docker_client) as runtime:
+        fake_ollama.script(tool_calls(("web__search", {"q": "tea"})), text("ok"))
+        await turn(runtime, "search")
+        tools = offered(fake_ollama.requests[0])
+        assert tools and all(name.startswith("web__") for name in tools)
+        assert "Tools named service__tool" in fake_ollama.requests[0]["messages"][0]["content"]
+        assert results(fake_ollama.requests[1]) == ["web result for 'tea'"]
+        files = next(s for s in runtime.mcp.status() if s.name == "files")
+        assert (files.state, files.detail) == ("unavailable", "needs the Docker sandbox, which chat-only mode "
+                                                              "(TOOLS=off) does not have")

@@ -79,6 +79,7 @@ class Everyone(SlashCog):
             seen=rt.context_seen.get((str(interaction.user.id), str(interaction.channel_id))),
             in_dm=interaction.guild is None, auto_reply_here=bool(ids & rt.settings.auto_reply_channel_ids),
             model=(await rt.places.model(place)).value, has_persona=bool((await rt.places.prompt(place)).value),
+            tools=rt.mcp.known(str(interaction.user.id), str(interaction.channel_id), await rt.places.tools_off(place)),
             admin=user_is_admin(rt.settings, interaction.user, in_guild=interaction.guild is not None)))
 
     @app_commands.command(name="files", description="List your files in /data in this conversation, and download one")

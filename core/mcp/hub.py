@@ -181,7 +181,19 @@ class McpHub:
         outcome.duration = time.monotonic() - began
         return outcome
 
-    # -- for /admin tools ---------------------------------------------------------------------
+    # -- for /help and /admin tools -------------------------------------------------------------
+    def known(self, user: str, session: str, off: frozenset[str] = frozenset()) -> dict[str, list[str]]:
+        """The servers usable in this conversation and the tools known of each (none yet for a
+        sandboxed one not started there), without starting anything."""
+        known = {}
+        for config in self.configs.values():
+            if config.name in off or not self.usable(config):
+                continue
+            connection = self._boxed.get((config.name, user, session)) if config.sandbox \
+                else self._shared.get(config.name)
+            known[config.name] = sorted(t.name for t in connection.tools.values()) if connection else []
+        return known
+
     def status(self) -> list[ServerStatus]:
         rows = []
         for config in self.configs.values():

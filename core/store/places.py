@@ -165,12 +165,16 @@ class Places:
 
     async def tools_off(self, place: Place) -> frozenset[str]:
         """The MCP servers turned off here: for each server, the most specific place that sets it decides."""
+        return frozenset(server for server, (on, _) in (await self.tool_choices(place)).items() if not on)
+
+    async def tool_choices(self, place: Place) -> dict[str, tuple[bool, Scope]]:
+        """Each MCP server some place around this one turns on or off: (on, the scope that decides)."""
         rows = await self._table()
-        decided: dict[str, bool] = {}
+        decided: dict[str, tuple[bool, Scope]] = {}
         for scope in place.scopes():
             for server, on in _servers(rows.get(scope)).items():
-                decided.setdefault(server, on)
-        return frozenset(server for server, on in decided.items() if not on)
+                decided.setdefault(server, (on, scope))
+        return decided
 
     async def tool_servers(self, scope: Scope) -> dict[str, bool]:
         """What this exact scope sets for MCP servers (not what it inherits)."""

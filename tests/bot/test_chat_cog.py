@@ -33,7 +33,8 @@ async def test_setup_hook_loads_the_three_cogs_and_their_commands(bot: commands.
     names = {c.name for c in bot.tree.get_commands()}
     assert {"reset", "sessions", "help", "admin"} <= names
     admin = bot.tree.get_command("admin")
-    assert {c.name for c in admin.commands} == {"sessions", "reset", "stop", "status", "model", "audit", "prompt"}
+    assert {c.name for c in admin.commands} == {"sessions", "reset", "stop", "status", "model", "audit", "prompt",
+                                              "tools"}
     assert bot.intents.message_content
     from bot.discord_bot import create_bot
     fresh = create_bot(runtime=bot.runtime)  # dpytest swaps the connection state of `bot`
