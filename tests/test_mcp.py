@@ -4,6 +4,7 @@ fake Ollama), the real engine (history, audit, the tool loop) and, for the sandb
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -288,3 +289,15 @@ async def test_chat_only_mode_offers_the_shared_servers_but_not_the_sandboxed_on
         files = next(s for s in runtime.mcp.status() if s.name == "files")
         assert (files.state, files.detail) == ("unavailable", "needs the Docker sandbox, which chat-only mode "
                                                               "(TOOLS=off) does not have")
+
+
+@pytest.mark.asyncio
+async def test_a_picture_is_shown_to_a_vision_model_with_the_result(rt: Runtime, fake_ollama: FakeOllama) -> None:
+    fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools", "vision"]
+    fake_ollama.script(tool_calls(("wiki__picture", {})), text("A red dot."))
+    events = await turn(rt, "draw")
+    tool = [m for m in fake_ollama.requests[1]["messages"] if m["role"] == "tool"][-1]
+    assert len(tool["images"]) == 1 and base64.b64decode(tool["images"][0]).startswith(b"\x89PNG")
+    saved = tool["content"].split("saved as ")[1].rstrip(")]")
+    assert "picture 1 is shown to you" in tool["content"] and saved.startswith("/data/wiki__picture-")
+    assert [e.name for e in events if isinstance(e, FileReady)] == [saved.removeprefix("/data/")]

@@ -19,16 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..errors import EngineError, SandboxUnavailable
-from .client import Connection, McpRefused, McpUnavailable
+from ..errors import EngineError
 from .config import ServerConfig
-from .sandboxed import sandbox_stdio
 from .tools import McpTool, Result, read_result
 
 if TYPE_CHECKING:
     from ..config import Settings
     from ..incidents import Incidents
     from ..sandbox import Provider
+    from .client import Connection
 
 log = logging.getLogger(__name__)
 FIRST_LISTING_WAIT = 10.0  # a turn waits this long, at most, for a shared server's first list of tools
@@ -126,7 +125,10 @@ class McpHub:
             tools.update(connection.tools)
         return tools
 
-    def _connection(self, config: ServerConfig, user: str = "", session: str = "") -> Connection:
+    def _connection(self, config: ServerConfig, user: str = "", session: str = "") -> "Connection":
+        # The SDK is loaded only where a server is configured: it takes a good part of a second.
+        from .client import Connection
+        from .sandboxed import sandbox_stdio
         if not config.sandbox:
             connection = self._shared.get(config.name)
             if connection is None:
@@ -143,8 +145,12 @@ class McpHub:
         connection.start()
         return connection
 
-    def _state(self, connection: Connection) -> None:
-        """Outages as incidents, one per server (the first failure logged in full, the recovery too)."""
+    def _state(self, connection: "Connection") -> None:
+        """A shared server's outages as incidents, one per server (the first failure logged in full, the
+        recovery too); a sandboxed one failing in somebody's sandbox is theirs, not the operators'."""
+        from .client import McpUnavailable
+        if not connection.eager:
+            return
         part = f"MCP server {connection.config.name}"
         if connection.state == "up":
             self.incidents.succeeded(part)
@@ -169,11 +175,7 @@ class McpHub:
         except TimeoutError:
             outcome.timed_out = True
             outcome.problem = f"no answer within {config.timeout:g} s"
-        except McpUnavailable as exc:
-            outcome.problem = exc.user_message
-        except (McpRefused, SandboxUnavailable) as exc:
-            outcome.problem = exc.user_message
-        except EngineError as exc:
+        except EngineError as exc:  # unavailable, dropped, refused by the server, no sandbox
             outcome.problem = exc.user_message
         except Exception as exc:  # noqa: BLE001 - a server's odd answer (a result that fails validation…)
             log.warning("MCP call %s failed: %r", tool.exposed, exc)

@@ -26,7 +26,7 @@ if [ ! -d "$site/mcp" ]; then
   "$pip" download -q --only-binary=:all: -d "$cache/wheels" "mcp==$version"
   "$pip" install -q --no-index --find-links "$cache/wheels" --target "$site" "mcp==$version"
 fi
-"$root/usr/bin/python3" -c 'import mcp.server.mcpserver' 2>/dev/null || chroot "$root" python3 -c 'import mcp.server.mcpserver'
+chroot "$root" python3 -c 'import mcp.server.mcpserver'  # the SDK imports in the image's own Python
 mkdir -p "$root/data"
 tar -C "$root" --exclude=./proc --exclude=./sys --exclude=./dev -c . | docker import \
   -c 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
