@@ -44,6 +44,11 @@ def build(name: str) -> MCPServer:
     def env_keys() -> str:
         return " ".join(sorted(os.environ))
 
+    @server.tool(description="The value of a header of the HTTP request that carried this call.")
+    def header(name: str, ctx: Context) -> str:
+        request = getattr(ctx.request_context, "request", None)
+        return request.headers.get(name, "(none)") if request is not None else "(not HTTP)"
+
     @server.tool(description="A long text of n characters.")
     def long(n: int) -> str:
         return "".join(chr(ord("a") + i % 26) for i in range(n))
@@ -66,7 +71,11 @@ def build(name: str) -> MCPServer:
     @server.tool(description="Add a tool named extra, and say so to the listening clients.")
     async def grow(ctx: Context) -> str:
         server.add_tool(lambda: "extra here", name="extra", description="A tool added at run time.")
-        await ctx.notify_tools_changed()
+        await ctx.notify_tools_changed()  # to 2026-era clients listening for it
+        try:  # and to a 2025-era session (the initialize handshake), the notification itself
+            await ctx.request_context.session.send_tool_list_changed()
+        except Exception:  # noqa: BLE001 - a 2026-era session has no such notification
+            pass
         return "grown"
 
     return server

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -14,6 +15,8 @@ import pytest
 import pytest_asyncio
 
 from core import ChatSession, FileReady, Notice, Runtime, Scope, Stopped, ToolFinished
+from core.mcp.client import Connection
+from core.mcp.config import ServerConfig, load, parse
 from core.store import Place
 from tests.conftest import make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
@@ -84,6 +87,19 @@ async def test_a_stdio_server_sees_only_the_env_the_file_gives_it(tmp_path: Path
     keys = results(fake_ollama.requests[1])[0].split()
     assert "WIKI_KEY" in keys and "DISCORD_TOKEN" not in keys
     assert set(keys) <= {"WIKI_KEY", "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "LC_CTYPE"}
+
+
+@pytest.mark.asyncio
+async def test_the_files_headers_ride_on_every_request(tmp_path: Path, fake_ollama: FakeOllama, web: HttpServer,
+                                                       docker_client: docker.DockerClient) -> None:
+    path = tmp_path / "mcp.json"
+    path.write_text(json.dumps({"mcpServers": {"web": http_entry(web, headers={"X-Key": "Bearer ${WEB_KEY}"})}}))
+    settings = make_settings(tmp_path, fake_ollama.url).replace(mcp_config=str(path),
+                                                                mcp_servers=load(str(path), {"WEB_KEY": "k-42"}))
+    async with open_runtime(settings, docker_client) as runtime:
+        fake_ollama.script(tool_calls(("web__header", {"name": "X-Key"})), text("ok"))
+        await turn(runtime, "key?")
+    assert results(fake_ollama.requests[1]) == ["Bearer k-42"]
 
 
 @pytest.mark.asyncio
@@ -301,3 +317,27 @@ async def test_a_picture_is_shown_to_a_vision_model_with_the_result(rt: Runtime,
     saved = tool["content"].split("saved as ")[1].rstrip(")]")
     assert "picture 1 is shown to you" in tool["content"] and saved.startswith("/data/wiki__picture-")
     assert [e.name for e in events if isinstance(e, FileReady)] == [saved.removeprefix("/data/")]
+
+
+@pytest.mark.asyncio
+async def test_a_2025_era_session_lists_calls_and_hears_list_changes() -> None:
+    """Most servers in use speak the 2025 protocol (the initialize handshake, notifications sent
+    unasked): the same connection, held to it, lists the tools, calls one, and lists them again
+    on the server's notification."""
+    config: ServerConfig = parse({"mcpServers": {"old": stdio_entry("old")}}, "test", {})[0]
+    connection = Connection(config, mode="legacy")
+    try:
+        connection.start()
+        await asyncio.wait_for(connection.settled(), 60)
+        assert connection.state == "up" and "old__grow" in connection.tools and "old__extra" not in connection.tools
+        assert (await connection.session()).protocol_version == "2025-11-25"
+        result = await connection.call(connection.tools["old__grow"], {})
+        assert result.content[0].text == "grown"
+        for _ in range(100):
+            if "old__extra" in connection.tools:
+                break
+            await asyncio.sleep(0.05)
+        assert "old__extra" in connection.tools
+    finally:
+        await connection.close()
+    assert connection.state == "closed"

@@ -16,8 +16,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from contextlib import AsyncExitStack
-from typing import Any, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, AsyncIterator, Callable
 
 import anyio
 import httpx2
@@ -76,6 +76,15 @@ def describe(exc: BaseException) -> str:
     return text[:200]
 
 
+@asynccontextmanager
+async def _http(url: str, headers: dict[str, str]) -> AsyncIterator[Any]:
+    """Streamable HTTP with the file's headers on every request (the SDK's default timeouts); the HTTP
+    client closes with the session (the SDK leaves one it was handed open)."""
+    async with create_mcp_http_client(headers=headers or None) as http:
+        async with streamable_http_client(url, http_client=http) as streams:
+            yield streams
+
+
 class Connection:
     """One server's session (or, sandboxed, one conversation's), as the hub and the calls see it.
 
@@ -84,7 +93,8 @@ class Connection:
     """
 
     def __init__(self, config: ServerConfig, transport: Callable[[], Any] | None = None, *, label: str = "",
-                 eager: bool = True, on_state: Callable[["Connection"], None] | None = None) -> None:
+                 eager: bool = True, on_state: Callable[["Connection"], None] | None = None,
+                 mode: str = "auto") -> None:
         self.config = config
         self.label = label or config.name
         self.eager = eager  # reopen with backoff, probe while idle; a sandboxed one waits for a call instead
@@ -95,6 +105,7 @@ class Connection:
         self.listed = asyncio.Event()  # the tools were listed at least once
         self._transport = transport  # makes a fresh transport per session; None: from the config
         self._on_state = on_state
+        self._mode = mode  # the SDK's: "auto" finds the server's era ("legacy": the 2025 handshake only)
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
@@ -218,14 +229,12 @@ class Connection:
         if self._transport is not None:
             server: Any = self._transport()
         elif config.url:
-            # The headers ride on the HTTP client; the SDK's own default timeouts otherwise.
-            http = create_mcp_http_client(headers=dict(config.headers)) if config.headers else None
-            server = streamable_http_client(config.url, http_client=http) if http else config.url
+            server = _http(config.url, dict(config.headers))
         else:
             from mcp import StdioServerParameters
             server = StdioServerParameters(command=config.command, args=list(config.args), env=dict(config.env),
                                            cwd=config.cwd or None)
-        return Client(server, cache=None, client_info=CLIENT_INFO, message_handler=self._on_message)
+        return Client(server, cache=None, client_info=CLIENT_INFO, message_handler=self._on_message, mode=self._mode)
 
     async def _list(self, client: Client) -> None:
         """The server's tools (every page), those the file allows, by their exposed names."""

@@ -90,7 +90,7 @@ async def test_admin_tools_lists_servers_and_turns_one_off_for_a_channel(mcp_bot
     listing = (await call(bot, ("admin", "tools"), manager)).split("\n")
     assert listing[0] == "**MCP servers** for this server:"
     assert listing[1].startswith("🟢 **web** · Streamable HTTP · up since ") and listing[1].endswith(" · on here")
-    assert listing[2].startswith("-# tools: add, env_keys, fail, files, grow, hang, long, picture, read, search")
+    assert listing[2] == "-# tools: add, env_keys, fail, files, grow, hang, header, long, picture, read, search"
     assert listing[3].startswith("🟢 **wiki** · stdio · up since ")
 
     channel = dpytest.get_config().channels[1]
@@ -120,4 +120,4 @@ async def test_help_lists_the_tools_available_here(mcp_bot: tuple[commands.Bot, 
     said = await call(bot, ("help",), Interaction(3))
     line = next(line for line in said.split("\n") if line.startswith("• Tools from services"))
     assert line.startswith("• Tools from services the operators connected: **web** (add, env_keys, fail, files, "
-                           "grow, hang, long, picture and 2 more); **wiki** (add, ")
+                           "grow, hang, header, long and 3 more); **wiki** (add, ")
