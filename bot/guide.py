@@ -6,9 +6,11 @@ from core.sizes import human_size
 
 
 def help_text(settings: Settings, *, bot_name: str, in_dm: bool, mode: str, model: str,
-              has_persona: bool, admin: bool, seen: Seen | None = None, my_thread: bool = False) -> str:
+              has_persona: bool, admin: bool, seen: Seen | None = None, my_thread: bool = False,
+              tools: dict[str, list[str]] | None = None) -> str:
     """The whole /help answer (under Discord's 2000 characters). `mode`: this channel's (mention,
-    all or thread); `my_thread`: this is a thread the bot started."""
+    all or thread); `my_thread`: this is a thread the bot started; `tools`: the MCP servers usable
+    here and the tools known of each."""
     if in_dm:
         how = "Just write here: every message in this DM goes to me."
     elif my_thread:
@@ -46,6 +48,9 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, mode: str, mode
         reset = "• `/reset`: forget this conversation (`files` deletes the files you attached too)."
     files = ("• `/files`: your files in `/data` here, and a menu to download one." if settings.tools else
              "• `/files`: the files you attached here, and a menu to download one.")
+    if tools:
+        can.append("• Tools from services the operators connected: " + "; ".join(
+            f"**{name}** ({_names(known)})" for name, known in tools.items()) + ".")
     lines = [
         "**Talking to me**",
         f"• {how} Each person has a conversation of their own with me in each channel (and in each thread), "
@@ -71,9 +76,15 @@ def help_text(settings: Settings, *, bot_name: str, in_dm: bool, mode: str, mode
         "• `/export`: your conversations as a file; `/forget`: delete everything I hold of you, everywhere.",
     ]
     if admin:
-        lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin channel`, `/admin audit`, "
-                     "`/admin sessions`, `/admin reset`, `/admin stop`, `/admin usage`, `/admin forget`: for server "
-                     "managers, about their server.")
+        lines.append("• `/admin status`, `/admin model`, `/admin prompt`, `/admin channel`, `/admin tools`, "
+                     "`/admin audit`, `/admin sessions`, `/admin reset`, `/admin stop`, `/admin usage`, "
+                     "`/admin forget`: for server managers, about their server.")
     persona = " with a persona set by the operators" if has_persona else ""
     lines += ["", f"Here I use the model `{model}`{persona}."]
     return "\n".join(lines)
+
+
+def _names(tools: list[str], most: int = 8) -> str:
+    if not tools:
+        return "its tools are listed when first used"
+    return ", ".join(tools[:most]) + (f" and {len(tools) - most} more" if len(tools) > most else "")

@@ -10,9 +10,12 @@ import dataclasses
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, TypeVar
+from typing import TYPE_CHECKING, Callable, Mapping, TypeVar
 
 from dotenv import load_dotenv
+
+if TYPE_CHECKING:
+    from .mcp.config import ServerConfig
 
 T = TypeVar("T")
 
@@ -152,6 +155,9 @@ class Settings:
     send_file_max_bytes: int = 25 * 1024 ** 2  # what send_file hands over, at most (the channel's own limit also holds)
     vision_max_images: int = 4  # the latest images sent again to a vision model in later turns
     inline_text_max_bytes: int = 16 * 1024  # text attachments up to this size are also quoted into the message
+    # MCP servers: the operator's tools beyond the shell (core/mcp/)
+    mcp_config: str = ""  # a JSON file with an "mcpServers" object; empty: no MCP servers
+    mcp_servers: tuple[ServerConfig, ...] = ()  # what that file holds, read once at start
     # Discord
     discord_token: str = field(default="", repr=False)
     admin_user_ids: frozenset[int] = frozenset()
@@ -181,6 +187,11 @@ class Settings:
     def context_tokens(self) -> int:
         """The context requests are built to fit: OLLAMA_NUM_CTX, or the server's usual default."""
         return self.ollama_num_ctx or 4096
+
+    @property
+    def offers_tools(self) -> bool:
+        """The model is offered tools: the sandbox's, or (chat-only too) MCP servers that need no sandbox."""
+        return self.tools or any(not server.sandbox for server in self.mcp_servers)
 
     @property
     def user_disk_limit(self) -> int:
@@ -257,6 +268,7 @@ class Settings:
         take("SEND_FILE_MAX_BYTES", "send_file_max_bytes", _parse_size)
         take("VISION_MAX_IMAGES", "vision_max_images", _parse_int)
         take("INLINE_TEXT_MAX_BYTES", "inline_text_max_bytes", lambda n, r: 0 if r.strip() == "0" else _parse_size(n, r))
+        take("MCP_CONFIG", "mcp_config", text)
         take("DISCORD_TOKEN", "discord_token", text)
         for key in ("ADMIN_USER_IDS", "ALLOWED_USER_IDS", "BLOCKED_USER_IDS", "ALLOWED_ROLE_IDS",
                     "BLOCKED_ROLE_IDS", "ALLOWED_CHANNEL_IDS", "BLOCKED_CHANNEL_IDS"):
@@ -271,6 +283,9 @@ class Settings:
         take("SHARD_COUNT", "shard_count", _parse_int)
         take("LOG_LEVEL", "log_level", _parse_log_level)
         take("LOG_CONTENT", "log_content", _parse_bool)
+        if values.get("mcp_config"):
+            from .mcp.config import load  # not at the top: core.mcp.config imports ConfigError from here
+            values["mcp_servers"] = load(str(values["mcp_config"]), env)
         settings = cls(**values)  # type: ignore[arg-type]
         if settings.reply_reserve_tokens * 2 > settings.context_tokens:
             raise ConfigError(f"REPLY_RESERVE_TOKENS ({settings.reply_reserve_tokens}) must be at most half of "

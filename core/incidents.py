@@ -1,6 +1,6 @@
 """What is down right now, for operators: each failure logged once per incident, not once per message.
 
-An incident opens at the first failure of a part (Ollama, Docker), is logged then with the full
+An incident opens at the first failure of a part (Ollama, Docker, an MCP server), is logged then with the full
 detail, and closes at that part's next success (logged too). `/admin status` lists the open ones.
 """
 from __future__ import annotations
@@ -25,6 +25,9 @@ class Incident:
 
 def part_of(error: EngineError) -> str | None:
     """Which part an error says is down; None for errors about one message or one file."""
+    part = getattr(error, "part", None)  # errors of a part of their own name it (an MCP server)
+    if isinstance(part, str) and part:
+        return part
     if isinstance(error, (OllamaUnavailable, ModelError)):
         return OLLAMA
     if isinstance(error, SandboxUnavailable) and error.user_message == SandboxUnavailable.user_line:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .sandbox import Provider, Terminal
     from .store import AuditLog, History, Places, UsageLog
     from .incidents import Incidents
+    from .mcp.hub import McpHub
     from .model_client import ModelServer
     from .outputs import OutputStore
     from .registry import Key
@@ -35,6 +36,7 @@ class Parts:
     model_server: ModelServer  # the Ollama client, and what each model can do
     model_gate: FairGate  # every request to the model passes it: MAX_MODEL_REQUESTS at once, round robin by person
     incidents: Incidents  # what is down now, logged once per incident
+    mcp: McpHub  # the operator's MCP servers (MCP_CONFIG): their sessions, tools and calls
     outputs: OutputStore  # cut commands' whole outputs, for the user to download
     tokens: TokenCounter  # characters to tokens, per model, learned from the server's counts
     # Decoding pictures for vision models: CPU work, kept off the loop and off the default executor.

@@ -93,7 +93,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     model = model or settings.ollama_model
     client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
     try:
-        problem, known = await model_problem(client, model, tools=settings.tools)
+        problem, known = await model_problem(client, model, tools=settings.offers_tools)
     except OLLAMA_UNREACHABLE:
         return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
                                       "or set OLLAMA_HOST", fatal=False)
@@ -103,7 +103,7 @@ async def check_ollama(settings: Settings, model: str | None = None) -> Check:
     if problem:
         hint = " (OLLAMA_MODEL), or set TOOLS=off to chat without commands" if known else " (OLLAMA_MODEL)"
         return Check("ollama", False, problem + hint, fatal=False)
-    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known and settings.tools else ""))
+    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known and settings.offers_tools else ""))
 
 
 def _docker_installed() -> bool:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .errors import EngineError
 from .events import (Done, Event, FileReady, Ignored, ModelQueued, Notice, Replaced, Replacing, Stopped, TextDelta,
                      ThinkingDelta, ToolFinished, ToolQueued, ToolStarted)
+from .mcp.tools import call_label, is_mcp_name
 from .tools import EXECUTE_TERMINAL, SEND_FILE
 
 NO_ANSWER = "-# (no answer)"
@@ -48,11 +49,11 @@ def thinking_line(thinking: str, width: int = 160) -> str:
 class ToolLine:
     """One tool call of the reply and the line that shows where it is."""
 
-    command: str  # for a file (send_file): its name
+    command: str  # for a file (send_file): its name; for an MCP tool: the call, search__web("…")
     status: str = "running"  # queued, running, ok, failed, timeout, error, stopped
     exit_code: int | None = None
     ahead: int = 0  # while queued: commands before it
-    kind: str = "command"  # or "file"
+    kind: str = "command"  # or "file", or "mcp" (an MCP server's tool)
     why: str = ""  # when stopped: who or what stopped it (" by Ada", ": a newer message took over")
     output_id: str = ""  # the whole output is kept (the model's copy was cut): the bot offers it
     output_bytes: int = 0
@@ -66,6 +67,8 @@ class ToolLine:
             name = inline_code(self.command or "(no name)")
             return {"running": f"-# 📎 sending {name}…", "ok": f"-# 📎 {name} attached below",
                     "stopped": f"-# ⏹️ {name} not sent{self.why}"}.get(self.status, f"-# ⚠️ {name} not sent")
+        if self.kind == "mcp":
+            return self._mcp_line()
         cmd = inline_code(self.command or "(no command)")
         if self.status == "queued":
             return f"-# ⏳ queued behind {self.ahead} command{'' if self.ahead == 1 else 's'}…"
@@ -80,6 +83,14 @@ class ToolLine:
         mark = "✅" if self.status == "ok" else "❌"
         more = " · 📄 full output below" if self.output_id else ""
         return f"-# {mark} {cmd} → exit {self.exit_code}{more}"
+
+
+    def _mcp_line(self) -> str:
+        call = inline_code(self.command, 100)
+        more = " · 📄 full output below" if self.output_id else ""
+        return {"running": f"-# 🔧 {call}…", "ok": f"-# ✅ {call}{more}",
+                "failed": f"-# ❌ {call} returned an error{more}", "error": f"-# ❌ {call} failed",
+                "timeout": f"-# ⏱️ {call} timed out", "stopped": f"-# ⏹️ {call} stopped"}.get(self.status, f"-# 🔧 {call}…")
 
 
 @dataclass
@@ -116,6 +127,8 @@ class Reply:
                 self.add_thinking(event.text)
             case ToolStarted() if event.name == SEND_FILE:
                 self.tool_started(posixpath.basename(event.path) or event.path, kind="file")
+            case ToolStarted() if is_mcp_name(event.name):
+                self.tool_started(call_label(event.name, event.arguments), kind="mcp")
             case ToolStarted():
                 self.tool_started(event.command if event.name == EXECUTE_TERMINAL else event.name)
             case ToolQueued():

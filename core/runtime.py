@@ -18,6 +18,7 @@ from .erasure import erase
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .export import export_files
 from .incidents import Incidents
+from .mcp.hub import McpHub
 from .model_client import ModelServer
 from .outputs import OutputStore
 from .preflight import model_problem
@@ -80,6 +81,7 @@ class Runtime:
     model_server: _Part[ModelServer] = _Part()
     model_gate: _Part[FairGate] = _Part()
     incidents: _Part[Incidents] = _Part()
+    mcp: _Part[McpHub] = _Part()
     outputs: _Part[OutputStore] = _Part()
     tokens: _Part[TokenCounter] = _Part()
     image_pool: _Part[ThreadPoolExecutor] = _Part()
@@ -91,11 +93,12 @@ class Runtime:
         # The sandbox face (core/sandbox/base.py): a container per conversation, or in chat-only mode
         # (TOOLS=off) plain /data folders and no Docker at all.
         sandboxes: Provider = DockerProvider(settings) if settings.tools else FolderProvider(settings)
+        incidents = Incidents()
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
                            usage=self.store.usage, places=self.store.places, sandboxes=sandboxes,
                            terminal=Terminal(sandboxes), model_server=ModelServer(settings),
-                           model_gate=FairGate(settings.max_model_requests), incidents=Incidents(),
-                           outputs=OutputStore(),
+                           model_gate=FairGate(settings.max_model_requests), incidents=incidents,
+                           mcp=McpHub(settings, incidents, lambda: self.parts.sandboxes), outputs=OutputStore(),
                            tokens=TokenCounter(),
                            image_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="images"))
         self.registry = SessionRegistry()
@@ -121,7 +124,7 @@ class Runtime:
         if model is not None:
             try:
                 problem, _known = await asyncio.wait_for(
-                    model_problem(self.model_server.client(), model, tools=self.settings.tools),
+                    model_problem(self.model_server.client(), model, tools=self.settings.offers_tools),
                     self.settings.ollama_connect_timeout + 5)
             except (*OLLAMA_UNREACHABLE, asyncio.TimeoutError) as exc:
                 raise OllamaUnavailable(f"Ollama is not reachable at {self.settings.ollama_host} ({exc!r}), "
@@ -282,8 +285,10 @@ class Runtime:
         return await self.sandboxes.ping()
 
     def start_background(self) -> None:
-        """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once."""
+        """Start the idle reaper (it adopts leftovers first) and the disk watch on this loop, once; and
+        open the MCP servers' sessions, so their tools are listed before the first turn asks."""
         self.background.start()
+        self.mcp.start()
 
     def prewarm(self, user: str, session: str) -> None:
         """Start the session's container in the background so the first command waits less."""
@@ -304,8 +309,10 @@ class Runtime:
             log.exception("sandbox warm-up failed for %s/%s", user, session)
 
     async def stop_session(self, user: str, session: str) -> bool:
-        """Stop the session's reply and remove its sandbox (waiting out a start-up in flight)."""
+        """Stop the session's reply and remove its sandbox (waiting out a start-up in flight), and end
+        the MCP servers that ran in it."""
         await self.registry.cancel((user, session))
+        await self.mcp.forget(user, session)
         warming = self._warming.get((user, session))
         if warming is not None:
             await asyncio.gather(warming, return_exceptions=True)
@@ -321,6 +328,7 @@ class Runtime:
             await self.registry.cancel(key)  # waits for the turn's own clean-up (the kill, the partial reply)
         await asyncio.gather(*self._warming.values(), return_exceptions=True)
         await self.terminal.wait_settled()
+        await self.mcp.close()
         await self.model_server.close()
         await self.sandboxes.close()
         # Queued picture decodes are dropped (no turn is left to read them); one under way finishes.

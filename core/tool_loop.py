@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import functools
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, AsyncContextManager, Sequence
+from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence
 
 import httpx
 import ollama
@@ -27,9 +30,11 @@ from .prompt import system_prompt
 from .model_client import Piece
 from .parts import Parts
 from .registry import Generation, Phase
+from .mcp.tools import McpTool
+from .sandbox.terminal import CappedBuffer, full_output_cap
 from .store import IMAGE_REFS, Place
-from .tools import (MAX_FILES_PER_REPLY, ModelCall, SendFileCall, TerminalCall, ToolArgumentError, parse_call,
-                    tool_schemas)
+from .tools import (EXECUTE_TERMINAL, MAX_FILES_PER_REPLY, SEND_FILE, McpCall, ModelCall, SendFileCall, TerminalCall,
+                    ToolArgumentError, parse_mcp, parse_send_file, parse_terminal, tool_schemas, unknown_tool)
 from .sizes import human_size
 
 log = logging.getLogger(__name__)
@@ -67,6 +72,16 @@ class Outcome:
     duration: float = 0.0
     output_bytes: int = 0
     events: list[Any] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)  # /data paths of pictures the model is shown with the result
+
+
+@dataclass(frozen=True)
+class ToolKind:
+    """One kind of tool the model may call: how its arguments are checked (a checked call with a
+    `command` for the log and the audit, or ToolArgumentError), and how it runs."""
+
+    parse: Callable[[dict[str, Any]], Any]
+    run: Callable[["Turn", ModelCall, Any], Awaitable[Outcome]]
 
 
 @dataclass
@@ -80,6 +95,8 @@ class Turn:
     server: str | None = None  # the server (guild) it happens in, for the audit; None in a DM
     model: str = ""
     persona: str = ""
+    place: Place = field(default_factory=Place)
+    mcp_tools: dict[str, McpTool] = field(default_factory=dict)  # the MCP tools offered for the last request
     rounds: int = 0
     commands: list[str] = field(default_factory=list)  # "`cmd` → exit 0" as the log shows them
     prompt_tokens: int = 0
@@ -130,7 +147,7 @@ class TurnRunner:
     async def run(self, gen: Generation, session_id: int, user: str, session: str, text: str,
                   place: Place | None = None, *, images: Sequence[str] = (), file_limit: int = 0) -> None:
         place = place or Place(channel=session)
-        turn = Turn(gen, session_id, user, session, server=place.server, file_limit=file_limit)
+        turn = Turn(gen, session_id, user, session, server=place.server, place=place, file_limit=file_limit)
         emit = gen.outbox.put
         ending = "failed"
         try:
@@ -195,16 +212,16 @@ class TurnRunner:
         settings = self.parts.settings
         gen = turn.gen
         while True:
-            # No tools at all in chat-only mode (TOOLS=off): models without tool support answer too.
-            tools = tool_schemas(settings) if settings.tools and turn.rounds < settings.max_tool_rounds else None
-            system = system_prompt(settings, turn.persona)
+            # No tools at all in chat-only mode (TOOLS=off) without MCP servers: any model answers then.
+            tools = await self._offered(turn) if turn.rounds < settings.max_tool_rounds else None
+            system = system_prompt(settings, turn.persona, mcp=bool(turn.mcp_tools))
             window, summary = await self._context(turn, system, tools)
             messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
             async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
                 content, calls = await self._stream(turn, messages, tools)
             if not calls:
-                if tools is None and settings.tools and not content:
+                if tools is None and turn.rounds >= settings.max_tool_rounds and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
                     gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)
@@ -216,6 +233,12 @@ class TurnRunner:
             gen.phase = Phase.TOOL
             await self._run_tools(turn, calls)
             turn.rounds += 1
+
+    async def _offered(self, turn: Turn) -> list[dict[str, Any]] | None:
+        """The tools for this request: the sandbox's (unless TOOLS=off), and the MCP servers' not turned off here."""
+        turn.mcp_tools = await self.parts.mcp.offered(turn.user, turn.session,
+                                                      await self.parts.places.tools_off(turn.place))
+        return tool_schemas(self.parts.settings, turn.mcp_tools.values()) or None
 
     async def _context(self, turn: Turn, system: dict[str, Any],
                        tools: list[dict[str, Any]] | None) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -444,17 +467,31 @@ class TurnRunner:
         if parts:
             await self._store(session_id, "assistant", "".join(parts), complete=False)
 
+    def _kinds(self, turn: Turn) -> dict[str, ToolKind]:
+        """The tools callable in this turn, by name: a call's kind is looked up here, never guessed."""
+        kinds = {}
+        if self.parts.settings.tools:
+            kinds[EXECUTE_TERMINAL] = ToolKind(parse_terminal, self._execute)
+            kinds[SEND_FILE] = ToolKind(parse_send_file, self._send_file)
+        for name, tool in turn.mcp_tools.items():
+            kinds[name] = ToolKind(functools.partial(parse_mcp, tool), self._mcp)
+        return kinds
+
     async def _run_tools(self, turn: Turn, calls: list[ModelCall]) -> None:
-        """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order. Every call gets exactly one
-        result row, whatever happens, so the history stays a valid request."""
+        """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order, each by its kind. Every call gets
+        exactly one result row, whatever happens, so the history stays a valid request."""
         gen, session_id, user, session = turn.gen, turn.session_id, turn.user, turn.session
         cap = self.parts.settings.max_tool_calls_per_round
+        kinds = self._kinds(turn)
         for index, call in enumerate(calls[:cap]):
             gen.outbox.put(ToolStarted(call.name, call.arguments))
+            kind = kinds.get(call.name)
             try:
                 if call.problem:
                     raise ToolArgumentError(call.problem)
-                parsed = parse_call(call.name, call.arguments)
+                if kind is None:
+                    raise ToolArgumentError(unknown_tool(call.name, kinds))
+                parsed = kind.parse(call.arguments)
             except ToolArgumentError as exc:
                 turn.ran(call.name, "bad arguments")
                 await self._store(session_id, "tool", str(exc), tool_name=call.name)
@@ -462,10 +499,7 @@ class TurnRunner:
                 continue
             began = asyncio.get_running_loop().time()
             try:
-                if isinstance(parsed, SendFileCall):
-                    outcome = await self._send_file(turn, call, parsed)
-                else:
-                    outcome = await self._execute(turn, call, parsed)
+                outcome = await kind.run(turn, call, parsed)
             except asyncio.CancelledError:
                 turn.ran(parsed.command, "stopped" if gen.stopped else "cancelled")
                 rows = (self._unrun(calls, index, STOPPED_RESULT, NOT_RUN_STOPPED) if gen.stopped
@@ -480,12 +514,12 @@ class TurnRunner:
                 await self.parts.history.run(self.parts.history.add_messages, session_id, rows)
                 gen.outbox.put(ToolFinished(call.name, exc.user_message, error=True))
                 raise
-            self.parts.incidents.succeeded(DOCKER)
             turn.ran(parsed.command, outcome.ending)
             await self._audit(turn, parsed, began, exit_code=outcome.exit_code,
                               duration=outcome.duration, output_bytes=outcome.output_bytes,
                               timed_out=outcome.finished.timed_out)
-            await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name)
+            await self._store(session_id, "tool", outcome.finished.output, tool_name=call.name,
+                              images=outcome.images or None)
             for event in outcome.events:
                 gen.outbox.put(event)
             gen.outbox.put(outcome.finished)
@@ -501,11 +535,65 @@ class TurnRunner:
     async def _execute(self, turn: Turn, call: ModelCall, parsed: TerminalCall) -> "Outcome":
         result = await self.parts.terminal.execute(turn.user, turn.session, parsed.command, parsed.timeout,
                                                    on_queued=lambda n: turn.gen.outbox.put(ToolQueued(n)))
+        self.parts.incidents.succeeded(DOCKER)
         kept = self.parts.outputs.keep((turn.user, turn.session), result.full_output) if result.full_output else ""
         return Outcome(ToolFinished(call.name, result.for_model(), result.exit_code, result.timed_out,
                                     full_output_id=kept, full_output_bytes=len(result.full_output)),
                        "timed out" if result.timed_out else f"exit {result.exit_code}",
                        exit_code=result.exit_code, duration=result.duration, output_bytes=result.output_bytes)
+
+    async def _mcp(self, turn: Turn, call: ModelCall, parsed: McpCall) -> "Outcome":
+        """An MCP server's tool, within its timeout. Whatever goes wrong is a result the model reads
+        (an unreachable server never ends the turn); pictures go to the person as files, and to a
+        vision model too (saved in /data, shown with the result)."""
+        called = await self.parts.mcp.call(parsed.tool, parsed.arguments, turn.user, turn.session)
+        if called.result is None:
+            if called.timed_out:
+                text = (f"timed out: {called.problem}, so the call was abandoned. The server may still be "
+                        "working on it; try a smaller request or another tool.")
+            else:
+                text = f"error: {called.problem}. Other tools still work."
+            return Outcome(ToolFinished(call.name, text, None, called.timed_out, error=True),
+                           "timed out" if called.timed_out else "unavailable", duration=called.duration)
+        result = called.result
+        raw = result.text.encode()
+        capped = CappedBuffer(self.parts.settings.output_limit)
+        capped.write(raw)
+        text = capped.text() if raw else "(no output)"
+        cut = len(raw) > self.parts.settings.output_limit
+        kept = self.parts.outputs.keep((turn.user, turn.session), raw[:full_output_cap(self.parts.settings)]) \
+            if cut else ""
+        outcome = Outcome(ToolFinished(call.name, ("error: " if result.error else "") + text, 1 if result.error else 0,
+                                       full_output_id=kept, full_output_bytes=len(raw) if cut else 0),
+                          "error result" if result.error else "ok", exit_code=1 if result.error else 0,
+                          duration=called.duration, output_bytes=len(raw))
+        notes = []
+        for number, picture in enumerate(result.pictures, 1):
+            name = f"{call.name}-{uuid.uuid4().hex[:6]}.{picture.extension}"
+            if self._file_room(turn) >= len(picture.data):
+                turn.files_sent += 1
+                turn.file_bytes += len(picture.data)
+                outcome.events.append(FileReady(name, picture.data, f"from {call.name}"))
+                notes.append(f"picture {number} is attached to your reply for the user")
+            if await self._sees(turn):
+                try:
+                    await self.parts.sandboxes.get(turn.user, turn.session).write_file(f"/data/{name}", picture.data)
+                    outcome.images.append(f"/data/{name}")
+                    notes.append(f"picture {number} is shown to you (saved as /data/{name})")
+                except EngineError as exc:
+                    log.info("session %s/%s: a picture from %s not saved: %s", turn.user, turn.session, call.name,
+                             exc.user_message)
+        if notes:
+            outcome.finished = dataclasses.replace(outcome.finished,
+                                                   output=outcome.finished.output + "\n[" + "; ".join(notes) + "]")
+        return outcome
+
+    def _file_room(self, turn: Turn) -> int:
+        """Bytes one more file of this reply may hold (0 once it has as many files as a message takes)."""
+        if turn.files_sent >= MAX_FILES_PER_REPLY:
+            return 0
+        most = self.parts.settings.send_file_max_bytes
+        return min(most, turn.file_limit or most) - turn.file_bytes
 
     async def _send_file(self, turn: Turn, call: ModelCall, parsed: SendFileCall) -> "Outcome":
         """Read the file through the sandbox backend (no shared disk needed; a symlink resolves inside
@@ -513,7 +601,7 @@ class TurnRunner:
         began = time.monotonic()
         most = self.parts.settings.send_file_max_bytes
         limit = min(most, turn.file_limit or most)
-        left = limit - turn.file_bytes
+        left = self._file_room(turn)
         if turn.files_sent >= MAX_FILES_PER_REPLY:
             refusal = (f"error: {parsed.path} was not sent: at most {MAX_FILES_PER_REPLY} files go with one reply. "
                        "Put several files in an archive (tar or zip) and send that instead.")
@@ -528,6 +616,7 @@ class TurnRunner:
             return Outcome(ToolFinished(call.name, refusal, error=True), "refused")
         except SandboxFileError as exc:
             return Outcome(ToolFinished(call.name, f"error: {exc} It was not sent.", error=True), "refused")
+        self.parts.incidents.succeeded(DOCKER)
         turn.files_sent += 1
         turn.file_bytes += len(data)
         note = f" ({parsed.caption})" if parsed.caption else ""
@@ -548,7 +637,7 @@ class TurnRunner:
             rows.append({"role": "tool", "content": content, "tool_name": calls[index].name})
         return rows
 
-    async def _audit(self, turn: Turn, parsed: TerminalCall | SendFileCall, began: float, *,
+    async def _audit(self, turn: Turn, parsed: TerminalCall | SendFileCall | McpCall, began: float, *,
                      exit_code: int | None = None, duration: float | None = None, output_bytes: int = 0,
                      timed_out: bool = False, cancelled: bool = False) -> None:
         """Every tool run, or meant to run, goes in the audit log (its own table): commands, and files

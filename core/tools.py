@@ -1,19 +1,26 @@
-"""The tools the model may call: their schema and the checks on what it sends."""
+"""The tools the model may call: their schema and the checks on what it sends.
+
+The sandbox's own (execute_terminal, send_file) and the MCP servers' (core/mcp/), each checked
+by a parser of its kind; the tool loop looks up a call's kind by its name.
+"""
 from __future__ import annotations
 
 import posixpath
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from .config import Settings
+from .mcp.tools import McpTool, call_text
 
 EXECUTE_TERMINAL = "execute_terminal"
 SEND_FILE = "send_file"
 MAX_FILES_PER_REPLY = 10  # Discord's attachments per message
 
 
-def tool_schemas(settings: Settings) -> list[dict[str, Any]]:
-    return [_terminal_schema(settings), _send_file_schema(settings)]
+def tool_schemas(settings: Settings, mcp_tools: Iterable[McpTool] = ()) -> list[dict[str, Any]]:
+    """What the model is offered: the sandbox's tools (unless TOOLS=off), then the MCP tools on here."""
+    own = [_terminal_schema(settings), _send_file_schema(settings)] if settings.tools else []
+    return own + [tool.schema() for tool in mcp_tools]
 
 
 def _send_file_schema(settings: Settings) -> dict[str, Any]:
@@ -102,16 +109,42 @@ class ToolArgumentError(ValueError):
     """The model's call cannot run; the message goes back to the model as the tool result."""
 
 
-def parse_call(name: str, arguments: dict[str, Any]) -> TerminalCall | SendFileCall:
-    """Check one tool call; raise ToolArgumentError with a message the model can act on.
+@dataclass(frozen=True)
+class McpCall:
+    """A checked call of an MCP server's tool."""
+
+    tool: McpTool
+    arguments: dict[str, Any]
+
+    @property
+    def command(self) -> str:
+        """How the audit and the log name it: `server__tool {"q": "…"}`."""
+        return call_text(self.tool.exposed, self.arguments)
+
+
+def unknown_tool(name: str, known: Iterable[str]) -> str:
+    """The result the model reads when it calls a tool it was not offered here."""
+    names = sorted(known)
+    offered = f"The tools here are: {', '.join(names)}." if names else "No tools are available here."
+    return f"error: unknown tool {name!r}. {offered}"
+
+
+def parse_mcp(tool: McpTool, arguments: dict[str, Any]) -> McpCall:
+    """The server checks the arguments against its schema; here only what the model can fix at once:
+    the required ones, so the error names them."""
+    required = tool.input_schema.get("required") or []
+    missing = [r for r in required if isinstance(r, str) and r not in arguments]
+    if missing:
+        raise ToolArgumentError(f"error: {tool.exposed} needs {', '.join(repr(m) for m in missing)} "
+                                "in its arguments.")
+    return McpCall(tool, arguments)
+
+
+def parse_terminal(arguments: dict[str, Any]) -> TerminalCall:
+    """Check an execute_terminal call; ToolArgumentError with a message the model can act on.
 
     Arguments that were not an object never get here: core/model_client.py decodes JSON strings
     and turns anything else into a ModelCall.problem."""
-    if name == SEND_FILE:
-        return _parse_send_file(arguments)
-    if name != EXECUTE_TERMINAL:
-        raise ToolArgumentError(f"error: unknown tool {name!r}. The tools are {EXECUTE_TERMINAL}(command, timeout?) "
-                                f"and {SEND_FILE}(path, caption?).")
     if not isinstance(arguments, dict):
         raise ToolArgumentError("error: the arguments must be an object like {\"command\": \"ls -la\"}.")
     command = arguments.get("command")
@@ -133,7 +166,7 @@ def data_path(path: str) -> str:
     return posixpath.normpath(posixpath.join("/data", path.strip()))
 
 
-def _parse_send_file(arguments: dict[str, Any]) -> SendFileCall:
+def parse_send_file(arguments: dict[str, Any]) -> SendFileCall:
     path = arguments.get("path")
     if not isinstance(path, str) or not path.strip():
         raise ToolArgumentError("error: 'path' is required, e.g. {\"path\": \"/data/chart.png\"}.")

@@ -449,6 +449,51 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         rest = f" Now in effect: {_source(after.source)}." if after.value else " Only the built-in instructions apply."
         await say(interaction, f"Persona for {label} removed.{rest}")
 
+    # -- MCP servers per place ---------------------------------------------------------
+    @app_commands.command(name="tools", description="MCP servers: their health and tools; turn one on or off here")
+    @app_commands.describe(server="An MCP server from MCP_CONFIG", state='"on", "off", or "default" to inherit again',
+                           channel="Only in this channel (default: the whole server)",
+                           everywhere="The default for every server and DM (the bot's admins only)")
+    async def tools(self, interaction: discord.Interaction, server: str | None = None,
+                    state: Literal["on", "off", "default"] | None = None,
+                    channel: discord.abc.GuildChannel | None = None, everywhere: bool = False) -> None:
+        rt = self.runtime
+        scope, label = self._target(interaction, channel, everywhere)
+        place = self._place(interaction, scope)
+        if not rt.mcp.names:
+            return await say(interaction, "No MCP servers are set up: the operator names them in the file "
+                                          "MCP_CONFIG points to (see README, MCP servers).")
+        if server is not None and server not in rt.mcp.names:
+            raise Refused(f"No MCP server is named `{server[:40]}`: pick one of {', '.join(rt.mcp.names)}.")
+        if server is not None and state is not None:
+            await rt.places.set_tool_server(scope, server, None if state == "default" else state == "on",
+                                            by=str(interaction.user.id))
+            log.info("MCP server %s set %s for %s by %s", server, state, scope, interaction.user.id)
+        elif server is None and state is not None:
+            raise Refused("Name the server to turn on or off.")
+        choices = await rt.places.tool_choices(place)
+        lines = [f"**MCP servers** for {label}:"]
+        for row in rt.mcp.status():
+            if server is not None and row.name != server:
+                continue
+            on, source = choices.get(row.name, (True, None))
+            dot = {"up": "🟢", "down": "🔴", "unavailable": "⚫", "per conversation": "🔵"}.get(row.state, "🟡")
+            how = "Streamable HTTP" if row.transport == "http" else \
+                "stdio, in each conversation's sandbox" if row.sandbox else "stdio"
+            health = row.state + (f" since {stamp(datetime.fromtimestamp(row.since, timezone.utc).replace(tzinfo=None))}"
+                                  if row.since and row.state in ("up", "down") else "")
+            detail = f": {row.detail[:150]}" if row.detail else ""
+            where = ("on" if on else "**off**") + " here" + (f" ({_source(source)})" if source else "")
+            lines.append(f"{dot} **{row.name}** · {how} · {health}{detail} · {where}")
+            if row.tools:
+                shown = ", ".join(row.tools[:20]) + (f" and {len(row.tools) - 20} more" if len(row.tools) > 20 else "")
+                lines.append(f"-# tools: {shown}")
+        await say(interaction, "\n".join(lines))
+
+    @tools.autocomplete("server")
+    async def _server_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=n, value=n) for n in self.runtime.mcp.names if current in n][:25]
+
 
 async def setup(bot: "LLMBot") -> None:
     await bot.add_cog(Admin(bot))

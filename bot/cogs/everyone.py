@@ -95,6 +95,7 @@ class Everyone(SlashCog):
             in_dm=interaction.guild is None, my_thread=is_bot_thread(channel, me),
             mode=(await mode_at(rt, place)).value,
             model=(await rt.places.model(place)).value, has_persona=bool((await rt.places.prompt(place)).value),
+            tools=rt.mcp.known(str(interaction.user.id), str(interaction.channel_id), await rt.places.tools_off(place)),
             admin=user_is_admin(rt.settings, interaction.user, in_guild=interaction.guild is not None)))
 
     @app_commands.command(name="files", description="List your files in /data in this conversation, and download one")

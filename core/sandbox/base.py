@@ -3,7 +3,8 @@
 Two objects, after inspect_ai's sandbox environments. A `Provider` owns the sandboxes of one
 deployment: their lifecycle (start, get, adopt, reap, remove, info), their /data folders, and the
 watch that keeps them within their disk. A `Sandbox` is the handle of one of them, for one
-(user, session), with what a command or a tool does there: `exec`, `read_file`, `write_file`.
+(user, session), with what a command or a tool does there: `exec`, `read_file`, `write_file`, and `attach` for a process that
+keeps talking over its standard input and output (an MCP server run in the sandbox).
 
 Everything above this layer (the terminal, the runtime, the tool loop) talks to these two only,
 so the box behind them can change (Docker today; a Kubernetes pod or a microVM tomorrow) without
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import AsyncContextManager, AsyncIterator, Callable, Sequence
 
 from ..config import Settings
+from ..errors import SandboxUnavailable
 from .quota import UserDisk
 
 STDOUT, STDERR = 1, 2
@@ -43,6 +45,19 @@ class SandboxInfo:
 
 def _discard(_stream: int, _data: bytes) -> None:
     pass
+
+
+class Attached(abc.ABC):
+    """A process running in a sandbox with its standard input and output attached (Sandbox.attach)."""
+
+    @abc.abstractmethod
+    async def read(self) -> bytes | None:
+        """The next piece of its standard output; None once it has ended (the process exited or the
+        sandbox went away). Its standard error goes to the `on_stderr` given to attach."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send bytes to its standard input; SandboxUnavailable when it is gone."""
 
 
 class Sandbox(abc.ABC):
@@ -83,6 +98,14 @@ class Sandbox(abc.ABC):
     async def _exec(self, argv: Sequence[str], on_output: OutputSink, on_start: Callable[[], None] | None,
                     recreate: bool) -> int:
         """exec() without its timeout: what each provider implements."""
+
+    def attach(self, argv: Sequence[str], *, env: dict[str, str] | None = None, workdir: str = "/data",
+               on_stderr: Callable[[bytes], None] | None = None) -> AsyncContextManager[Attached]:
+        """Start argv in the sandbox (starting the sandbox first if need be) with its standard input and
+        output attached, for as long as the block runs; leaving it closes the input (a stdio server then
+        exits). A provider without a long-running sandbox refuses with SandboxUnavailable."""
+        raise SandboxUnavailable("Processes cannot run in this sandbox (it has no container).",
+                                 user="Tools that run in your sandbox need the sandbox (this bot runs without one).")
 
     @abc.abstractmethod
     async def read_file(self, path: str, max_bytes: int) -> bytes:

@@ -11,7 +11,7 @@
   write transaction, the tables made and the columns added since, closing.
 - `history.py`: users, sessions, messages, summaries, and the window sent to the model.
 - `audit.py`: every command a sandbox ran, and its retention.
-- `places.py`: persona, model and mode per channel, server or everywhere (a typed `Scope`).
+- `places.py`: persona, model, mode and MCP servers per channel, server or everywhere (a typed `Scope`).
 - `usage.py`: what each person used, per server, UTC day and model (turns, tokens, command time,
   files), for /usage, /admin usage and the daily budgets.
 - `reach.py`: how far an admin sees: one server's conversations and commands, or everything.

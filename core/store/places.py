@@ -1,15 +1,19 @@
-"""Persona, model and mode per place: a channel (or thread), its parent channel, a server, or everywhere.
+"""Persona, model, mode and MCP servers per place: a channel (or thread), its parent channel, a
+server, or everywhere.
 
-Operators set them at run time (the bot's /admin prompt, /admin model and /admin channel); they
-are stored in the database, so they survive restarts, and kept in memory, so a turn never waits on
-a query to learn them. The most specific place that sets a value wins; SYSTEM_PROMPT, OLLAMA_MODEL
-and FREE_RESPONSE_CHANNEL_IDS are the fallbacks. A persona adds to the built-in instructions
-(core/prompt.py), never replaces them. The mode says which messages in a channel are answered:
-on a mention (or a reply), every message, or each mention in a thread of its own.
+Operators set them at run time (the bot's /admin prompt, /admin model, /admin channel and /admin
+tools); they are stored in the database, so they survive restarts, and kept in memory, so a turn
+never waits on a query to learn them. The most specific place that sets a value wins;
+SYSTEM_PROMPT, OLLAMA_MODEL and FREE_RESPONSE_CHANNEL_IDS are the fallbacks. A persona adds to the
+built-in instructions (core/prompt.py), never replaces them. The mode says which messages in a
+channel are answered: on a mention (or a reply), every message, or each mention in a thread of its
+own. MCP servers are on everywhere unless a place turns one off; each server is decided by the most
+specific place that says anything about it (a channel can turn on what its server turned off).
 """
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar, Collection, Literal
@@ -88,6 +92,7 @@ class PlaceSetting(Table):
     prompt = TextField(null=True)
     model = CharField(max_length=191, null=True)
     mode = CharField(max_length=16, null=True)  # one of MODES
+    tools = TextField(null=True)  # MCP servers turned on or off here: JSON {"server name": true or false}
     updated_by = CharField(max_length=191, default="")
     updated_at = DateTimeField(default=now)
 
@@ -96,7 +101,8 @@ class PlaceSetting(Table):
 
 
 TABLES = (PlaceSetting,)
-ADDED_COLUMNS = (AddedColumn("place_settings", "mode", CharField(max_length=16, null=True)),)
+ADDED_COLUMNS = (AddedColumn("place_settings", "mode", CharField(max_length=16, null=True)),
+                 AddedColumn("place_settings", "tools", TextField(null=True)))
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,32 @@ class Places:
                 return Choice(value, scope)
         return None
 
+    async def tools_off(self, place: Place) -> frozenset[str]:
+        """The MCP servers turned off here: for each server, the most specific place that sets it decides."""
+        return frozenset(server for server, (on, _) in (await self.tool_choices(place)).items() if not on)
+
+    async def tool_choices(self, place: Place) -> dict[str, tuple[bool, Scope]]:
+        """Each MCP server some place around this one turns on or off: (on, the scope that decides)."""
+        rows = await self._table()
+        decided: dict[str, tuple[bool, Scope]] = {}
+        for scope in place.scopes():
+            for server, on in _servers(rows.get(scope)).items():
+                decided.setdefault(server, (on, scope))
+        return decided
+
+    async def tool_servers(self, scope: Scope) -> dict[str, bool]:
+        """What this exact scope sets for MCP servers (not what it inherits)."""
+        return _servers(await self.own(scope))
+
+    async def set_tool_server(self, scope: Scope, server: str, on: bool | None, *, by: str) -> None:
+        """Turn one MCP server on or off in this scope; None: as the wider place says again."""
+        servers = await self.tool_servers(scope)
+        if on is None:
+            servers.pop(server, None)
+        else:
+            servers[server] = on
+        await self.set(scope, by=by, tools=servers or None)
+
     async def own(self, scope: Scope) -> PlaceSetting | None:
         """What this exact scope sets (not what it inherits)."""
         return (await self._table()).get(_checked(scope))
@@ -188,8 +220,9 @@ class Places:
         return sum(1 for scope, row in (await self._table()).items() if row.model and scope.kind != Scope.EVERYWHERE)
 
     async def set(self, scope: Scope, *, by: str, prompt: object = KEEP, model: object = KEEP,
-                  mode: object = KEEP) -> None:
-        """Change one scope's prompt, model and/or mode: a string sets it, None clears it, KEEP leaves it."""
+                  mode: object = KEEP, tools: object = KEEP) -> None:
+        """Change one scope's prompt, model, mode and/or MCP servers (a dict of on/off): a value sets
+        it, None clears it, KEEP leaves it."""
         _checked(scope)
         if mode is not KEEP and mode is not None and mode not in MODES:
             raise EngineError(f"Not a mode: {mode!r}; pick one of {', '.join(MODES)}.")
@@ -203,7 +236,9 @@ class Places:
         new_prompt = (current.prompt if current is not None else None) if prompt is KEEP else prompt
         new_model = (current.model if current is not None else None) if model is KEEP else model
         new_mode = (current.mode if current is not None else None) if mode is KEEP else mode
-        row = await self.database.run(self._save, str(scope), new_prompt, new_model, new_mode, by)
+        new_tools = (current.tools if current is not None else None) if tools is KEEP else \
+            (json.dumps(tools, sort_keys=True) if tools else None)
+        row = await self.database.run(self._save, str(scope), new_prompt, new_model, new_mode, new_tools, by)
         if row is None:
             rows.pop(scope, None)
         else:
@@ -225,15 +260,28 @@ class Places:
         with self.database.write():
             PlaceSetting.update(updated_by="").where(PlaceSetting.scope.in_(scopes)).execute()
 
-    def _save(self, scope: str, prompt: object, model: object, mode: object, by: str) -> PlaceSetting | None:
+    def _save(self, scope: str, prompt: object, model: object, mode: object, tools: object,
+              by: str) -> PlaceSetting | None:
         with self.database.write():
-            if prompt is None and model is None and mode is None:
+            if prompt is None and model is None and mode is None and tools is None:
                 PlaceSetting.delete().where(PlaceSetting.scope == scope).execute()
                 return None
-            values = {"prompt": prompt, "model": model, "mode": mode, "updated_by": by, "updated_at": now()}
+            values = {"prompt": prompt, "model": model, "mode": mode, "tools": tools, "updated_by": by,
+                      "updated_at": now()}
             if not PlaceSetting.update(**values).where(PlaceSetting.scope == scope).execute():
                 PlaceSetting.create(scope=scope, **values)
             return PlaceSetting.get_by_id(scope)
+
+
+def _servers(row: PlaceSetting | None) -> dict[str, bool]:
+    """A row's MCP servers turned on or off; {} when it says nothing (or what it holds is unreadable)."""
+    if row is None or not row.tools:
+        return {}
+    try:
+        value = json.loads(row.tools)
+    except ValueError:
+        return {}
+    return {str(k): bool(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _checked(scope: Scope) -> Scope:

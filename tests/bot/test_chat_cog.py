@@ -34,7 +34,7 @@ async def test_setup_hook_loads_the_four_cogs_and_their_commands(bot: commands.B
     assert {"reset", "sessions", "help", "usage", "admin", "forget", "export", "chat"} <= names
     admin = bot.tree.get_command("admin")
     assert {c.name for c in admin.commands} == {"sessions", "reset", "stop", "status", "model", "audit", "prompt",
-                                                "usage", "channel", "forget"}
+                                                "usage", "channel", "forget", "tools"}
     assert bot.intents.message_content
     from bot.discord_bot import create_bot
     fresh = create_bot(runtime=bot.runtime)  # dpytest swaps the connection state of `bot`

@@ -18,15 +18,16 @@ import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, AsyncIterator, Callable, Sequence
 
 import aiodocker
 import aiohttp
 
 from ...config import Settings
 from ...errors import SandboxUnavailable
-from ..base import OutputSink, Provider, Sandbox, SandboxInfo
+from ..base import STDOUT, Attached, OutputSink, Provider, Sandbox, SandboxInfo
 from ..locks import KeyedLocks
 from ..quota import UserDisk
 from ..workspace import folders_of, remove_folder, session_of
@@ -84,7 +85,23 @@ class DockerSandbox(Sandbox):
                 raise SandboxUnavailable(reason, user=reason) from exc
             raise
 
-    async def _exec_create(self, argv: list[str], recreate: bool) -> Any:
+    @asynccontextmanager
+    async def attach(self, argv: Sequence[str], *, env: dict[str, str] | None = None, workdir: str = "/data",
+                     on_stderr: Callable[[bytes], None] | None = None) -> AsyncIterator[Attached]:
+        """An exec with stdin attached, over the engine's hijacked stream (aiodocker's write_in/read_out)."""
+        execution = await self._exec_create(list(argv), True, stdin=True, environment=env or None, workdir=workdir)
+        stream = execution.start(detach=False)
+        with reported_as_unavailable("The process could not be started in the sandbox"):
+            await stream.__aenter__()
+        try:
+            yield _DockerAttached(stream, on_stderr)
+        finally:
+            try:
+                await stream.close()  # end of its input: a stdio server exits on it
+            except DOCKER_ERRORS:
+                pass
+
+    async def _exec_create(self, argv: list[str], recreate: bool, **options: Any) -> Any:
         """The exec, in the sandbox as it is; a sandbox that is gone is started once and tried again."""
         provider, name = self.provider, self.name
         for attempt in (1, 2):
@@ -93,7 +110,8 @@ class DockerSandbox(Sandbox):
                     raise SandboxUnavailable("The sandbox is not running.")
                 await provider._ensure(self.user, self.session, allow_recreate=False)  # noqa: SLF001
             try:
-                return await provider.docker.containers.container(name).exec(argv, stdout=True, stderr=True)
+                return await provider.docker.containers.container(name).exec(argv, stdout=True, stderr=True,
+                                                                              **options)
             except DOCKER_ERRORS as exc:
                 if attempt == 2 or not is_gone(exc):
                     raise SandboxUnavailable(f"The command could not run: {explain(exc)}") from exc
@@ -163,6 +181,34 @@ class DockerSandbox(Sandbox):
 
     def eviction_message(self) -> str | None:
         return self.provider.watch.eviction_message(self.name)
+
+
+class _DockerAttached(Attached):
+    """A process's standard streams, multiplexed over one engine connection."""
+
+    def __init__(self, stream: Any, on_stderr: Callable[[bytes], None] | None) -> None:
+        self._stream = stream
+        self._on_stderr = on_stderr
+
+    async def read(self) -> bytes | None:
+        while True:
+            try:
+                message = await self._stream.read_out()
+            except DOCKER_ERRORS:
+                return None  # the sandbox went away under it: the same as the end of its output
+            if message is None:
+                return None
+            if message.stream == STDOUT:
+                return message.data
+            if self._on_stderr is not None:
+                self._on_stderr(message.data)
+
+    async def write(self, data: bytes) -> None:
+        with reported_as_unavailable("The process in the sandbox cannot be written to"):
+            try:
+                await self._stream.write_in(data)
+            except (RuntimeError, AssertionError) as exc:  # aiodocker: a closed or dropped transport
+                raise SandboxUnavailable(f"The process in the sandbox has ended ({exc}).") from exc
 
 
 class DockerProvider(Provider):

@@ -1,0 +1,80 @@
+"""The stdio transport of a server that runs in a conversation's own sandbox ("sandbox": true).
+
+The SDK's stdio client starts a child process of the bot; here the process is started in the
+sandbox instead (Sandbox.attach: a Docker exec with stdin attached), and its standard streams are
+bridged to the memory streams the SDK's session reads and writes, one JSON-RPC message a line.
+What the process prints is the sandbox's, so it is read as untrusted: lines are bounded, and a
+line that is not a message is handed to the session as an error, not trusted.
+"""
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import anyio
+import mcp_types
+from mcp.shared.message import SessionMessage
+
+from ..sandbox import Sandbox
+from .config import ServerConfig
+
+log = logging.getLogger(__name__)
+MAX_LINE = 8 * 1024 ** 2  # bytes of one message from the sandbox; more ends the session
+STDERR_KEPT = 2000  # characters of the server's standard error kept for the log
+
+
+@asynccontextmanager
+async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator[tuple]:
+    """(read stream, write stream) of the session with `config`'s command run in `sandbox`."""
+    errors = bytearray()
+
+    def on_stderr(data: bytes) -> None:
+        errors.extend(data[:STDERR_KEPT])
+        del errors[:-STDERR_KEPT]
+
+    to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    argv = [config.command, *config.args]
+    async with sandbox.attach(argv, env=dict(config.env), workdir=config.cwd or "/data",
+                              on_stderr=on_stderr) as process:
+
+        async def reader() -> None:
+            buffer = b""
+            async with to_session:
+                while True:
+                    data = await process.read()
+                    if data is None:
+                        break
+                    buffer += data
+                    *lines, buffer = buffer.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            await to_session.send(_parse(line))
+                    if len(buffer) > MAX_LINE:
+                        await to_session.send(ValueError(f"a message of more than {MAX_LINE} bytes"))
+                        break
+            if errors:
+                log.info("MCP server %s in %s ended; its last words: %s", config.name, sandbox.name,
+                         errors.decode("utf-8", "replace").strip()[-500:])
+
+        async def writer() -> None:
+            async with from_session:
+                async for message in from_session:
+                    text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
+                    await process.write(text.encode() + b"\n")
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(reader)
+            tasks.start_soon(writer)
+            try:
+                yield read_stream, write_stream
+            finally:
+                tasks.cancel_scope.cancel()
+
+
+def _parse(line: bytes) -> SessionMessage | Exception:
+    try:
+        return SessionMessage(mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False))
+    except ValueError as exc:
+        return exc
