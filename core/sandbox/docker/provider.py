@@ -46,6 +46,7 @@ KEEPALIVE = 'trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
 # What the image may need back after cap_drop=ALL (package managers chown and switch users).
 CAP_ADD = ["CHOWN", "DAC_OVERRIDE", "FOWNER", "SETUID", "SETGID"]
 EXIT_CODE_WAIT = 2.0  # an exec's exit code can land a moment after its output ends
+BUSY_WAIT = 3.0  # seconds a /data image still attached to a loop device is waited for before "busy"
 # What a sandbox sees in /etc instead of Docker's writable host files. 127.0.0.11 is Docker's own
 # DNS on a network of the deployment's own (the only network a sandbox is ever on).
 ETC_FILES = {
@@ -700,13 +701,22 @@ class DockerProvider(Provider):
         await self.discover_host_root()
         folder = self.data_dir(user, session)
         async with self._locks.hold(("data", str(folder))):
-            try:
-                problem = await asyncio.get_running_loop().run_in_executor(self._disk_pool, self._prepare, folder)
-            except diskimage.DiskBusy as exc:
-                log.warning("not mounting %s: %s", folder, exc)
-                raise SandboxUnavailable("This conversation's files are still in use elsewhere; try again in a "
-                                         "moment.", user="This conversation's files are busy; try again in a moment.") \
-                    from exc
+            loop, waited = asyncio.get_running_loop(), 0.0
+            while True:
+                try:
+                    problem = await loop.run_in_executor(self._disk_pool, self._prepare, folder)
+                    break
+                except diskimage.DiskBusy as exc:
+                    # A sandbox just removed lets go of its loop device a moment after its unmount
+                    # (the kernel detaches it lazily): wait that out rather than refuse at once.
+                    if waited < BUSY_WAIT:
+                        await asyncio.sleep(0.1)
+                        waited += 0.1
+                        continue
+                    log.warning("not mounting %s: %s", folder, exc)
+                    raise SandboxUnavailable("This conversation's files are still in use elsewhere; try again in a "
+                                             "moment.", user="This conversation's files are busy; try again in a "
+                                                             "moment.") from exc
         self._disk_problem(problem)
         return folder
 
