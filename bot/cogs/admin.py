@@ -147,18 +147,21 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
             return await say(interaction, "No commands recorded" + (" for that filter." if user or channel else "."))
         await say(interaction, "\n".join(_audit_line(row) for row in rows))
 
-    @app_commands.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
+    @app_commands.command(name="status", description="Model, model servers, Docker and sandboxes at a glance")
     async def status(self, interaction: discord.Interaction) -> None:
         rt = self.runtime
-        models = await rt.models()
+        offers = await rt.model_offers()
         model = (await rt.places.model(Place())).value
         overrides = await rt.places.model_overrides()
         docker_ok = await rt.sandboxes_reachable()
         running = [s for s in (await rt.sandbox_states()).values() if s == "running"] if docker_ok else []
+        default = offers[0]  # MODEL_API's server comes first
+        missing = " (not pulled!)" if default.api == "ollama" else " (not served there!)"
         lines = [
-            f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
+            f"Model: `{model}`" + ("" if default.models is None or model in default.models else missing)
             + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
-            f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'} at {rt.settings.ollama_host}",
+            *(f"{offer.label}: {'🟢 reachable' if offer.models is not None else '🔴 unreachable'} at {offer.where}"
+              for offer in offers),
             f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}" if rt.settings.tools
             else "Docker: not used (TOOLS=off: chat only, no commands)",
             f"Sandboxes running: {len(running)}",
@@ -193,7 +196,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         return Place(server=scope.id) if scope.kind == Scope.SERVER else Place()
 
     @app_commands.command(name="model", description="Show or switch the model, for this server, one channel, or everywhere")
-    @app_commands.describe(name='A tool-capable model the Ollama server has pulled; "default" to inherit again',
+    @app_commands.describe(name='A tool-capable model its server offers (another API\'s as openai:<name>); '
+                                '"default" to inherit again',
                            channel="Only in this channel (default: the whole server)",
                            everywhere="The default for every server and DM (the bot's admins only)")
     async def model(self, interaction: discord.Interaction, name: str | None = None,
@@ -216,7 +220,9 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         """The model's own maximum context beside the one requests are built for; a warning when the
         setting is larger (the server would then cut long conversations from their start)."""
         most = await self.runtime.context_length(model)
-        used = self.runtime.settings.context_tokens
+        used, setting = await self.runtime.context_tokens(model)
+        if setting is None:  # the server's own context (an OpenAI-compatible server that says it)
+            return f"\nIts context: {used:,} tokens, as its server says; requests are built to fit it."
         if most is None:
             return f"\nRequests are built to fit {used:,} tokens of context (OLLAMA_NUM_CTX)."
         line = f"\nIts context: up to {most:,} tokens; requests are built to fit {used:,} (OLLAMA_NUM_CTX)."
@@ -227,8 +233,9 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
 
     @model.autocomplete("name")
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        models = await self.runtime.models() or []
-        return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
+        offers = await self.runtime.model_offers()  # what each model server offers, MODEL_API's first
+        return [app_commands.Choice(name=f"{m} · {offer.label}", value=m) for offer in offers
+                for m in offer.models or [] if current.lower() in m.lower()][:25]
 
     @prompt.command(name="set", description="Set the persona for this server, one channel, or everywhere")
     @app_commands.describe(text="The persona and house rules (leave empty to edit the current one in a form)",

@@ -2,8 +2,9 @@
 
 Operators set them at run time (the bot's /admin prompt and /admin model); they are stored in
 the database, so they survive restarts, and kept in memory, so a turn never waits on a query to
-learn them. The most specific place that sets a value wins; SYSTEM_PROMPT and OLLAMA_MODEL are
-the fallbacks. A persona adds to the built-in instructions (core/prompt.py), never replaces them.
+learn them. The most specific place that sets a value wins; SYSTEM_PROMPT and OLLAMA_MODEL (or
+OPENAI_MODEL, with MODEL_API=openai) are the fallbacks. A persona adds to the built-in
+instructions (core/prompt.py), never replaces them.
 """
 from __future__ import annotations
 
@@ -147,7 +148,9 @@ class Places:
         return await self._nearest(place, "prompt") or Choice(fallback, "SYSTEM_PROMPT" if fallback else "")
 
     async def model(self, place: Place) -> Choice:
-        return await self._nearest(place, "model") or Choice(self.settings.ollama_model, "OLLAMA_MODEL")
+        """The model for a turn here: a plain name is MODEL_API's, `openai:<name>` or `ollama:<name>` the
+        other backend's (core/model_backend.py); OLLAMA_MODEL or OPENAI_MODEL where no place sets one."""
+        return await self._nearest(place, "model") or Choice(*self.settings.default_model)
 
     async def _nearest(self, place: Place, field: str) -> Choice | None:
         """The value the most specific scope of `place` sets for `field`."""
