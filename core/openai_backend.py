@@ -274,10 +274,10 @@ class OpenAIBackend(ModelBackend):
         return text.replace(key, "***") if key else text
 
     # -- what the server offers ----------------------------------------------------------------------
-    async def _models(self) -> dict[str, dict[str, Any]]:
-        """The server's /v1/models entries by id, remembered for a few minutes."""
+    async def _models(self, *, fresh: bool = False) -> dict[str, dict[str, Any]]:
+        """The server's /v1/models entries by id, remembered for a few minutes (`fresh`: asked now)."""
         now = time.monotonic()
-        if self._listed is not None and now - self._listed[0] < MODELS_TTL:
+        if not fresh and self._listed is not None and now - self._listed[0] < MODELS_TTL:
             return self._listed[1]
         try:
             page = await asyncio.wait_for(self.client().models.list(), LIST_TIMEOUT)
@@ -312,10 +312,10 @@ class OpenAIBackend(ModelBackend):
         return (most, None) if most else await super().context_tokens(model)
 
     async def list_models(self) -> list[str]:
-        return list(await self._models())
+        return list(await self._models(fresh=True))
 
     async def problem(self, model: str, *, tools: bool) -> tuple[str | None, bool]:
-        entries = await self._models()
+        entries = await self._models(fresh=True)
         if model not in entries:
             return (f"the model {model!r} is not served at {self.where} (served: "
                     + (", ".join(entries) or "none") + ")"), False

@@ -310,7 +310,6 @@ async def test_switching_checks_the_model_on_its_own_server(tmp_path: Path, fake
         assert await rt.places.overrides() == {}
         assert await rt.models() == ["qwen3:8b", f"openai:{DEFAULT_MODEL}", "openai:tiny-chat"]
         fake_openai.stop()
-        rt.model_server = type(rt.model_server)(rt.settings)  # nothing remembered of the server
         with pytest.raises(OllamaUnavailable) as down:
             await rt.switch_model(Scope.server("g"), f"openai:{DEFAULT_MODEL}", by="t")
         assert down.value.user_message == "The AI model server is unreachable, so the model was not changed."
