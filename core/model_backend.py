@@ -12,14 +12,15 @@ a model of MODEL_API's backend, and `openai:<name>` or `ollama:<name>` names one
 """
 from __future__ import annotations
 
+import asyncio
 import json
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
+from typing import Any, AsyncIterator, Callable, Generic, NamedTuple, TypeVar
 
+from .config import Settings
 from .tools import ModelCall
 
-if TYPE_CHECKING:
-    from .config import Settings
+C = TypeVar("C")  # a backend's client
 
 OLLAMA_API, OPENAI_API = "ollama", "openai"
 APIS = (OLLAMA_API, OPENAI_API)
@@ -52,16 +53,44 @@ class Usage(NamedTuple):
 StreamPiece = Piece | ToolCalls | Usage
 
 
-class ModelBackend(ABC):
+class ModelBackend(ABC, Generic[C]):
     """One model server. Every method raises EngineError (OllamaUnavailable: not reachable, stalled,
-    cut; ModelError: it answered with an error), each with `part` set to the backend's `part`."""
+    cut; ModelError: it answered with an error), each with `part` set to the backend's `part`.
+
+    `settings` is the settings or where to read them: the Runtime hands over a getter, so settings
+    replaced on it (tests, the admin) are the ones the next request uses, and a client is made
+    again when what it was made from (the address, the key, the timeouts) changed."""
 
     api: str  # "ollama" or "openai": how a model value names it
     label: str  # how people read it: "Ollama", "OpenAI API"
     part: str  # what core/incidents.py calls it when it is down
 
-    def __init__(self, settings: "Settings") -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | Callable[[], Settings]) -> None:
+        self._settings = settings
+        self._client: tuple[asyncio.AbstractEventLoop, tuple[Any, ...], C] | None = None
+        self._retired: list[tuple[asyncio.AbstractEventLoop, tuple[Any, ...], C]] = []
+
+    @property
+    def settings(self) -> Settings:
+        source = self._settings
+        return source if isinstance(source, Settings) else source()
+
+    def client(self) -> C:
+        """This event loop's client (one connection pool), made again when its settings changed."""
+        loop, made_of = asyncio.get_running_loop(), self._made_of()
+        if self._client is None or self._client[0] is not loop or self._client[1] != made_of:
+            if self._client is not None:
+                self._retired.append(self._client)
+            self._client = (loop, made_of, self._new_client())
+        return self._client[2]
+
+    @abstractmethod
+    def _made_of(self) -> tuple[Any, ...]:
+        """The settings a client is made from."""
+
+    @abstractmethod
+    def _new_client(self) -> C:
+        """A client for the current settings."""
 
     @property
     @abstractmethod
@@ -101,7 +130,12 @@ class ModelBackend(ABC):
         whether the server said what the model can do (rather than a setting or nothing)."""
 
     async def close(self) -> None:
-        """Let go of the connections."""
+        """Let go of the clients (one of a loop already closed cannot be awaited from this one)."""
+        clients = self._retired + ([self._client] if self._client is not None else [])
+        self._client, self._retired = None, []
+        for loop, _made_of, client in clients:
+            if loop is asyncio.get_running_loop():
+                await client.close()  # type: ignore[attr-defined]
 
 
 # -- model values -----------------------------------------------------------------------------

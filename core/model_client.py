@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, NamedTuple
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, NamedTuple
 
 import httpx
 import ollama
@@ -99,15 +99,14 @@ class ModelClient(ollama.AsyncClient):
 
 
 
-class OllamaBackend(ModelBackend):
+class OllamaBackend(ModelBackend[ollama.AsyncClient]):
     """The Ollama server: one client (one connection pool) per event loop, and what each model can do,
     asked of /api/show and remembered for a few minutes."""
 
     api, label, part = OLLAMA_API, "Ollama", OLLAMA
 
-    def __init__(self, settings: "Settings") -> None:
+    def __init__(self, settings: "Settings | Callable[[], Settings]") -> None:
         super().__init__(settings)
-        self._client: tuple[asyncio.AbstractEventLoop, ollama.AsyncClient] | None = None
         self._capabilities: dict[str, tuple[float, frozenset[str]]] = {}
         self._context_lengths: dict[str, int | None] = {}
 
@@ -115,16 +114,16 @@ class OllamaBackend(ModelBackend):
     def where(self) -> str:
         return self.settings.ollama_host
 
-    def client(self) -> ollama.AsyncClient:
-        """This event loop's client."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client[0] is not loop:
-            s = self.settings
-            # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
-            timeout = httpx.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
-                                    write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
-            self._client = (loop, ModelClient(host=s.ollama_host, timeout=timeout))
-        return self._client[1]
+    def _made_of(self) -> tuple[Any, ...]:
+        s = self.settings
+        return s.ollama_host, s.ollama_connect_timeout, s.ollama_stall_timeout
+
+    def _new_client(self) -> ollama.AsyncClient:
+        s = self.settings
+        # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
+        timeout = httpx.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
+                                write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
+        return ModelClient(host=s.ollama_host, timeout=timeout)
 
     async def stream_chat(self, model: str, messages: list[dict[str, Any]],
                           tools: list[dict[str, Any]] | None) -> AsyncIterator[StreamPiece]:
@@ -244,14 +243,6 @@ class OllamaBackend(ModelBackend):
                     "choose a tool-capable model, e.g. qwen3:8b or llama3.1:8b"), True
         return None, capabilities is not None
 
-    async def close(self) -> None:
-        """Let go of the client (a client of a loop already closed cannot be awaited from this one)."""
-        if self._client is not None:
-            client_loop, client = self._client
-            self._client = None
-            if client_loop is asyncio.get_running_loop():
-                await client.close()
-
 
 def _same_model(wanted: str, have: str) -> bool:
     with_tag = wanted if ":" in wanted else f"{wanted}:latest"
@@ -272,31 +263,36 @@ class ModelServer:
     plain name), each built on first use. The OpenAI-compatible one exists only when OPENAI_BASE_URL
     is set."""
 
-    def __init__(self, settings: "Settings") -> None:
-        self.settings = settings
-        self._backends: dict[str, ModelBackend] = {}
+    def __init__(self, settings: "Settings | Callable[[], Settings]") -> None:
+        self._settings = settings  # or where to read them (the Runtime's current ones)
+        self._backends: dict[str, ModelBackend[Any]] = {}
+
+    @property
+    def settings(self) -> "Settings":
+        source = self._settings
+        return source() if callable(source) else source
 
     def apis(self) -> list[str]:
         """The backends this process can use, MODEL_API's first."""
         usable = [OLLAMA_API] + ([OPENAI_API] if self.settings.openai_base_url else [])
         return sorted(usable, key=lambda api: api != self.settings.model_api)
 
-    def backend(self, api: str) -> ModelBackend:
+    def backend(self, api: str) -> ModelBackend[Any]:
         """The backend of `api`, built on first use; ModelError when it is not set up."""
         found = self._backends.get(api)
         if found is None:
             if api == OLLAMA_API:
-                found = OllamaBackend(self.settings)
+                found = OllamaBackend(self._settings)
             elif api == OPENAI_API and self.settings.openai_base_url:
                 from .openai_backend import OpenAIBackend  # the SDK is loaded only where a server is set
-                found = OpenAIBackend(self.settings)
+                found = OpenAIBackend(self._settings)
             else:
                 raise ModelError(f"No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named "
                                  f"'{api}:…' cannot answer; set it, or pick another model with /admin model.")
             self._backends[api] = found
         return found
 
-    def pick(self, value: str) -> tuple[ModelBackend, str]:
+    def pick(self, value: str) -> tuple[ModelBackend[Any], str]:
         """The backend a model value names, and the model's name there."""
         api, name = split_model(value, self.settings.model_api)
         return self.backend(api), name

@@ -23,7 +23,7 @@ import logging
 import time
 import uuid
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any, AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Mapping
 
 import httpx
 import openai
@@ -126,32 +126,32 @@ def retry_after(headers: Mapping[str, str]) -> float | None:
     return wait if wait <= RETRY_AFTER_MAX else None
 
 
-class OpenAIBackend(ModelBackend):
+class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
     """An OpenAI-compatible server through the official SDK: one AsyncOpenAI (one connection pool)
     per event loop, without the SDK's own retries (a 429 is retried once here, nothing else is)."""
 
     api, label, part = OPENAI_API, "OpenAI API", OPENAI
 
-    def __init__(self, settings: "Settings") -> None:
+    def __init__(self, settings: "Settings | Callable[[], Settings]") -> None:
         super().__init__(settings)
-        self._client: tuple[asyncio.AbstractEventLoop, openai.AsyncOpenAI] | None = None
         self._listed: tuple[float, dict[str, dict[str, Any]]] | None = None
 
     @property
     def where(self) -> str:
         return self.settings.openai_base_url
 
-    def client(self) -> openai.AsyncOpenAI:
-        """This event loop's client."""
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client[0] is not loop:
-            s = self.settings
-            # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
-            timeout = openai.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
-                                     write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
-            self._client = (loop, openai.AsyncOpenAI(base_url=s.openai_base_url, api_key=s.openai_api_key or NO_KEY,
-                                                     timeout=timeout, max_retries=0))
-        return self._client[1]
+    def _made_of(self) -> tuple[Any, ...]:
+        s = self.settings
+        return s.openai_base_url, s.openai_api_key, s.ollama_connect_timeout, s.ollama_stall_timeout
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        s = self.settings
+        self._listed = None  # another server, maybe: its models are asked again
+        # read: the longest silence allowed between two bytes of a reply (a hung server ends the turn)
+        timeout = openai.Timeout(connect=s.ollama_connect_timeout, read=s.ollama_stall_timeout,
+                                 write=s.ollama_stall_timeout, pool=s.ollama_connect_timeout)
+        return openai.AsyncOpenAI(base_url=s.openai_base_url, api_key=s.openai_api_key or NO_KEY, timeout=timeout,
+                                  max_retries=0)
 
     # -- chat -------------------------------------------------------------------------------------
     async def stream_chat(self, model: str, messages: list[dict[str, Any]],
@@ -326,13 +326,6 @@ class OpenAIBackend(ModelBackend):
             return (f"the model {model!r} cannot call tools ({said}): choose a tool-capable model"
                     + ("" if known else ", or add tools to MODEL_CAPABILITIES if it can")), known
         return None, known
-
-    async def close(self) -> None:
-        if self._client is not None:
-            client_loop, client = self._client
-            self._client = None
-            if client_loop is asyncio.get_running_loop():
-                await client.close()
 
 
 def _add_call_deltas(building: dict[int, list[Any]], deltas: list[Any]) -> None:

@@ -69,7 +69,7 @@ class Runtime:
         sandboxes: Provider = DockerProvider(settings) if settings.tools else FolderProvider(settings)
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
                            places=self.store.places, sandboxes=sandboxes, terminal=Terminal(sandboxes),
-                           model_server=ModelServer(settings), model_gate=FairGate(settings.max_model_requests),
+                           model_server=ModelServer(lambda: self.parts.settings), model_gate=FairGate(settings.max_model_requests),
                            incidents=Incidents(), outputs=OutputStore(),
                            tokens=TokenCounter(),
                            image_pool=ThreadPoolExecutor(max_workers=2, thread_name_prefix="images"))
