@@ -186,11 +186,13 @@ def check_database(settings: Settings) -> Check:
     return Check("database", True, f"{shown} is writable")
 
 
-async def run_checks(settings: Settings, *, token: bool = True, container: bool = False) -> list[Check]:
-    """Every check, the blocking ones off the event loop (`container`: see check_token)."""
+async def run_checks(settings: Settings, *, token: bool = True, container: bool = False,
+                     other_server: bool = True) -> list[Check]:
+    """Every check, the blocking ones off the event loop (`container`: see check_token; `other_server`:
+    the model server MODEL_API does not name, when one is set up beside it)."""
     results = [check_token(settings, container=container)] if token else []
     results.append(await check_model(settings))
-    other = await check_other_server(settings)
+    other = await check_other_server(settings) if other_server else None
     if other is not None:
         results.append(other)
     results.append(await check_docker(settings))
