@@ -162,6 +162,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
             request["tools"] = tools
         started = False
         building: dict[int, list[Any]] = {}  # index -> [id, name, pieces of the arguments' JSON text]
+        usage = None  # the last counts the server sent (once, at the end, with include_usage)
         try:
             stream = await self._create(request)
             try:
@@ -183,13 +184,13 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
                         if choice.finish_reason and building:
                             yield ToolCalls(_calls(building))
                             building = {}
-                    usage = chunk.usage
-                    if usage is not None:
-                        yield Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
+                    usage = chunk.usage or usage
             finally:
                 await stream.close()
             if building:  # a server that ended the stream without a finish_reason
                 yield ToolCalls(_calls(building))
+            if usage is not None:
+                yield Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
         except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
             raise self._error(exc, model, started) from exc
 
@@ -230,9 +231,9 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
                                   user=f"The model {model!r} is not on the AI model server: pick another with "
                                        "/admin model.", part=part)
             if status == 429:
-                return ModelError(f"The model server at {where} is rate limiting the bot (HTTP 429, once retried): "
-                                  f"{detail}", user="The AI model server is busy (too many requests); try again "
-                                                    "in a minute.", part=part)
+                return ModelError(f"The model server at {where} is rate limiting the bot (HTTP 429): {detail}",
+                                  user="The AI model server is busy (too many requests); try again in a minute.",
+                                  part=part)
             if status >= 500:
                 return ModelError(f"The model server at {where} failed (HTTP {status}): {detail}",
                                   user=f"The AI model server failed (HTTP {status}); try again in a minute.",

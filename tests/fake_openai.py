@@ -23,7 +23,7 @@ import binascii
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from aiohttp import web
 
@@ -391,5 +391,3 @@ def _error(status: int, message: str, code: str, headers: dict[str, str] | None 
 def _pieces(value: str, size: int) -> list[str]:
     return [value[i:i + size] for i in range(0, len(value), max(size, 1))]
 
-
-Agent = Callable[[dict[str, Any]], Response]

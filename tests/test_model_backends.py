@@ -4,6 +4,7 @@ on 127.0.0.1, with real Docker and real SQLite. The tool loop, the history, the 
 events are one path: what a person reads is the same line for line, whichever server answered."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -58,7 +59,6 @@ class Server:
 
     def images(self, request: dict[str, Any]) -> list[list[bytes]]:
         if self.api == "ollama":
-            import base64
             return [[base64.b64decode(i) for i in m.get("images", [])] for m in request["messages"]]
         return fake_openai.images_of(request)
 
