@@ -301,6 +301,10 @@ class ModelServer:
         """How a model of `api` is written in /admin model and stored (plain for MODEL_API's)."""
         return model_value(api, name, self.settings.model_api)
 
+    def canonical(self, value: str) -> str:
+        """A model value as it is stored: `ollama:qwen3:8b` is plain `qwen3:8b` where MODEL_API=ollama."""
+        return self.value(*split_model(value, self.settings.model_api))
+
     def client(self) -> ollama.AsyncClient:
         """The Ollama backend's client of this event loop."""
         backend = self.backend(OLLAMA_API)

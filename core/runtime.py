@@ -100,6 +100,7 @@ class Runtime:
         after checking that its server has it and that it can call tools (unless TOOLS=off). A model
         of the backend MODEL_API does not name is written `openai:<name>` or `ollama:<name>`."""
         if model is not None:
+            model = self.model_server.canonical(model)
             try:
                 problem, _known = await asyncio.wait_for(
                     self.model_server.problem(model, tools=self.settings.tools),

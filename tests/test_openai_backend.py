@@ -278,7 +278,8 @@ async def test_a_conversation_moves_between_backends_and_stays_a_valid_request(
             await rt.switch_model(Scope.channel("c1"), f"openai:{DEFAULT_MODEL}", by="test")
             assert (await rt.places.model(place)).value == f"openai:{DEFAULT_MODEL}"
             assert await reply(chat, "second") == "Two."
-            await rt.switch_model(Scope.channel("c1"), None, by="test")
+            await rt.switch_model(Scope.channel("c1"), "ollama:qwen3:8b", by="test")  # Ollama's: stored plain
+            assert (await rt.places.model(place)).value == "qwen3:8b"
             assert await reply(chat, "third") == "Three."
     for request in fake_openai.requests:
         assert request["model"] == DEFAULT_MODEL and request_problems(request) == []
