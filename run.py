@@ -1,12 +1,13 @@
 """Local smoke test: ask the model to run a shell command and print the streamed reply.
 
-    python run.py                       # uses OLLAMA_HOST, OLLAMA_MODEL, VM_IMAGE, DATABASE_URL
+    python run.py                       # uses OLLAMA_HOST, OLLAMA_MODEL, VM_IMAGE, DATABASE_URL (or, with
+                                        # MODEL_API=openai, OPENAI_BASE_URL and OPENAI_MODEL)
     python run.py --prompt "..." --user me --session smoke
     python run.py --attach notes.txt    # a round trip: the file goes into /data, a file the model makes
                                         # comes back into ./received (--out DIR); then the conversation's
                                         # sandbox and /data are removed (its history stays)
 
-Exits non-zero with one line saying what to start when Ollama or Docker is missing, and when the
+Exits non-zero with one line saying what to start when the model server or Docker is missing, and when the
 round trip's file did not come back. With TOOLS=off (chat only) no Docker is needed: the model is
 asked to answer, and about an attached file to say what it holds (quoted to it), with no file back.
 """
@@ -82,7 +83,7 @@ class Printed(Reply):
 
 async def smoke(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    failing = [check for check in await run_checks(settings, token=False) if not check.ok]
+    failing = [check for check in await run_checks(settings, token=False, other_server=False) if not check.ok]
     for check in failing:  # the preflight's own line for each missing dependency, as the bot prints them
         print(check.message, file=sys.stderr)
     if failing:

@@ -79,9 +79,10 @@ class _BotMixin:
         overrides = await self.runtime.places.model_overrides()
         me = self.user  # type: ignore[attr-defined]
         client_id = getattr(self, "application_id", None) or getattr(me, "id", None)
-        log.info("ready as %s (id %s) in %d servers; model %s%s; Ollama at %s%s; invite: %s", me,
+        server = f"OpenAI API at {s.openai_base_url}" if s.model_api == "openai" else f"Ollama at {s.ollama_host}"
+        log.info("ready as %s (id %s) in %d servers; model %s%s; %s%s; invite: %s", me,
                  getattr(me, "id", "?"), len(self.guilds), model.value,  # type: ignore[attr-defined]
-                 f" ({overrides} server/channel overrides)" if overrides else "", s.ollama_host,
+                 f" ({overrides} server/channel overrides)" if overrides else "", server,
                  "" if s.tools else "; chat only (TOOLS=off)", invite_url(client_id) if client_id else "?")
 
     async def on_message(self, message: discord.Message) -> None:

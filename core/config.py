@@ -110,6 +110,12 @@ class Settings:
     ollama_keep_alive: str = ""
     ollama_connect_timeout: float = 10.0  # seconds to reach the server
     ollama_stall_timeout: float = 180.0  # seconds without a byte before a reply counts as stuck (cold loads are slow)
+    # The model server's API: Ollama's own, or OpenAI's chat completions (vLLM, llama.cpp, LM Studio, LiteLLM)
+    model_api: str = "ollama"  # the backend of plain model names; /admin model may name the other's as "openai:<name>"
+    openai_base_url: str = ""  # e.g. http://localhost:8000/v1; empty: no OpenAI-compatible server
+    openai_api_key: str = field(default="", repr=False)  # a secret: never logged, never shown
+    openai_model: str = ""  # the default model with MODEL_API=openai (as its server's /v1/models names it)
+    model_capabilities: frozenset[str] = frozenset({"tools"})  # an OpenAI-API model's, where its server does not say
     # History
     database_url: str = "sqlite:///data/chat.db"
     history_window: int = 40
@@ -179,6 +185,13 @@ class Settings:
     log_level: str = "INFO"
     log_content: bool = False  # message text in the log (at DEBUG): for debugging a private deployment only
 
+    @property
+    def default_model(self) -> tuple[str, str]:
+        """The model where no place sets one, and the setting that names it."""
+        if self.model_api == "openai":
+            return self.openai_model, "OPENAI_MODEL"
+        return self.ollama_model, "OLLAMA_MODEL"
+
     def replace(self, **changes: object) -> "Settings":
         """A copy with some fields changed (tests and the admin model switch use it)."""
         return dataclasses.replace(self, **changes)
@@ -230,6 +243,11 @@ class Settings:
         take("OLLAMA_KEEP_ALIVE", "ollama_keep_alive", text)
         take("OLLAMA_CONNECT_TIMEOUT", "ollama_connect_timeout", _parse_float)
         take("OLLAMA_STALL_TIMEOUT", "ollama_stall_timeout", _parse_float)
+        take("MODEL_API", "model_api", _parse_model_api)
+        take("OPENAI_BASE_URL", "openai_base_url", lambda n, r: _check_url(n, r, ("http", "https")).rstrip("/"))
+        take("OPENAI_API_KEY", "openai_api_key", text)
+        take("OPENAI_MODEL", "openai_model", text)
+        take("MODEL_CAPABILITIES", "model_capabilities", _parse_capabilities)
         take("DATABASE_URL", "database_url", lambda n, r: _check_url(n, r, ("sqlite", "postgresql", "postgres", "mysql")))
         take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
         take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))
@@ -290,11 +308,35 @@ class Settings:
         if settings.reply_reserve_tokens * 2 > settings.context_tokens:
             raise ConfigError(f"REPLY_RESERVE_TOKENS ({settings.reply_reserve_tokens}) must be at most half of "
                               f"OLLAMA_NUM_CTX ({settings.context_tokens})")
+        if settings.model_api == "openai" and not (settings.openai_base_url and settings.openai_model):
+            raise ConfigError("MODEL_API=openai needs OPENAI_BASE_URL (e.g. http://localhost:8000/v1) and "
+                              "OPENAI_MODEL (a model its /v1/models lists)")
         if settings.command_timeout > settings.command_timeout_max:
             raise ConfigError(
                 f"COMMAND_TIMEOUT ({settings.command_timeout}) must not exceed COMMAND_TIMEOUT_MAX ({settings.command_timeout_max})"
             )
         return settings
+
+
+def _parse_model_api(name: str, raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("ollama", "openai"):
+        raise ConfigError(f"{name} must be ollama or openai, got {raw!r}")
+    return value
+
+
+CAPABILITIES = ("tools", "vision")
+
+
+def _parse_capabilities(name: str, raw: str) -> frozenset[str]:
+    """'tools,vision', 'tools', or 'none'."""
+    words = {w for w in re.split(r"[,\s]+", raw.strip().lower()) if w}
+    if words == {"none"}:
+        return frozenset()
+    unknown = words - set(CAPABILITIES)
+    if unknown:
+        raise ConfigError(f"{name} must list some of {', '.join(CAPABILITIES)} (or say none), got {raw!r}")
+    return frozenset(words)
 
 
 def _parse_num_ctx(name: str, raw: str) -> int:

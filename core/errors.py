@@ -16,10 +16,13 @@ class EngineError(Exception):
     """
 
     user_line: str | None = None
+    part: str | None = None  # the part it says is down (core/incidents.py), None for one message's trouble
 
-    def __init__(self, detail: str, *, user: str | None = None) -> None:
+    def __init__(self, detail: str, *, user: str | None = None, part: str | None = None) -> None:
         super().__init__(detail)
         self._user = user
+        if part is not None:
+            self.part = part
 
     @property
     def user_message(self) -> str:
@@ -27,15 +30,18 @@ class EngineError(Exception):
 
 
 class OllamaUnavailable(EngineError):
-    """Ollama could not be reached, or the connection dropped mid-reply."""
+    """The model server (Ollama, or an OpenAI-compatible one: `part` says which) could not be reached,
+    stopped answering, or the connection dropped mid-reply."""
 
     user_line = "The AI model is unavailable right now; try again in a minute."
+    part = "Ollama"
 
 
 class ModelError(EngineError):
-    """Ollama answered with an error (model missing, bad request, server failure)."""
+    """The model server answered with an error (model missing, bad request, server failure)."""
 
     user_line = "The AI model could not answer right now; try again in a minute."
+    part = "Ollama"
 
 
 class SandboxUnavailable(EngineError):

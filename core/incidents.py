@@ -1,7 +1,8 @@
 """What is down right now, for operators: each failure logged once per incident, not once per message.
 
-An incident opens at the first failure of a part (Ollama, Docker, an MCP server), is logged then with the full
-detail, and closes at that part's next success (logged too). `/admin status` lists the open ones.
+An incident opens at the first failure of a part (Ollama or an OpenAI-compatible model server,
+Docker, an MCP server), is logged then with the full detail, and closes at that part's next
+success (logged too). `/admin status` lists the open ones.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from .errors import EngineError, ModelError, OllamaUnavailable, SandboxUnavailable
 
 log = logging.getLogger("core.incidents")
-OLLAMA, DOCKER = "Ollama", "Docker"
+OLLAMA, OPENAI, DOCKER = "Ollama", "OpenAI-compatible server", "Docker"
 
 
 @dataclass
@@ -29,7 +30,7 @@ def part_of(error: EngineError) -> str | None:
     if isinstance(part, str) and part:
         return part
     if isinstance(error, (OllamaUnavailable, ModelError)):
-        return OLLAMA
+        return error.part or OLLAMA
     if isinstance(error, SandboxUnavailable) and error.user_message == SandboxUnavailable.user_line:
         return DOCKER
     return None

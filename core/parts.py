@@ -33,7 +33,7 @@ class Parts:
     places: Places  # persona and model per channel and server
     sandboxes: Provider  # one sandbox per conversation
     terminal: Terminal  # commands in those sandboxes
-    model_server: ModelServer  # the Ollama client, and what each model can do
+    model_server: ModelServer  # the model servers (Ollama, an OpenAI-compatible one), and what each model can do
     model_gate: FairGate  # every request to the model passes it: MAX_MODEL_REQUESTS at once, round robin by person
     incidents: Incidents  # what is down now, logged once per incident
     mcp: McpHub  # the operator's MCP servers (MCP_CONFIG): their sessions, tools and calls

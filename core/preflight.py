@@ -1,4 +1,5 @@
-"""Preflight: can this machine run the bot? One line per dependency, saying what to do.
+"""Preflight: can this machine run the bot? One line per dependency, saying what to do; the model
+server's line is named for the backend it checked (ollama, or openai: MODEL_API).
 
 Run at bot start and on its own (`python -m bot.discord_bot --check`). Nothing
 here prints or logs the token; a failing check's line is safe to show anyone.
@@ -14,12 +15,13 @@ import sys
 from dataclasses import dataclass
 from typing import TextIO
 
-import ollama
 from dotenv import find_dotenv
 from playhouse.db_url import connect
 
 from .config import Settings
-from .errors import OLLAMA_UNREACHABLE
+from .errors import EngineError, OllamaUnavailable
+from .model_backend import OLLAMA_API, OPENAI_API, ModelBackend
+from .model_client import ModelServer
 from .sandbox.docker import DockerProvider
 from .sandbox.docker.engine import DOCKER_ERRORS, explain
 
@@ -28,6 +30,7 @@ PORTAL = "https://discord.com/developers/applications"
 DOCKER_SOCKET = "/var/run/docker.sock"
 DOCKER_DOCS = "https://docs.docker.com/engine/install/"
 CHAT_ONLY = "or set TOOLS=off to chat without commands (no Docker needed)"
+PROBLEM_TIMEOUT = 20.0  # seconds for a model server to list its models and describe one
 
 
 @dataclass(frozen=True)
@@ -68,42 +71,65 @@ def _id_part_is_numeric(token: str) -> bool:
         return False
 
 
-def _same_model(wanted: str, have: str) -> bool:
-    with_tag = wanted if ":" in wanted else f"{wanted}:latest"
-    return have in (wanted, with_tag)
-
-
-async def model_problem(client: ollama.AsyncClient, model: str, *, tools: bool = True) -> tuple[str | None, bool]:
-    """Why `model` cannot serve this bot (not pulled, or no tool calling when `tools`), or None; and
-    whether the server reported capabilities at all (older Ollama versions do not)."""
-    listed = await client.list()
-    names = [m.model for m in listed.models if m.model]
-    if not any(_same_model(model, name) for name in names):
-        return (f"the model {model!r} is not pulled: run `ollama pull {model}` (pulled: "
-                + (", ".join(names) or "none") + ")"), False
-    shown = await client.show(model)
-    capabilities = getattr(shown, "capabilities", None)
-    if tools and capabilities is not None and "tools" not in capabilities:
-        return (f"the model {model!r} cannot call tools ({', '.join(capabilities) or 'no capabilities'}): "
-                "choose a tool-capable model, e.g. qwen3:8b or llama3.1:8b"), True
-    return None, capabilities is not None
+async def check_model(settings: Settings, model: str | None = None) -> Check:
+    """The model server MODEL_API names (the check is named for it: "ollama" or "openai") has the
+    default model (or `model`), and the model can call tools unless TOOLS=off."""
+    server = ModelServer(settings)
+    model = model or settings.default_model[0]
+    try:
+        return await _check_backend(server, settings.model_api, model, settings)
+    finally:
+        await server.close()
 
 
 async def check_ollama(settings: Settings, model: str | None = None) -> Check:
-    model = model or settings.ollama_model
-    client = ollama.AsyncClient(host=settings.ollama_host, timeout=10)
+    """check_model for Ollama, whatever MODEL_API says."""
+    return await check_model(settings.replace(model_api=OLLAMA_API), model or settings.ollama_model)
+
+
+async def check_other_server(settings: Settings) -> Check | None:
+    """The backend MODEL_API does not name, when it is set up too (OPENAI_BASE_URL beside Ollama):
+    it answers, for the models named `<api>:<name>`. None when there is no other."""
+    server = ModelServer(settings)
+    others = server.apis()[1:]
+    if not others:
+        return None
+    backend = server.backend(others[0])
     try:
-        problem, known = await model_problem(client, model, tools=settings.offers_tools)
-    except OLLAMA_UNREACHABLE:
-        return Check("ollama", False, f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) "
-                                      "or set OLLAMA_HOST", fatal=False)
-    except ollama.ResponseError as exc:
-        return Check("ollama", False, f"Ollama at {settings.ollama_host} answered with an error: {exc.error}",
+        names = await backend.list_models()
+    except EngineError as exc:
+        return Check(backend.api, False, f"{_unreachable(backend, exc)} (for models named {backend.api}:<name>)",
                      fatal=False)
+    finally:
+        await server.close()
+    return Check(backend.api, True, f"{backend.label} at {backend.where} offers {len(names)} models (for models "
+                                    f"named {backend.api}:<name>)")
+
+
+async def _check_backend(server: ModelServer, api: str, model: str, settings: Settings) -> Check:
+    backend = server.backend(api)
+    setting = "OPENAI_MODEL" if api == OPENAI_API else "OLLAMA_MODEL"
+    try:
+        problem, known = await asyncio.wait_for(backend.problem(model, tools=settings.offers_tools), PROBLEM_TIMEOUT)
+    except (asyncio.TimeoutError, EngineError) as exc:
+        return Check(api, False, _unreachable(backend, exc), fatal=False)
     if problem:
-        hint = " (OLLAMA_MODEL), or set TOOLS=off to chat without commands" if known else " (OLLAMA_MODEL)"
-        return Check("ollama", False, problem + hint, fatal=False)
-    return Check("ollama", True, f"{settings.ollama_host} has {model}" + (" (tools)" if known and settings.offers_tools else ""))
+        hint = f" ({setting}), or set TOOLS=off to chat without commands" if known else f" ({setting})"
+        return Check(api, False, problem + hint, fatal=False)
+    tools = settings.offers_tools and (known or api == OPENAI_API)
+    how = "" if not tools else " (tools)" if known else " (tools, as MODEL_CAPABILITIES says)"
+    if api == OLLAMA_API:
+        return Check(api, True, f"{backend.where} has {model}{how}")
+    return Check(api, True, f"{backend.label} at {backend.where} serves {model}{how}")
+
+
+def _unreachable(backend: ModelBackend, exc: BaseException) -> str:
+    """The line for a server that could not be asked, or answered with an error."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return f"{backend.label} at {backend.where} did not answer within {PROBLEM_TIMEOUT:g} s"
+    if isinstance(exc, OllamaUnavailable):
+        return str(exc).rstrip(".")
+    return f"{backend.label} at {backend.where} answered with an error: {str(exc).rstrip('.')}"
 
 
 def _docker_installed() -> bool:
@@ -160,10 +186,15 @@ def check_database(settings: Settings) -> Check:
     return Check("database", True, f"{shown} is writable")
 
 
-async def run_checks(settings: Settings, *, token: bool = True, container: bool = False) -> list[Check]:
-    """Every check, the blocking ones off the event loop (`container`: see check_token)."""
+async def run_checks(settings: Settings, *, token: bool = True, container: bool = False,
+                     other_server: bool = True) -> list[Check]:
+    """Every check, the blocking ones off the event loop (`container`: see check_token; `other_server`:
+    the model server MODEL_API does not name, when one is set up beside it)."""
     results = [check_token(settings, container=container)] if token else []
-    results.append(await check_ollama(settings))
+    results.append(await check_model(settings))
+    other = await check_other_server(settings) if other_server else None
+    if other is not None:
+        results.append(other)
     results.append(await check_docker(settings))
     results.append(await asyncio.to_thread(check_database, settings))
     return results

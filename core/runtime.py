@@ -1,4 +1,4 @@
-"""The process-wide parts every ChatSession shares: history, sandboxes, registry, Ollama client."""
+"""The process-wide parts every ChatSession shares: history, sandboxes, registry, the model servers."""
 from __future__ import annotations
 
 import asyncio
@@ -7,21 +7,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, Iterable, Mapping, TypeVar
 
-import ollama
-
 from . import budgets
 from .admission import FairGate
 from .background import Background
 from .config import Settings
 from .context import Seen, TokenCounter
 from .erasure import erase
-from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
+from .errors import EngineError, ModelError, OllamaUnavailable
 from .export import export_files
 from .incidents import Incidents
 from .mcp.hub import McpHub
-from .model_client import ModelServer
+from .model_client import ModelOffer, ModelServer
 from .outputs import OutputStore
-from .preflight import model_problem
 from .parts import Parts
 from .rate import MessageRate, TooFast
 from .registry import Key, Phase, SessionRegistry
@@ -96,7 +93,7 @@ class Runtime:
         incidents = Incidents()
         self.parts = Parts(settings=settings, history=self.store.history, audit=self.store.audit,
                            usage=self.store.usage, places=self.store.places, sandboxes=sandboxes,
-                           terminal=Terminal(sandboxes), model_server=ModelServer(settings),
+                           terminal=Terminal(sandboxes), model_server=ModelServer(lambda: self.parts.settings),
                            model_gate=FairGate(settings.max_model_requests), incidents=incidents,
                            mcp=McpHub(settings, incidents, lambda: self.parts.sandboxes), outputs=OutputStore(),
                            tokens=TokenCounter(),
@@ -111,29 +108,38 @@ class Runtime:
         self._warming: dict[Key, asyncio.Task[Any]] = {}
 
     async def capabilities(self, model: str) -> frozenset[str]:
-        """What `model` can do, per Ollama's /api/show ("tools", "vision", …); cached for a few minutes."""
+        """What `model` can do ("tools", "vision", …), as its server says (Ollama's /api/show, an OpenAI-
+        compatible server's /v1/models) or MODEL_CAPABILITIES; cached for a few minutes."""
         return await self.model_server.capabilities(model)
 
     async def context_length(self, model: str) -> int | None:
-        """The most context `model` was trained for (Ollama's /api/show model_info), or None."""
+        """The most context `model` holds, as its server says it (Ollama's model_info, vLLM's
+        max_model_len), or None."""
         return await self.model_server.context_length(model)
+
+    async def context_tokens(self, model: str) -> tuple[int, str | None]:
+        """The context requests to `model` are built to fit, and the setting that says it (None: its
+        server's own figure)."""
+        return await self.model_server.context_tokens(model)
 
     async def switch_model(self, scope: Scope, model: str | None, *, by: str) -> None:
         """Use `model` for turns in `scope` from the next one on (None: as the wider place says),
-        after checking that the Ollama server has it and that it can call tools (unless TOOLS=off)."""
+        after checking that its server has it and that it can call tools (unless TOOLS=off). A model
+        of the backend MODEL_API does not name is written `openai:<name>` or `ollama:<name>`."""
         if model is not None:
+            model = self.model_server.canonical(model)
             try:
                 problem, _known = await asyncio.wait_for(
-                    model_problem(self.model_server.client(), model, tools=self.settings.offers_tools),
+                    self.model_server.problem(model, tools=self.settings.offers_tools),
                     self.settings.ollama_connect_timeout + 5)
-            except (*OLLAMA_UNREACHABLE, asyncio.TimeoutError) as exc:
-                raise OllamaUnavailable(f"Ollama is not reachable at {self.settings.ollama_host} ({exc!r}), "
-                                        "so the model was not changed.",
-                                        user="The AI model server is unreachable, so the model was not changed.") \
-                    from exc
-            except ollama.ResponseError as exc:
-                line = f"Ollama could not describe {model!r}: {str(exc.error)[:200]}; the model was not changed."
-                raise ModelError(line, user=line) from exc
+            except (asyncio.TimeoutError, OllamaUnavailable) as exc:
+                raise OllamaUnavailable(f"{str(exc).rstrip('.') or 'The model server did not answer in time'}, so "
+                                        "the model was not changed.",
+                                        user="The AI model server is unreachable, so the model was not changed.",
+                                        part=getattr(exc, "part", None)) from exc
+            except ModelError as exc:
+                line = f"{exc.user_message.rstrip('.')}; the model was not changed."
+                raise ModelError(line, user=line, part=exc.part) from exc
             if problem:  # an admin reads this: the model's name and what it lacks, nothing of the host
                 line = problem[0].upper() + problem[1:] + "; the model was not changed."
                 raise ModelError(line, user=line)
@@ -264,12 +270,16 @@ class Runtime:
                                                                 title)
 
     async def models(self) -> list[str] | None:
-        """The models the Ollama server has pulled; None when it cannot be asked now."""
-        try:
-            listed = await asyncio.wait_for(self.model_server.client().list(), timeout=10)
-        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError):
+        """Every model the servers offer now, as /admin model takes them (MODEL_API's plain, the other
+        backend's as `api:name`); None when no server can be asked."""
+        offers = await self.model_offers()
+        if all(offer.models is None for offer in offers):
             return None
-        return [m.model for m in listed.models if m.model]
+        return [model for offer in offers for model in offer.models or []]
+
+    async def model_offers(self) -> list[ModelOffer]:
+        """What each model server offers now (its models, or None when it cannot be asked), MODEL_API's first."""
+        return await self.model_server.offers()
 
     async def sandbox_states(self, reach: Reach) -> dict[Key, str]:
         """Each sandbox's state ("running", "exited", …) by (user, session), within `reach`; empty

@@ -17,17 +17,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncContextManager, Awaitable, Callable, Sequence
 
-import httpx
-import ollama
-
-from .errors import (OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable, SandboxFileError,
-                     SandboxFileTooLarge)
+from .errors import EngineError, SandboxFileError, SandboxFileTooLarge
 from . import context, images
-from .incidents import DOCKER, OLLAMA
+from .incidents import DOCKER
 from .events import (Done, FileReady, ModelQueued, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                      ToolQueued, ToolStarted)
 from .prompt import system_prompt
-from .model_client import Piece
+from .model_backend import UNREADABLE, Piece, ToolCalls  # noqa: F401 - UNREADABLE: the line a broken stream gives
 from .parts import Parts
 from .registry import Generation, Phase
 from .mcp.tools import McpTool
@@ -50,7 +46,6 @@ OVER_CAP_RESULT = ("not run: at most {cap} commands run per message. Check the r
 NO_VISION = "The AI model here cannot see images; your picture is saved as {paths}, where commands can work with it."
 NO_VISION_CHAT = "The AI model here cannot see images, so it is not shown your picture ({paths})."
 OVER_CAP_NOTICE = "{n} more commands the model asked for in one go were not run (at most {cap} at a time)."
-UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
 ROUNDS_NOTE = "(The assistant stopped after {n} rounds of commands without a final answer.)"
 
 
@@ -135,7 +130,7 @@ class Turn:
 
 
 class TurnRunner:
-    """Runs turns with the engine's parts (its Ollama client, history, sandboxes), handed over by
+    """Runs turns with the engine's parts (its model servers, history, sandboxes), handed over by
     whoever builds it (the Runtime), which this module never imports."""
 
     def __init__(self, parts: Parts) -> None:
@@ -245,7 +240,8 @@ class TurnRunner:
         """The conversation's window for this request, and the summary message (if any) of what fell
         out of it: together with the system prompt, the tools and the reply's reserve, within num_ctx."""
         s, history, counter = self.parts.settings, self.parts.history, self.parts.tokens
-        budget = counter.chars(turn.model, s.context_tokens - s.reply_reserve_tokens) \
+        num_ctx, _setting = await self.parts.model_server.context_tokens(turn.model)  # OLLAMA_NUM_CTX or the server's
+        budget = counter.chars(turn.model, num_ctx - s.reply_reserve_tokens) \
             - context.request_chars([system], tools)
         image_chars = counter.chars(turn.model, context.IMAGE_TOKENS)
         message, turn.message = turn.message, None
@@ -269,8 +265,7 @@ class TurnRunner:
         turn.summarized = stored is not None
         turn.context_chars = window.chars + context.request_chars([system], tools)
         turn.estimate = counter.tokens(turn.model, turn.context_chars)
-        self.parts.context_seen[(turn.user, turn.session)] = context.Seen(turn.shown, turn.summarized,
-                                                                          s.context_tokens)
+        self.parts.context_seen[(turn.user, turn.session)] = context.Seen(turn.shown, turn.summarized, num_ctx)
         for note in window.notes:
             log.info("session %s/%s: %s", turn.user, turn.session, note)
         summary = [{"role": "system", "content": context.SUMMARY_HEAD + stored[1]}] if stored else []
@@ -312,20 +307,17 @@ class TurnRunner:
         after, previous = stored if stored else (0, None)
         fallen = await history.run(history.between, turn.session_id, after, upto + 1, 400)
         request = context.summary_request(previous, fallen, budget)
-        options: dict[str, Any] = {"num_ctx": s.ollama_num_ctx} if s.ollama_num_ctx else {}
         try:
+            backend, model = self.parts.model_server.pick(turn.model)
             async with self._model_slot(turn):
-                answer = await asyncio.wait_for(
-                    self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
-                                                          think=False, options=options or None),
-                    s.ollama_stall_timeout)
-        except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError, ValueError) as exc:
+                answer, used = await asyncio.wait_for(backend.chat_once(model, request), s.ollama_stall_timeout)
+        except (EngineError, asyncio.TimeoutError) as exc:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
                         turn.user, turn.session, exc)
             return None
-        turn.prompt_tokens += answer.prompt_eval_count or 0  # the summary's cost is the turn's
-        turn.answer_tokens += answer.eval_count or 0
-        text = (answer.message.content or "").strip()
+        turn.prompt_tokens += used.prompt_tokens  # the summary's cost is the turn's
+        turn.answer_tokens += used.answer_tokens
+        text = answer.strip()
         if not text:
             return None
         text = text[:4000]
@@ -340,73 +332,37 @@ class TurnRunner:
 
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
                       tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
-        """The model's whole answer for one request, streamed to the outbox as it comes."""
-        settings = self.parts.settings
+        """The model's whole answer for one request, streamed to the outbox as it comes, from whichever
+        backend serves the turn's model (core/model_backend.py: the same pieces from both)."""
         gen, session_id = turn.gen, turn.session_id
-        kwargs: dict[str, Any] = {"model": turn.model, "messages": messages, "stream": True}
-        if tools:
-            kwargs["tools"] = tools
-        if settings.ollama_think is not None:
-            kwargs["think"] = settings.ollama_think
-        if settings.ollama_num_ctx:
-            kwargs["options"] = {"num_ctx": settings.ollama_num_ctx}
         sent_chars = context.request_chars(messages, tools)
-        if settings.ollama_keep_alive:
-            kwargs["keep_alive"] = settings.ollama_keep_alive
         parts: list[str] = []
         calls: list[ModelCall] = []
         piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
         try:
-            stream = await self.parts.model_server.client().chat(**kwargs)
-            async for chunk in stream:
-                if type(chunk) is Piece:  # a plain piece of text or thinking: nearly every chunk
-                    if chunk.thinking:
-                        piece(ThinkingDelta, chunk.thinking)
-                    if chunk.content:
-                        parts.append(chunk.content)
-                        piece(TextDelta, chunk.content)
-                    continue
-                message = chunk.message
-                if message.thinking:
-                    piece(ThinkingDelta, message.thinking)
-                if message.content:
-                    parts.append(message.content)
-                    piece(TextDelta, message.content)
-                if message.tool_calls:
-                    malformed = getattr(chunk, "malformed", {})
-                    calls.extend(ModelCall(c.function.name, dict(c.function.arguments or {}), malformed.get(i))
-                                 for i, c in enumerate(message.tool_calls))
-                if chunk.done:
-                    turn.prompt_tokens += chunk.prompt_eval_count or 0
-                    turn.answer_tokens += chunk.eval_count or 0
-                    turn.last_prompt = chunk.prompt_eval_count or 0
+            backend, model = self.parts.model_server.pick(turn.model)
+            async for item in backend.stream_chat(model, messages, tools):
+                kind = type(item)
+                if kind is Piece:  # text and/or thinking: nearly every piece
+                    if item.thinking:
+                        piece(ThinkingDelta, item.thinking)
+                    if item.content:
+                        parts.append(item.content)
+                        piece(TextDelta, item.content)
+                elif kind is ToolCalls:
+                    calls.extend(item.calls)
+                else:  # Usage: the request's end, as the server counted it
+                    turn.prompt_tokens += item.prompt_tokens
+                    turn.answer_tokens += item.answer_tokens
+                    turn.last_prompt = item.prompt_tokens
                     self.parts.tokens.observe(turn.model, sent_chars, turn.last_prompt)
-        except ollama.ResponseError as exc:
+        except EngineError:  # one line, said by the backend (not reachable, stalled, cut, an HTTP error…)
             await self._keep_partial(session_id, parts)
-            raise self._model_error(exc, turn.model) from exc
-        except httpx.ReadTimeout as exc:
-            await self._keep_partial(session_id, parts)
-            log.debug("ollama at %s sent nothing for %g s", settings.ollama_host, settings.ollama_stall_timeout)
-            raise OllamaUnavailable(f"The AI model stopped answering (nothing for {settings.ollama_stall_timeout:g} s). "
-                                    "Please try again.", user="The AI model stopped answering. Please try again.") from exc
-        except OLLAMA_UNREACHABLE as exc:
-            await self._keep_partial(session_id, parts)
-            log.debug("ollama at %s failed: %r", settings.ollama_host, exc)
-            if parts:
-                raise OllamaUnavailable("The connection to Ollama dropped in the middle of the reply. Please try again.",
-                                        user="The connection to the AI model dropped in the middle of the reply. "
-                                             "Please try again.") from exc
-            raise OllamaUnavailable(
-                f"Ollama is not reachable at {settings.ollama_host}: start it (ollama serve) or set OLLAMA_HOST."
-            ) from exc
-        except ValueError as exc:  # a line that is not JSON, or a chunk that is not a chat message
-            await self._keep_partial(session_id, parts)
-            log.warning("ollama at %s sent an unreadable chunk: %s", settings.ollama_host, str(exc)[:500])
-            raise ModelError(UNREADABLE, user=UNREADABLE) from exc
+            raise
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
-        self.parts.incidents.succeeded(OLLAMA)
+        self.parts.incidents.succeeded(backend.part)
         return "".join(parts), calls
 
     async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -428,7 +384,7 @@ class TurnRunner:
         return window
 
     async def _sees(self, turn: Turn) -> bool:
-        """Whether the turn's model reads images; asked of Ollama only when pictures are involved."""
+        """Whether the turn's model reads images; asked of its server only when pictures are involved."""
         if turn.vision is None:
             turn.vision = "vision" in await self.parts.model_server.capabilities(turn.model)
         return turn.vision
@@ -450,17 +406,6 @@ class TurnRunner:
                 if isinstance(exc, images.NotAnImage):
                     turn.unshown[path] = str(exc)
         return turn.pictures[path]
-
-    @staticmethod
-    def _model_error(exc: ollama.ResponseError, model: str) -> ModelError:
-        if exc.status_code == 404:
-            return ModelError(f"The model {model!r} is not on the Ollama server: run `ollama pull {model}` "
-                              "or pick another with /admin model.")
-        detail = str(exc.error).splitlines()[0] if exc.error else "unknown error"
-        if "does not support tools" in detail:
-            return ModelError(f"The model {model!r} cannot use tools: choose a tool-capable model (OLLAMA_MODEL "
-                              "or /admin model).")
-        return ModelError(f"Ollama could not answer: {detail[:300]}")
 
     async def _keep_partial(self, session_id: int, parts: list[str]) -> None:
         """A reply cut short is kept for the record but marked incomplete (never sent back)."""

@@ -78,10 +78,15 @@ class ModelCall:
     name: str
     arguments: dict[str, Any]
     problem: str | None = None
+    id: str = ""  # the call's id where the API gives one (OpenAI's): its result is sent back under it
 
     def stored(self) -> dict[str, Any]:
-        """Ollama's request shape (arguments always an object, so the next request stays valid)."""
-        return {"function": {"name": self.name, "arguments": self.arguments}}
+        """Ollama's request shape (arguments always an object, so the next request stays valid), with
+        the call's id when it has one."""
+        call: dict[str, Any] = {"function": {"name": self.name, "arguments": self.arguments}}
+        if self.id:
+            call["id"] = self.id
+        return call
 
 
 @dataclass(frozen=True)
@@ -143,8 +148,8 @@ def parse_mcp(tool: McpTool, arguments: dict[str, Any]) -> McpCall:
 def parse_terminal(arguments: dict[str, Any]) -> TerminalCall:
     """Check an execute_terminal call; ToolArgumentError with a message the model can act on.
 
-    Arguments that were not an object never get here: core/model_client.py decodes JSON strings
-    and turns anything else into a ModelCall.problem."""
+    Arguments that were not an object never get here: the model backends decode JSON text
+    (core/model_backend.py: repair_call) and turn anything else into a ModelCall.problem."""
     if not isinstance(arguments, dict):
         raise ToolArgumentError("error: the arguments must be an object like {\"command\": \"ls -la\"}.")
     command = arguments.get("command")

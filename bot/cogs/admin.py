@@ -245,14 +245,14 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         await interaction.followup.send(_usage_text(report, title), file=discord.File(io.BytesIO(png), "usage.png"),
                                         ephemeral=True, allowed_mentions=NO_MENTIONS)
 
-    @app_commands.command(name="status", description="Model, Ollama, Docker and sandboxes at a glance")
+    @app_commands.command(name="status", description="Model, model servers, Docker and sandboxes at a glance")
     async def status(self, interaction: discord.Interaction) -> None:
         """For the bot's admins, the whole bot; for a server's managers, their server: its model, its
         overrides, its sandboxes and replies, and whether Ollama and Docker work (not where they
         are, nor what another server's failures said)."""
         rt = self.runtime
         reach = self._reach(interaction)
-        models = await rt.models()
+        offers = await rt.model_offers()
         if reach.everywhere:
             model = (await rt.places.model(Place())).value
             overrides = await rt.places.model_overrides()
@@ -263,11 +263,13 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         docker_ok = await rt.sandboxes_reachable()
         running = [s for s in (await rt.sandbox_states(reach)).values() if s == "running"] if docker_ok else []
         here = "" if reach.everywhere else " in this server"
+        default = offers[0]  # MODEL_API's server comes first
+        missing = " (not pulled!)" if default.api == "ollama" else " (not served there!)"
         lines = [
-            f"Model: `{model}`" + ("" if models is None or model in models else " (not pulled!)")
+            f"Model: `{model}`" + ("" if default.models is None or model in default.models else missing)
             + (f" · {overrides} server or channel overrides (/admin model)" if overrides else ""),
-            f"Ollama: {'🟢 reachable' if models is not None else '🔴 unreachable'}"
-            + (f" at {rt.settings.ollama_host}" if reach.everywhere else ""),
+            *(f"{offer.label}: {'🟢 reachable' if offer.models is not None else '🔴 unreachable'}"
+              + (f" at {offer.where}" if reach.everywhere else "") for offer in offers),
             f"Docker: {'🟢 reachable' if docker_ok else '🔴 unreachable'}" if rt.settings.tools
             else "Docker: not used (TOOLS=off: chat only, no commands)",
             f"Sandboxes running{here}: {len(running)}",
@@ -323,7 +325,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         return Place(server=scope.id) if scope.kind == Scope.SERVER else Place()
 
     @app_commands.command(name="model", description="Show or switch the model, for this server, one channel, or everywhere")
-    @app_commands.describe(name='A tool-capable model the Ollama server has pulled; "default" to inherit again',
+    @app_commands.describe(name='A tool-capable model its server offers (another API\'s as openai:<name>); '
+                                '"default" to inherit again',
                            channel="Only in this channel (default: the whole server)",
                            everywhere="The default for every server and DM (the bot's admins only)")
     async def model(self, interaction: discord.Interaction, name: str | None = None,
@@ -353,7 +356,9 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         """The model's own maximum context beside the one requests are built for; a warning when the
         setting is larger (the server would then cut long conversations from their start)."""
         most = await self.runtime.context_length(model)
-        used = self.runtime.settings.context_tokens
+        used, setting = await self.runtime.context_tokens(model)
+        if setting is None:  # the server's own context (an OpenAI-compatible server that says it)
+            return f"\nIts context: {used:,} tokens, as its server says; requests are built to fit it."
         if most is None:
             return f"\nRequests are built to fit {used:,} tokens of context (OLLAMA_NUM_CTX)."
         line = f"\nIts context: up to {most:,} tokens; requests are built to fit {used:,} (OLLAMA_NUM_CTX)."
@@ -365,8 +370,9 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     @model.autocomplete("name")
     @checked_choices
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> Choices:
-        models = await self.runtime.models() or []
-        return [app_commands.Choice(name=m, value=m) for m in models if current.lower() in m.lower()][:25]
+        offers = await self.runtime.model_offers()  # what each model server offers, MODEL_API's first
+        return [app_commands.Choice(name=f"{m} · {offer.label}", value=m) for offer in offers
+                for m in offer.models or [] if current.lower() in m.lower()][:25]
 
     @app_commands.command(name="channel", description="Which messages I answer in a channel: mentions, all, "
                                                       "or each mention in a thread")

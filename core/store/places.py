@@ -4,11 +4,12 @@ server, or everywhere.
 Operators set them at run time (the bot's /admin prompt, /admin model, /admin channel and /admin
 tools); they are stored in the database, so they survive restarts, and kept in memory, so a turn
 never waits on a query to learn them. The most specific place that sets a value wins;
-SYSTEM_PROMPT, OLLAMA_MODEL and FREE_RESPONSE_CHANNEL_IDS are the fallbacks. A persona adds to the
-built-in instructions (core/prompt.py), never replaces them. The mode says which messages in a
-channel are answered: on a mention (or a reply), every message, or each mention in a thread of its
-own. MCP servers are on everywhere unless a place turns one off; each server is decided by the most
-specific place that says anything about it (a channel can turn on what its server turned off).
+SYSTEM_PROMPT, OLLAMA_MODEL (or OPENAI_MODEL, with MODEL_API=openai) and FREE_RESPONSE_CHANNEL_IDS
+are the fallbacks. A persona adds to the built-in instructions (core/prompt.py), never replaces
+them. The mode says which messages in a channel are answered: on a mention (or a reply), every
+message, or each mention in a thread of its own. MCP servers are on everywhere unless a place
+turns one off; each server is decided by the most specific place that says anything about it (a
+channel can turn on what its server turned off).
 """
 from __future__ import annotations
 
@@ -161,7 +162,9 @@ class Places:
         return await self._nearest(place, "prompt") or Choice(fallback, "SYSTEM_PROMPT" if fallback else "")
 
     async def model(self, place: Place) -> Choice:
-        return await self._nearest(place, "model") or Choice(self.settings.ollama_model, "OLLAMA_MODEL")
+        """The model for a turn here: a plain name is MODEL_API's, `openai:<name>` or `ollama:<name>` the
+        other backend's (core/model_backend.py); OLLAMA_MODEL or OPENAI_MODEL where no place sets one."""
+        return await self._nearest(place, "model") or Choice(*self.settings.default_model)
 
     async def mode(self, place: Place, free_response: Collection[int] = ()) -> Choice:
         """Which messages are answered here (one of MODES). Where no scope sets it, a channel (or a
