@@ -292,10 +292,14 @@ class TurnRunner:
         options: dict[str, Any] = {"num_ctx": s.ollama_num_ctx} if s.ollama_num_ctx else {}
         try:
             async with self._model_slot(turn):
-                answer = await asyncio.wait_for(
-                    self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
-                                                          think=False, options=options or None),
-                    s.ollama_stall_timeout)
+                try:
+                    answer = await asyncio.wait_for(
+                        self.parts.model_server.client().chat(model=turn.model, messages=request, stream=False,
+                                                              think=False, options=options or None),
+                        s.ollama_stall_timeout)
+                except asyncio.CancelledError:  # stopped while the server read it: not free either
+                    self._estimate(turn, context.request_chars(request, None), 0)
+                    raise
         except (*OLLAMA_UNREACHABLE, ollama.ResponseError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
                         turn.user, turn.session, exc)
@@ -333,11 +337,15 @@ class TurnRunner:
         parts: list[str] = []
         calls: list[ModelCall] = []
         piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
+        began = counted = False  # the server started answering; its counts (the last line) arrived
+        thought = 0  # characters of thinking streamed
         try:
             stream = await self.parts.model_server.client().chat(**kwargs)
             async for chunk in stream:
+                began = True
                 if type(chunk) is Piece:  # a plain piece of text or thinking: nearly every chunk
                     if chunk.thinking:
+                        thought += len(chunk.thinking)
                         piece(ThinkingDelta, chunk.thinking)
                     if chunk.content:
                         parts.append(chunk.content)
@@ -345,6 +353,7 @@ class TurnRunner:
                     continue
                 message = chunk.message
                 if message.thinking:
+                    thought += len(message.thinking)
                     piece(ThinkingDelta, message.thinking)
                 if message.content:
                     parts.append(message.content)
@@ -354,6 +363,7 @@ class TurnRunner:
                     calls.extend(ModelCall(c.function.name, dict(c.function.arguments or {}), malformed.get(i))
                                  for i, c in enumerate(message.tool_calls))
                 if chunk.done:
+                    counted = True
                     turn.prompt_tokens += chunk.prompt_eval_count or 0
                     turn.answer_tokens += chunk.eval_count or 0
                     turn.last_prompt = chunk.prompt_eval_count or 0
@@ -383,8 +393,20 @@ class TurnRunner:
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
+        finally:
+            if began and not counted:  # stopped, replaced or cut before its counts: estimated, never free
+                self._estimate(turn, sent_chars, sum(map(len, parts)) + thought)
         self.parts.incidents.succeeded(OLLAMA)
         return "".join(parts), calls
+
+    def _estimate(self, turn: Turn, sent_chars: int, answer_chars: int) -> None:
+        """What a request the server began answering cost, when its counts (sent in its last line)
+        never came: the request as the context budget weighs it, and the answer streamed so far.
+        Without it, a reply stopped just before its end (read whole meanwhile) would cost nothing,
+        and no daily budget would ever be spent."""
+        tokens = self.parts.tokens
+        turn.prompt_tokens += tokens.tokens(turn.model, sent_chars)
+        turn.answer_tokens += max(1, tokens.tokens(turn.model, answer_chars))
 
     async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Image references become `images` for a vision model: the turn's own, and earlier ones up to
