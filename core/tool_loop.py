@@ -91,7 +91,8 @@ class Turn:
     files_sent: int = 0
     file_bytes: int = 0
     command_seconds: float = 0.0  # how long its commands ran, for the usage table
-    counted: bool = False  # its usage is recorded (once, as it ends)
+    counted: bool = False  # it is in the usage table as a turn (its first write)
+    recorded: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # tokens in and out, command seconds, files written so far
     context_chars: int = 0  # the last request's size, in characters
     last_prompt: int = 0  # the last request's size, in tokens, as the model server counted it
     shown: int = 0  # messages (not command results) the last request carried
@@ -177,17 +178,23 @@ class TurnRunner:
             turn.gen.outbox.put(end)
 
     async def _count(self, turn: Turn) -> None:
-        """Add what the turn used to its person's usage row: once, however it ended, and before its
-        end is reported (a caller that stops listening then cancels the task). Shielded: a Stop or a
-        newer message arriving meanwhile never loses the count."""
-        if turn.counted or not turn.model:
+        """Add what the turn used since it was last counted to its person's usage row: after each
+        request to the model and each round of commands (so the budget check of their next message,
+        in any channel, sees what a turn still running has spent), and as it ends, however it ended,
+        before its end is reported (a caller that stops listening then cancels the task). The turn
+        itself counts once. Shielded: a Stop or a newer message arriving meanwhile never loses a count."""
+        if not turn.model:
             return
-        turn.counted = True
+        now = (turn.prompt_tokens, turn.answer_tokens, turn.command_seconds, turn.files_sent)
+        tokens_in, tokens_out, seconds, files = (a - b for a, b in zip(now, turn.recorded))
+        if turn.counted and not (tokens_in or tokens_out or seconds or files):
+            return
+        first, turn.counted, turn.recorded = not turn.counted, True, now
         usage = self.parts.usage
         try:
-            await asyncio.shield(usage.run(usage.add, turn.user, turn.server, turn.model,
-                                           tokens_in=turn.prompt_tokens, tokens_out=turn.answer_tokens,
-                                           command_seconds=turn.command_seconds, files_sent=turn.files_sent))
+            await asyncio.shield(usage.run(usage.add, turn.user, turn.server, turn.model, turns=int(first),
+                                           tokens_in=tokens_in, tokens_out=tokens_out,
+                                           command_seconds=seconds, files_sent=files))
         except Exception:  # noqa: BLE001 - a count lost to a database fault never costs the answer
             log.exception("could not record the usage of a turn in session %s/%s", turn.user, turn.session)
 
@@ -203,18 +210,19 @@ class TurnRunner:
             gen.phase = Phase.STREAMING
             async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
                 content, calls = await self._stream(turn, messages, tools)
+            await self._count(turn)  # spent as it goes: a turn of long commands never hides it from the budget
             if not calls:
                 if tools is None and settings.tools and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
                     gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)
-                await self._count(turn)  # before Done: once the answer is out, nothing is left to wait for
                 content_log.debug("turn user=%s channel=%s answer: %r", turn.user, turn.session, content)
                 gen.outbox.put(Done(content))
                 return
             await self._store(turn.session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
             await self._run_tools(turn, calls)
+            await self._count(turn)
             turn.rounds += 1
 
     async def _context(self, turn: Turn, system: dict[str, Any],
