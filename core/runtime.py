@@ -106,6 +106,7 @@ class Runtime:
         # /admin usage charts: CPU work, on a thread of their own (never the loop, nor asyncio's shared executor)
         self.chart_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
         self._warming: dict[Key, asyncio.Task[Any]] = {}
+        self._forgetting: dict[str, list[Reach]] = {}  # people whose data is being deleted now, and where
 
     async def capabilities(self, model: str) -> frozenset[str]:
         """What `model` can do, per Ollama's /api/show ("tools", "vision", …); cached for a few minutes."""
@@ -189,13 +190,30 @@ class Runtime:
         return await self.sandboxes.user_disk(user)
 
     # -- their data on request ----------------------------------------------------------------
+    def being_forgotten(self, user: str, server: str | None) -> bool:
+        """Whether this person's data in `server` (None: a DM) is being deleted right now: their
+        messages there are refused meanwhile (ChatSession), or a turn starting half-way through the
+        deletion would bring back a sandbox and /data that the answer says are gone."""
+        return any(reach.covers(server) for reach in self._forgetting.get(user, ()))
+
     async def forget_person(self, user: str, reach: Reach, *, channels: Iterable[str] = ()) -> Forgotten:
         """Delete what the bot holds of one person within `reach` (they asked, or a manager of the
         server did): their running replies stop first; then their conversations (messages,
         summaries), sandboxes and /data, their id on the settings they changed (`channels`: the
         server's channels, whose settings are the server's) and their usage. Their audit rows stay
         for AUDIT_RETENTION_DAYS, with the command text removed. With Reach.everything(), also
-        sandboxes and folders of theirs that no conversation names."""
+        sandboxes and folders of theirs that no conversation names. Meanwhile nothing new of theirs
+        starts within `reach` (being_forgotten)."""
+        marks = self._forgetting.setdefault(user, [])
+        marks.append(reach)
+        try:
+            return await self._forget(user, reach, channels)
+        finally:
+            marks.remove(reach)
+            if not marks:
+                del self._forgetting[user]
+
+    async def _forget(self, user: str, reach: Reach, channels: Iterable[str]) -> Forgotten:
         infos = await self.sessions_of(user, reach)
         sessions = {info.session for info in infos}
         # a sandbox start-up under way would bring a sandbox back after the deletion: let it finish first
