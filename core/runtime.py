@@ -200,7 +200,8 @@ class Runtime:
         """Delete what the bot holds of one person within `reach` (they asked, or a manager of the
         server did): their running replies stop first; then their conversations (messages,
         summaries), sandboxes and /data, their id on the settings they changed (`channels`: the
-        server's channels, whose settings are the server's) and their usage. Their audit rows stay
+        server's channels, whose settings are the server's, and whose conversations and audit rows
+        from before servers were recorded are the server's too) and their usage. Their audit rows stay
         for AUDIT_RETENTION_DAYS, with the command text removed. With Reach.everything(), also
         sandboxes and folders of theirs that no conversation names. Meanwhile nothing new of theirs
         starts within `reach` (being_forgotten)."""
@@ -215,6 +216,10 @@ class Runtime:
 
     async def _forget(self, user: str, reach: Reach, channels: Iterable[str]) -> Forgotten:
         infos = await self.sessions_of(user, reach)
+        channels = set(channels)
+        if not reach.everywhere:  # conversations from before servers were recorded, in this server's channels
+            infos += [info for info in await self.sessions_of(user, EVERYTHING)
+                      if info.server is None and info.session in channels]
         sessions = {info.session for info in infos}
         # a sandbox start-up under way would bring a sandbox back after the deletion: let it finish first
         warming = [task for (who, session), task in list(self._warming.items())
@@ -225,7 +230,8 @@ class Runtime:
             sandboxes, folders = await self.sandboxes.delete_person(user)
             erased.sandboxes += sandboxes
             erased.folders += folders
-        kept = await self.store.audit.run(self.store.audit.blank, user, reach)
+        kept = await self.store.audit.run(self.store.audit.blank, user, reach,
+                                          channels | {info.session for info in infos})
         if reach.everywhere:
             settings = await self.places.forget_author(user)
         else:
