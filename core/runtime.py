@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,6 +106,9 @@ class Runtime:
         self.background = Background(self.parts, self.registry)
         # /admin usage charts: CPU work, on a thread of their own (never the loop, nor asyncio's shared executor)
         self.chart_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
+        # /export's JSON and gzip: CPU work of seconds for a long history, on a thread of its own (on
+        # the store's, SQLite's only writer, it would hold every other person's messages meanwhile)
+        self.export_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exports")
         self._warming: dict[Key, asyncio.Task[Any]] = {}
         self._forgetting: dict[str, list[Reach]] = {}  # people whose data is being deleted now, and where
 
@@ -246,14 +250,15 @@ class Runtime:
     async def export_person(self, user: str, limit: int, max_files: int = 20) -> list[tuple[str, bytes]]:
         """Every conversation of one person, everywhere, as JSON files of at most `limit` bytes each
         (gzipped, then split, when larger; ExportTooLarge past `max_files`); none when they have no
-        conversation. Built on the store's
-        threads, one conversation at a time, so other conversations' writes go on meanwhile."""
+        conversation. Read on the store's threads one conversation at a time, and packed on the
+        export thread, so other conversations' writes go on meanwhile."""
         history = self.history
         infos = sorted(await self.sessions_of(user, EVERYTHING), key=lambda info: (info.last_active, info.id))
         conversations = [c for c in [await history.run(history.export, info.id) for info in infos] if c]
         if not conversations:
             return []
-        return await history.run(export_files, user, conversations, limit, max_files)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.export_pool, functools.partial(export_files, user, conversations, limit, max_files))
 
     async def check_budget(self, user: str) -> None:
         """Raise BudgetSpent (its line says which budget and when it resets) when `user` has used up
@@ -352,6 +357,8 @@ class Runtime:
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         charts, self.chart_pool = self.chart_pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
         await asyncio.to_thread(charts.shutdown, wait=True, cancel_futures=True)
+        exports, self.export_pool = self.export_pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="exports")
+        await asyncio.to_thread(exports.shutdown, wait=True, cancel_futures=True)
         self.store.close()
         await asyncio.sleep(0)  # the transports closed above let go of their sockets on the next loop pass
 
