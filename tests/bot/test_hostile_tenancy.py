@@ -31,6 +31,16 @@ async def test_slash_commands_that_start_work_count_toward_the_message_rate(worl
     assert TOO_FAST.fullmatch(await ask(w.bot, ("reset",), Asked(w.bot, mallory, w.b_room)))
     assert TOO_FAST.fullmatch(await ask(w.bot, ("chat",), Asked(w.bot, mallory, w.b_room), topic="spam"))
     assert threads(w.b_room) == []
+    # every server's manager is a stranger who added the public bot: /admin reset and /admin stop on
+    # their own conversation do what /reset does, and /admin usage draws a chart (CPU) each time
+    boss = w.b_manager
+    for command, options in ((("admin", "reset"), {"user": boss, "channel": str(w.b_room.id)}),
+                             (("admin", "stop"), {"user": boss, "channel": str(w.b_room.id)}),
+                             (("admin", "usage"), {}), (("export",), {})):
+        runtime.message_rate = type(runtime.message_rate)()  # a new minute
+        await ask(w.bot, ("reset",), Asked(w.bot, boss, w.b_room))
+        await ask(w.bot, ("reset",), Asked(w.bot, boss, w.b_room))
+        assert TOO_FAST.fullmatch(await ask(w.bot, command, Asked(w.bot, boss, w.b_room), **options)), command
     # another person's share is their own
     said = await ask(w.bot, ("chat",), Asked(w.bot, w.b_person, w.b_room), topic="mine")
     [thread] = threads(w.b_room)
