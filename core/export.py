@@ -3,8 +3,8 @@
 One file when it fits the place it is sent to (`limit`, e.g. a Discord channel's upload limit);
 else the same JSON gzipped; else several gzipped files, each a valid document of its own holding
 whole conversations where they fit (a conversation too long for one file is split by its
-messages, each piece saying which part it is). Blocking (JSON and gzip): run it on the store's
-threads, never on the event loop.
+messages, each piece saying which part it is). Blocking (JSON and gzip): run it on a thread of its
+own (Runtime.export_pool), never on the event loop nor on the store's thread (SQLite's only writer).
 """
 from __future__ import annotations
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -105,7 +106,11 @@ class Runtime:
         self.background = Background(self.parts, self.registry)
         # /admin usage charts: CPU work, on a thread of their own (never the loop, nor asyncio's shared executor)
         self.chart_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
+        # /export's JSON and gzip: CPU work of seconds for a long history, on a thread of its own (on
+        # the store's, SQLite's only writer, it would hold every other person's messages meanwhile)
+        self.export_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exports")
         self._warming: dict[Key, asyncio.Task[Any]] = {}
+        self._forgetting: dict[str, list[Reach]] = {}  # people whose data is being deleted now, and where
 
     async def capabilities(self, model: str) -> frozenset[str]:
         """What `model` can do ("tools", "vision", …), as its server says (Ollama's /api/show, an OpenAI-
@@ -198,14 +203,36 @@ class Runtime:
         return await self.sandboxes.user_disk(user)
 
     # -- their data on request ----------------------------------------------------------------
+    def being_forgotten(self, user: str, server: str | None) -> bool:
+        """Whether this person's data in `server` (None: a DM) is being deleted right now: their
+        messages there are refused meanwhile (ChatSession), or a turn starting half-way through the
+        deletion would bring back a sandbox and /data that the answer says are gone."""
+        return any(reach.covers(server) for reach in self._forgetting.get(user, ()))
+
     async def forget_person(self, user: str, reach: Reach, *, channels: Iterable[str] = ()) -> Forgotten:
         """Delete what the bot holds of one person within `reach` (they asked, or a manager of the
         server did): their running replies stop first; then their conversations (messages,
         summaries), sandboxes and /data, their id on the settings they changed (`channels`: the
-        server's channels, whose settings are the server's) and their usage. Their audit rows stay
+        server's channels, whose settings are the server's, and whose conversations and audit rows
+        from before servers were recorded are the server's too) and their usage. Their audit rows stay
         for AUDIT_RETENTION_DAYS, with the command text removed. With Reach.everything(), also
-        sandboxes and folders of theirs that no conversation names."""
+        sandboxes and folders of theirs that no conversation names. Meanwhile nothing new of theirs
+        starts within `reach` (being_forgotten)."""
+        marks = self._forgetting.setdefault(user, [])
+        marks.append(reach)
+        try:
+            return await self._forget(user, reach, channels)
+        finally:
+            marks.remove(reach)
+            if not marks:
+                del self._forgetting[user]
+
+    async def _forget(self, user: str, reach: Reach, channels: Iterable[str]) -> Forgotten:
         infos = await self.sessions_of(user, reach)
+        channels = set(channels)
+        if not reach.everywhere:  # conversations from before servers were recorded, in this server's channels
+            infos += [info for info in await self.sessions_of(user, EVERYTHING)
+                      if info.server is None and info.session in channels]
         sessions = {info.session for info in infos}
         # a sandbox start-up under way would bring a sandbox back after the deletion: let it finish first
         warming = [task for (who, session), task in list(self._warming.items())
@@ -216,7 +243,8 @@ class Runtime:
             sandboxes, folders = await self.sandboxes.delete_person(user)
             erased.sandboxes += sandboxes
             erased.folders += folders
-        kept = await self.store.audit.run(self.store.audit.blank, user, reach)
+        kept = await self.store.audit.run(self.store.audit.blank, user, reach,
+                                          channels | {info.session for info in infos})
         if reach.everywhere:
             settings = await self.places.forget_author(user)
         else:
@@ -231,14 +259,15 @@ class Runtime:
     async def export_person(self, user: str, limit: int, max_files: int = 20) -> list[tuple[str, bytes]]:
         """Every conversation of one person, everywhere, as JSON files of at most `limit` bytes each
         (gzipped, then split, when larger; ExportTooLarge past `max_files`); none when they have no
-        conversation. Built on the store's
-        threads, one conversation at a time, so other conversations' writes go on meanwhile."""
+        conversation. Read on the store's threads one conversation at a time, and packed on the
+        export thread, so other conversations' writes go on meanwhile."""
         history = self.history
         infos = sorted(await self.sessions_of(user, EVERYTHING), key=lambda info: (info.last_active, info.id))
         conversations = [c for c in [await history.run(history.export, info.id) for info in infos] if c]
         if not conversations:
             return []
-        return await history.run(export_files, user, conversations, limit, max_files)
+        return await asyncio.get_running_loop().run_in_executor(
+            self.export_pool, functools.partial(export_files, user, conversations, limit, max_files))
 
     async def check_budget(self, user: str) -> None:
         """Raise BudgetSpent (its line says which budget and when it resets) when `user` has used up
@@ -346,6 +375,8 @@ class Runtime:
         await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
         charts, self.chart_pool = self.chart_pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="charts")
         await asyncio.to_thread(charts.shutdown, wait=True, cancel_futures=True)
+        exports, self.export_pool = self.export_pool, ThreadPoolExecutor(max_workers=1, thread_name_prefix="exports")
+        await asyncio.to_thread(exports.shutdown, wait=True, cancel_futures=True)
         self.store.close()
         await asyncio.sleep(0)  # the transports closed above let go of their sockets on the next loop pass
 

@@ -16,6 +16,8 @@ from .registry import Phase
 from .sandbox.quota import DELETE_SOME, UserDisk
 from .sandbox.workspace import FileEntry
 from .uploads import safe_filename
+
+FORGETTING = "Your data is being deleted right now; send this again in a moment."
 from .runtime import Runtime, get_runtime
 from .tool_loop import TurnEnd
 from .tools import data_path
@@ -45,15 +47,24 @@ class ChatSession:
         # what only looks at /data (a /files listing starts nothing).
         self.prewarm = prewarm
         self.session_id: int | None = None
+        self._forgotten = False  # opened while the person's data here was being deleted: nothing opened
 
     async def __aenter__(self) -> "ChatSession":
         self._runtime = self._runtime or get_runtime(self._settings)
+        self._runtime.start_background()
+        if self._runtime.being_forgotten(self.user, self.place.server):
+            self._forgotten, self.session_id = True, 0  # no conversation made, no sandbox started: refused below
+            return self
         history = self._runtime.history
         self.session_id = await history.run(history.open_session, self.user, self.session, self.place.server)
-        self._runtime.start_background()
         if self.prewarm:
             self._runtime.prewarm(self.user, self.session)
         return self
+
+    def _refuse_while_forgotten(self, error: type[EngineError] = EngineError) -> None:
+        """Nothing new of a person starts while their data here is being deleted (Runtime.forget_person)."""
+        if self._forgotten or self.runtime.being_forgotten(self.user, self.place.server):
+            raise error(FORGETTING)
 
     async def __aexit__(self, *exc_info: Any) -> None:
         return None
@@ -87,6 +98,7 @@ class ChatSession:
     async def save_upload(self, name: str, data: bytes | Iterable[bytes] | AsyncIterable[bytes], *,
                           size: int | None = None, overwrite: bool = False) -> str:
         """Stream bytes (e.g. a Discord attachment) into /data without blocking the loop."""
+        self._refuse_while_forgotten(UploadError)
         rt = self.runtime
         box = rt.sandboxes.get(self.user, self.session)
         try:
@@ -126,6 +138,7 @@ class ChatSession:
         if not text or not text.strip():
             raise EngineError("The message is empty.")
         rt = self.runtime
+        self._refuse_while_forgotten()
         await rt.check_budget(self.user)  # past a daily budget: refused; the message is not kept, a running reply stays
         generation = rt.registry.begin(self.key)
         if generation is None:
@@ -184,6 +197,7 @@ class ChatSession:
         `delete_files` also empties /data now (the sandbox is then always recreated, never kept
         with its folder gone); the audit log of commands is never touched.
         """
+        self._refuse_while_forgotten()
         rt = self.runtime
         keep_container = keep_container and not delete_files
         if keep_container:

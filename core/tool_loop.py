@@ -103,7 +103,8 @@ class Turn:
     files_sent: int = 0
     file_bytes: int = 0
     command_seconds: float = 0.0  # how long its commands ran, for the usage table
-    counted: bool = False  # its usage is recorded (once, as it ends)
+    counted: bool = False  # it is in the usage table as a turn (its first write)
+    recorded: tuple[int, int, float, int] = (0, 0, 0.0, 0)  # tokens in and out, command seconds, files written so far
     context_chars: int = 0  # the last request's size, in characters
     last_prompt: int = 0  # the last request's size, in tokens, as the model server counted it
     shown: int = 0  # messages (not command results) the last request carried
@@ -189,17 +190,23 @@ class TurnRunner:
             turn.gen.outbox.put(end)
 
     async def _count(self, turn: Turn) -> None:
-        """Add what the turn used to its person's usage row: once, however it ended, and before its
-        end is reported (a caller that stops listening then cancels the task). Shielded: a Stop or a
-        newer message arriving meanwhile never loses the count."""
-        if turn.counted or not turn.model:
+        """Add what the turn used since it was last counted to its person's usage row: after each
+        request to the model and each round of commands (so the budget check of their next message,
+        in any channel, sees what a turn still running has spent), and as it ends, however it ended,
+        before its end is reported (a caller that stops listening then cancels the task). The turn
+        itself counts once. Shielded: a Stop or a newer message arriving meanwhile never loses a count."""
+        if not turn.model:
             return
-        turn.counted = True
+        now = (turn.prompt_tokens, turn.answer_tokens, turn.command_seconds, turn.files_sent)
+        tokens_in, tokens_out, seconds, files = (a - b for a, b in zip(now, turn.recorded))
+        if turn.counted and not (tokens_in or tokens_out or seconds or files):
+            return
+        first, turn.counted, turn.recorded = not turn.counted, True, now
         usage = self.parts.usage
         try:
-            await asyncio.shield(usage.run(usage.add, turn.user, turn.server, turn.model,
-                                           tokens_in=turn.prompt_tokens, tokens_out=turn.answer_tokens,
-                                           command_seconds=turn.command_seconds, files_sent=turn.files_sent))
+            await asyncio.shield(usage.run(usage.add, turn.user, turn.server, turn.model, turns=int(first),
+                                           tokens_in=tokens_in, tokens_out=tokens_out,
+                                           command_seconds=seconds, files_sent=files))
         except Exception:  # noqa: BLE001 - a count lost to a database fault never costs the answer
             log.exception("could not record the usage of a turn in session %s/%s", turn.user, turn.session)
 
@@ -215,18 +222,19 @@ class TurnRunner:
             gen.phase = Phase.STREAMING
             async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
                 content, calls = await self._stream(turn, messages, tools)
+            await self._count(turn)  # spent as it goes: a turn of long commands never hides it from the budget
             if not calls:
                 if tools is None and turn.rounds >= settings.max_tool_rounds and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
                     gen.outbox.piece(TextDelta, content)
                 await self._store(turn.session_id, "assistant", content)
-                await self._count(turn)  # before Done: once the answer is out, nothing is left to wait for
                 content_log.debug("turn user=%s channel=%s answer: %r", turn.user, turn.session, content)
                 gen.outbox.put(Done(content))
                 return
             await self._store(turn.session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
             await self._run_tools(turn, calls)
+            await self._count(turn)
             turn.rounds += 1
 
     async def _offered(self, turn: Turn) -> list[dict[str, Any]] | None:
@@ -310,7 +318,11 @@ class TurnRunner:
         try:
             backend, model = self.parts.model_server.pick(turn.model)
             async with self._model_slot(turn):
-                answer, used = await asyncio.wait_for(backend.chat_once(model, request), s.ollama_stall_timeout)
+                try:
+                    answer, used = await asyncio.wait_for(backend.chat_once(model, request), s.ollama_stall_timeout)
+                except asyncio.CancelledError:  # stopped while the server read it: not free either
+                    self._estimate(turn, context.request_chars(request, None), 0)
+                    raise
         except (EngineError, asyncio.TimeoutError) as exc:
             log.warning("session %s/%s: could not summarise what fell out of the context: %r",
                         turn.user, turn.session, exc)
@@ -339,12 +351,16 @@ class TurnRunner:
         parts: list[str] = []
         calls: list[ModelCall] = []
         piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
+        began = counted = False  # the server started answering; its counts (the last line) arrived
+        thought = 0  # characters of thinking streamed
         try:
             backend, model = self.parts.model_server.pick(turn.model)
             async for item in backend.stream_chat(model, messages, tools):
+                began = True
                 kind = type(item)
                 if kind is Piece:  # text and/or thinking: nearly every piece
                     if item.thinking:
+                        thought += len(item.thinking)
                         piece(ThinkingDelta, item.thinking)
                     if item.content:
                         parts.append(item.content)
@@ -352,6 +368,7 @@ class TurnRunner:
                 elif kind is ToolCalls:
                     calls.extend(item.calls)
                 else:  # Usage: the request's end, as the server counted it
+                    counted = True
                     turn.prompt_tokens += item.prompt_tokens
                     turn.answer_tokens += item.answer_tokens
                     turn.last_prompt = item.prompt_tokens
@@ -362,8 +379,20 @@ class TurnRunner:
         except asyncio.CancelledError:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
+        finally:
+            if began and not counted:  # stopped, replaced or cut before its counts: estimated, never free
+                self._estimate(turn, sent_chars, sum(map(len, parts)) + thought)
         self.parts.incidents.succeeded(backend.part)
         return "".join(parts), calls
+
+    def _estimate(self, turn: Turn, sent_chars: int, answer_chars: int) -> None:
+        """What a request the server began answering cost, when its counts (sent in its last line)
+        never came: the request as the context budget weighs it, and the answer streamed so far.
+        Without it, a reply stopped just before its end (read whole meanwhile) would cost nothing,
+        and no daily budget would ever be spent."""
+        tokens = self.parts.tokens
+        turn.prompt_tokens += tokens.tokens(turn.model, sent_chars)
+        turn.answer_tokens += max(1, tokens.tokens(turn.model, answer_chars))
 
     async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Image references become `images` for a vision model: the turn's own, and earlier ones up to

@@ -139,6 +139,9 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     """/admin …: each command checked once (interaction_check), its failures said once (cog_app_command_error)."""
 
     prompt = app_commands.Group(name="prompt", description="The persona: operator text added to the instructions")
+    # Anyone can be a manager (of a server of their own): what restarts or removes a sandbox, or draws
+    # a chart, counts toward their USER_MESSAGES_PER_MINUTE like /reset does
+    rated = frozenset({"admin reset", "admin stop", "admin usage"})
 
     def opens_a_form(self, interaction: discord.Interaction) -> bool:
         """/admin prompt set without text answers with a form holding the current persona."""

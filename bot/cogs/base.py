@@ -3,7 +3,8 @@
 discord.py runs a cog's `interaction_check` before each of its app commands and hands whatever
 a command raises to its `cog_app_command_error`: commands hold only what they do. Autocompletes
 get no interaction_check from discord.py: each is wrapped in `checked_choices`, which applies the
-same rule (`refusal_of`) and offers nothing to whoever the command would refuse.
+same rule (`refusal_of`) and offers nothing to whoever the command would refuse. A cog's `rated`
+commands (those that start work: a sandbox, a thread) also count toward USER_MESSAGES_PER_MINUTE.
 """
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ class SlashCog(commands.Cog):
     """A cog of slash commands: each acknowledged at once, under the same access lists as chat, and
     any failure said in one line, never a traceback and never silence."""
 
+    # Commands that start work for their person (a sandbox, a thread): each counts toward
+    # USER_MESSAGES_PER_MINUTE like a message, or a loop of them would churn Docker or Discord for everyone.
+    rated: frozenset[str] = frozenset()
+
     def __init__(self, bot: "LLMBot") -> None:
         self.bot = bot
 
@@ -73,6 +78,10 @@ class SlashCog(commands.Cog):
         line = self.refusal_of(interaction)
         if line:
             raise Refused(line)
+        if getattr(getattr(interaction, "command", None), "qualified_name", None) in self.rated:
+            too_fast = self.runtime.admit_message(interaction.user.id)
+            if too_fast is not None:
+                raise Refused(too_fast.line)
         return True
 
     async def cog_app_command_error(self, interaction: discord.Interaction,

@@ -48,6 +48,8 @@ class Everyone(SlashCog):
     """Each command acknowledged and checked against the access lists once (SlashCog.interaction_check),
     its failures said once (SlashCog.cog_app_command_error)."""
 
+    rated = frozenset({"reset"})  # it restarts a sandbox: a message's worth of the person's rate
+
     @app_commands.command(name="reset", description="Forget this channel's conversation and restart your sandbox")
     @app_commands.describe(keep_container="Keep the sandbox (installed packages) and only clear the history",
                            files="Also delete your files in /data now (otherwise they go after "

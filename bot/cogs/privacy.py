@@ -36,6 +36,8 @@ TOO_LARGE = ("Your conversations are too large to send here: they would take {fi
 class Privacy(SlashCog):
     """/forget and /export, acknowledged at once (SlashCog.interaction_check), failures said once."""
 
+    rated = frozenset({"export"})  # seconds of reading and packing: paced like a message, never refused
+
     def __init__(self, bot: "LLMBot") -> None:
         super().__init__(bot)
         self._exporting: set[int] = set()  # one export per person at a time: each one reads all they have

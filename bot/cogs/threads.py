@@ -23,6 +23,8 @@ NO_RIGHT = "I may not start threads in this channel (I need Create Public Thread
 class Threads(SlashCog):
     """Checked against the access lists once (SlashCog.interaction_check); failures said once."""
 
+    rated = frozenset({"chat"})  # Discord starts a thread for it: a message's worth of the person's rate
+
     @app_commands.command(name="chat", description="Start a thread with me: nobody needs to mention me there")
     @app_commands.describe(topic="What it is about: the thread's name")
     async def chat(self, interaction: discord.Interaction,

@@ -5,7 +5,7 @@ own server's only; a person's /forget blanks the command text of theirs and keep
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from peewee import AutoField, BooleanField, CharField, DateTimeField, FloatField, IntegerField, TextField
 
@@ -67,15 +67,24 @@ class AuditLog:
             query = query.where(reach.where(Audit.server))
         return list(query)
 
-    def blank(self, user: str, reach: Reach = EVERYTHING) -> int:
+    def blank(self, user: str, reach: Reach = EVERYTHING, channels: Iterable[str] = ()) -> int:
         """Remove the command text of a person's rows within `reach` (they asked to be forgotten); the
-        rows stay, for AUDIT_RETENTION_DAYS. The number of their rows kept."""
+        rows stay, for AUDIT_RETENTION_DAYS. The number of their rows kept. `channels`: the server's
+        channels (and the person's conversations there), whose rows from before servers were
+        recorded (no server) are the server's too: a channel belongs to one server for good."""
         mine = Audit.user == user
+        wheres = [mine]
         if not reach.everywhere:
-            mine &= reach.where(Audit.server)
+            old = sorted(set(channels))
+            wheres = [mine & reach.where(Audit.server)] + [
+                mine & Audit.server.is_null() & Audit.session.in_(old[start:start + 500])
+                for start in range(0, len(old), 500)]  # well under every database's limit of parameters
         with self.database.write():
-            Audit.update(command="").where(mine & (Audit.command != "")).execute()
-            return Audit.select().where(mine).count()
+            kept = 0
+            for where in wheres:
+                Audit.update(command="").where(where & (Audit.command != "")).execute()
+                kept += Audit.select().where(where).count()
+            return kept
 
     def purge(self, older_than: timedelta) -> int:
         """Delete the rows older than `older_than`; the number deleted."""

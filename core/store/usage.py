@@ -3,10 +3,12 @@ daily budgets (core/budgets.py).
 
 One row per (user, server, day, model) holds turns, tokens in and out (the model server's own
 counts: `prompt_eval_count`, `eval_count`, the context summaries included), command seconds and
-files sent. A turn adds to it once, when it ends (an upsert, never a write per streamed piece),
-whatever way it ended: a failed or stopped turn counts what it used. A DM, or a caller outside
+files sent. A turn adds to it as it goes (an upsert after each request to the model and each round
+of commands, never a write per streamed piece), and whatever way it ended: a failed or stopped turn
+counts what it used. Counted only at a turn's end, a turn kept waiting on long commands would hide
+what it spent from the budget check of its person's next messages. A DM, or a caller outside
 Discord, is stored with the server "" (not NULL: a unique index counts NULLs as distinct, so the
-upsert would never find its row). A turn counts on the day it ends.
+upsert would never find its row). What a turn uses counts on the day it is used.
 
 Rows hold counts only, never content. They are kept USAGE_RETENTION_DAYS (400: a year can be set
 beside the one before), dropped by the hourly retention sweep, and deleted at once by `forget`
