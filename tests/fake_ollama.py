@@ -14,19 +14,13 @@ import asyncio
 import base64
 import binascii
 import json
-import socket
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Union
 
 from aiohttp import web
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.scripted_server import ScriptedServer, free_port  # noqa: F401 - free_port: the tests import it from here
 
 
 @dataclass
@@ -173,96 +167,35 @@ def _pieces(value: str, size: int) -> list[str]:
     return [value[i:i + size] for i in range(0, len(value), max(size, 1))]
 
 
-class FakeOllama:
+class FakeOllama(ScriptedServer[Script]):
     """The server. `script()` queues answers; `requests` records what clients sent."""
 
+    name = "fake ollama"
+
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.url = f"http://127.0.0.1:{self.port}"
         self.models: list[str] = ["qwen3:8b"]
         self.capabilities: dict[str, list[str]] = {}
         self.context_lengths: dict[str, int] = {}  # what /api/show says a model was trained for (default 40960)
         self.shown: list[str] = []  # the models /api/show was asked about, in order
         self.strict_models = False
-        self.fallback: Script | None = None  # answers when nothing is scripted
         self.summary_requests: list[dict[str, Any]] = []  # the engine's context summaries, answered apart
         self.summarizer: Callable[[dict[str, Any]], Response] = lambda body: text(
             f"Earlier: {len(body['messages'][-1]['content'])} characters of conversation.")
-        self._requests: list[dict[str, Any]] = []
-        self._queue: list[Script] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._release: asyncio.Event | None = None
 
-    # -- scripting ----------------------------------------------------------
-    def script(self, *responses: Script) -> None:
-        with self._lock:
-            self._queue.extend(responses)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/api/chat", self._chat)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/api/show", self._show)
+        app.router.add_get("/api/version", self._version)
+        app.router.add_get("/", self._root)
 
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._requests)
-
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._queue)
-
-    def release(self) -> None:
-        """Let every hanging stream finish (streams scripted to hang later hang again)."""
-        if self._loop is not None and self._release is not None:
-            self._loop.call_soon_threadsafe(self._rotate_release)
-
-    def _rotate_release(self) -> None:
-        assert self._release is not None
-        self._release.set()
-        self._release = asyncio.Event()
-
-    # -- lifecycle -----------------------------------------------------------
     def start(self) -> "FakeOllama":
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._release = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/api/chat", self._chat)
-            app.router.add_get("/api/tags", self._tags)
-            app.router.add_post("/api/show", self._show)
-            app.router.add_get("/api/version", self._version)
-            app.router.add_get("/", self._root)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)  # no log lines after a test ends
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"fake-ollama-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake ollama did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        self.release()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = self._thread = None
+        return super().start()
 
     def __enter__(self) -> "FakeOllama":
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- endpoints ------------------------------------------------------------
     async def _root(self, _request: web.Request) -> web.Response:
@@ -303,9 +236,7 @@ class FakeOllama:
                 self.summary_requests.append(body)
                 answer = self.summarizer(body)
             return web.json_response(self._final(body.get("model", ""), answer, whole=True, body=body))
-        with self._lock:
-            self._requests.append(body)
-            script = self._queue.pop(0) if self._queue else self.fallback
+        script = self.take(body)
         model = body.get("model", "")
         if self.strict_models and model not in self.models:
             return web.json_response({"error": f'model "{model}" not found, try pulling it first'}, status=404)

@@ -21,13 +21,13 @@ import asyncio
 import base64
 import binascii
 import json
-import threading
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
-from tests.fake_ollama import Response, Script, free_port, is_summary_request, text
+from tests.fake_ollama import Response, Script, is_summary_request, text
+from tests.scripted_server import ScriptedServer
 
 MESSAGE_KEYS = {"system": {"role", "content", "name"}, "user": {"role", "content", "name"},
                 "assistant": {"role", "content", "name", "tool_calls", "reasoning_content"},
@@ -146,101 +146,40 @@ def images_of(body: dict[str, Any]) -> list[list[bytes]]:
     return out
 
 
-class FakeOpenAI:
+class FakeOpenAI(ScriptedServer[Script]):
     """The server. `script()` queues answers; `requests` records what clients sent (bodies), `headers`
     the headers they sent with them; `models` is what /v1/models lists, each id with the extra
     fields its entry carries (e.g. {"max_model_len": 32768}); `capabilities` what a model can do
     (default: tools, no vision), enforced as real servers do."""
 
+    name = "fake OpenAI server"
+
     def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
+        super().__init__(port)
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.models: dict[str, dict[str, Any]] = {DEFAULT_MODEL: {}}
         self.capabilities: dict[str, list[str]] = {}
         self.api_key: str | None = None  # when set, requests without `Authorization: Bearer <it>` get a 401
         self.strict = True  # refuse requests a real server would refuse (400)
-        self.fallback: Script | None = None
         self.summary_requests: list[dict[str, Any]] = []
         self.call_ids: list[str] = []  # the ids of the calls streamed, in order
-        self._requests: list[dict[str, Any]] = []
         self._headers: list[dict[str, str]] = []
-        self._queue: list[Script] = []
-        self._lock = threading.Lock()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._runner: web.AppRunner | None = None
-        self._release: asyncio.Event | None = None
         self._serial = 0
 
-    # -- scripting ----------------------------------------------------------------------------
-    def script(self, *responses: Script) -> None:
-        with self._lock:
-            self._queue.extend(responses)
-
-    @property
-    def requests(self) -> list[dict[str, Any]]:
-        with self._lock:
-            return list(self._requests)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
 
     @property
     def headers(self) -> list[dict[str, str]]:
         with self._lock:
             return list(self._headers)
 
-    @property
-    def pending(self) -> int:
-        with self._lock:
-            return len(self._queue)
-
-    def release(self) -> None:
-        """Let every hanging stream finish."""
-        if self._loop is not None and self._release is not None:
-            self._loop.call_soon_threadsafe(self._rotate_release)
-
-    def _rotate_release(self) -> None:
-        assert self._release is not None
-        self._release.set()
-        self._release = asyncio.Event()
-
-    # -- lifecycle ----------------------------------------------------------------------------
     def start(self) -> "FakeOpenAI":
-        ready = threading.Event()
-
-        def serve() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            asyncio.set_event_loop(loop)
-            self._release = asyncio.Event()
-            app = web.Application()
-            app.router.add_post("/v1/chat/completions", self._chat)
-            app.router.add_get("/v1/models", self._models)
-            self._runner = web.AppRunner(app, shutdown_timeout=0.5, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=serve, name=f"fake-openai-{self.port}", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("fake OpenAI server did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is None or self._thread is None:
-            return
-        self.release()
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop = self._thread = None
+        return super().start()
 
     def __enter__(self) -> "FakeOpenAI":
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     # -- endpoints ----------------------------------------------------------------------------
     def _refused_key(self, request: web.Request) -> web.Response | None:
@@ -268,9 +207,8 @@ class FakeOpenAI:
             summary = f"Earlier: {len(body['messages'][-1]['content'])} characters of conversation."
             return web.json_response(self._whole(body, text(summary)))
         with self._lock:
-            self._requests.append(body)
             self._headers.append(dict(request.headers))
-            script = self._queue.pop(0) if self._queue else self.fallback
+        script = self.take(body)
         model = body.get("model", "")
         if model not in self.models:
             return _error(404, f"The model `{model}` does not exist.", "model_not_found")
