@@ -15,7 +15,7 @@ from discord.ext import commands
 
 from core import Runtime, Scope, set_runtime
 from core.sandbox.docker import DockerProvider
-from tests.bot.conftest import channel_messages, start_bot
+from tests.bot.conftest import channel_messages
 from tests.bot.test_admin_cog import Interaction, call
 from tests.bot.test_uploads_cog import send_with_files
 from tests.conftest import make_settings
@@ -37,15 +37,6 @@ async def runtime(tmp_path: Path, fake_ollama: FakeOllama, monkeypatch: pytest.M
     finally:
         await rt.close()
         set_runtime(None)
-
-
-@pytest_asyncio.fixture
-async def bot(runtime: Runtime) -> AsyncIterator[commands.Bot]:
-    bot = await start_bot(runtime)
-    try:
-        yield bot
-    finally:
-        await dpytest.empty_queue()
 
 
 async def test_a_message_is_answered_with_no_docker_engine_and_no_tools(
