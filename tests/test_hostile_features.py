@@ -1,0 +1,75 @@
+"""The newest features attacked as a hostile user would (MCP servers, the OpenAI-compatible backend,
+chat-only mode): a person who controls their own sandbox (a sandboxed MCP server runs there), a
+model steered by a hostile prompt, a model server or MCP server that answers too much.
+
+Real components throughout: MCP servers written with the SDK (tests/hostile_mcp_server.py,
+tests/mcp_server.py), the fake Ollama and fake OpenAI HTTP servers, the real engine, real Docker.
+"""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import docker
+import pytest
+
+from core import ChatSession, Reach, Runtime
+from tests.conftest import make_settings, open_runtime, require
+from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.mcp_fixtures import sandboxed_entry, with_servers
+from tests.test_concurrency import wait_until
+
+pytestmark = pytest.mark.asyncio
+
+PYTHON_IMAGE = "llmbot-test-python:latest"  # bash tests/images/python-mcp.sh: Python and the SDK in a sandbox
+HOSTILE = Path(__file__).with_name("hostile_mcp_server.py")
+
+
+def python_image(docker_client: docker.DockerClient) -> None:
+    try:
+        docker_client.images.get(PYTHON_IMAGE)
+    except docker.errors.ImageNotFound:
+        require(f"needs the image {PYTHON_IMAGE} (bash tests/images/python-mcp.sh)")
+
+
+async def turn(runtime: Runtime, message: str, session: str = "s", user: str = "mallory") -> list:
+    async with ChatSession(user=user, session=session, runtime=runtime) as chat:
+        return [event async for event in chat.events(message)]
+
+
+def mcp_tasks(label: str) -> list[str]:
+    """The names of the tasks still running for connections whose label holds `label`."""
+    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("mcp-") and label in t.get_name())
+
+
+# -- a sandboxed server's session outlives its sandbox ----------------------------------------------
+async def test_a_sandboxed_servers_session_goes_with_its_sandbox_reaped_or_forgotten(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    """Each conversation that used a sandboxed server kept its session object and its task for the
+    life of the process once its sandbox was reaped (idle) or deleted (/forget): one more per
+    conversation, forever, and /admin tools counted them as "down"."""
+    python_image(docker_client)
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE), tmp_path,
+                            {"files": sandboxed_entry("files")})
+    async with open_runtime(settings, docker_client) as runtime:
+        for session in ("idle", "forgotten"):
+            fake_ollama.script(tool_calls(("files__files", {})), text("ok"))
+            await turn(runtime, "list my files", session=session)
+        files = next(s for s in runtime.mcp.status() if s.name == "files")
+        assert files.detail == "2 running"
+        idle, forgotten = (runtime.sandboxes.name("mallory", s) for s in ("idle", "forgotten"))
+        assert mcp_tasks(idle) and mcp_tasks(forgotten)
+
+        await runtime.sandboxes.reap(idle_seconds=0)  # the idle reaper, now
+        await runtime.forget_person("mallory", Reach.everything())  # and /forget
+        await wait_until(lambda: not mcp_tasks(idle) and not mcp_tasks(forgotten), 30)
+        files = next(s for s in runtime.mcp.status() if s.name == "files")
+        assert files.detail == "0 running"
+
+        # The next turn there starts the server again, in a new sandbox.
+        fake_ollama.script(tool_calls(("files__files", {})), text("ok"))
+        await turn(runtime, "again", session="idle")
+        tool = [m for m in fake_ollama.requests[-1]["messages"] if m["role"] == "tool"][-1]
+        assert not tool["content"].startswith("error"), tool["content"]
+        assert next(s for s in runtime.mcp.status() if s.name == "files").detail == "1 running"
