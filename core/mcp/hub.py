@@ -218,10 +218,8 @@ class McpHub:
             elif config.sandbox:
                 running = [c for key, c in self._boxed.items() if key[0] == config.name]
                 up = [c for c in running if c.state == "up"]
-                row.state = "per conversation"
-                row.detail = f"{len(up)} running" + (f", {len(running) - len(up)} down" if len(running) > len(up) else "")
-                known = next((c.tools for c in up if c.tools), {})
-                row.tools = sorted(t.name for t in known.values())
+                row.state = "per conversation"  # no tools named: each person's sandbox lists its own
+                row.detail = f"{len(up)} running" + (f", {len(running) - len(up)} starting" if len(running) > len(up) else "")
             else:
                 connection = self._shared.get(config.name)
                 if connection is not None:

@@ -1,0 +1,78 @@
+"""The newest features attacked through the bot as a hostile member, manager or stranger would:
+/admin tools and /help with MCP servers that name their tools for people to misread, and a
+manager of one server looking at what another server's people run (issues 19, 20, 22).
+
+Real components: MCP servers written with the SDK (tests/hostile_mcp_server.py, tests/mcp_server.py),
+the fake Ollama, the real engine and Docker, discord.py's command tree (dpytest)."""
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import AsyncIterator
+
+import discord.ext.test as dpytest
+import docker
+import pytest
+import pytest_asyncio
+from discord.ext import commands
+
+from core import ChatSession, Place, Runtime
+from tests.bot.conftest import start_bot
+from tests.bot.test_admin_cog import Interaction, call
+from tests.conftest import make_settings, open_runtime
+from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.mcp_fixtures import HttpServer, http_entry, with_servers
+from tests.test_concurrency import wait_until
+from tests.test_hostile_features import HOSTILE, PYTHON_IMAGE, python_image
+
+pytestmark = pytest.mark.asyncio
+BOT_ADMIN = 99
+
+
+@pytest_asyncio.fixture
+async def hostile_bot(tmp_path: Path, fake_ollama: FakeOllama,
+                      docker_client: docker.DockerClient) -> AsyncIterator[tuple[commands.Bot, Runtime]]:
+    """A bot with a hostile server run in each conversation's sandbox ("box"), the same server shared
+    over HTTP ("odd"), and a stdio server whose command is not there ("gone")."""
+    python_image(docker_client)
+    with HttpServer("odd", script=HOSTILE) as odd:
+        servers = {"box": {"command": "python3", "args": ["-c", HOSTILE.read_text(), "stdio", "box"],
+                           "sandbox": True},
+                   "odd": http_entry(odd),
+                   "gone": {"command": "/srv/secret-tools/bin/server", "args": []}}
+        settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE,
+                                                   admin_user_ids=frozenset({BOT_ADMIN})), tmp_path, servers)
+        async with open_runtime(settings, docker_client) as runtime:
+            runtime.start_background()
+            bot = await start_bot(runtime)
+            try:
+                await asyncio.wait_for(runtime.mcp._shared["odd"].settled(), 30)
+                await asyncio.wait_for(runtime.mcp._shared["gone"].settled(), 30)
+                yield bot, runtime
+            finally:
+                await dpytest.empty_queue()
+
+
+async def test_admin_tools_never_shows_another_servers_sandbox_tools_or_the_hosts_details(
+        hostile_bot: tuple[commands.Bot, Runtime], fake_ollama: FakeOllama) -> None:
+    """A member of server 1 runs their own tool server in their sandbox, naming its tools as lines for
+    people to misread; a manager of server 2 asked /admin tools and read them, as that server's
+    tools, with the fake line among its own. And a server that failed showed its error in full
+    (here the host's path to the command) to any server's managers, which /admin status keeps for
+    the bot's admins."""
+    bot, runtime = hostile_bot
+    fake_ollama.script(tool_calls(("box__pictures", {"n": 1})), text("ok"))
+    async with ChatSession(user="66", session="10", runtime=runtime, place=Place(channel="10", server="1")) as chat:
+        [event async for event in chat.events("use my tools")]
+    await wait_until(lambda: any(s.name == "box" and s.detail == "1 running" for s in runtime.mcp.status()))
+
+    manager = Interaction(5, manage_guild=True, guild=2)
+    box = await call(bot, ("admin", "tools"), manager, server="box")
+    assert box.split("\n")[1:] == ["🔵 **box** · stdio, in each conversation's sandbox · per conversation: 1 running"
+                                   " · on here"]  # the tools one person's sandbox lists are theirs
+    lines = (await call(bot, ("admin", "tools"), Interaction(5, manage_guild=True, guild=2))).split("\n")
+    gone = next(line for line in lines if "**gone**" in line)
+    assert "secret-tools" not in gone and gone.startswith("🔴 **gone** · stdio · down")
+    assert "(the bot's admins see the details)" in gone
+    # The bot's admins still read why.
+    assert "secret-tools" in await call(bot, ("admin", "tools"), Interaction(BOT_ADMIN, guild=2))
