@@ -206,7 +206,7 @@ class McpHub:
                 continue
             connection = self._boxed.get((config.name, user, session)) if config.sandbox \
                 else self._shared.get(config.name)
-            known[config.name] = sorted(t.name for t in connection.tools.values()) if connection else []
+            known[config.name] = sorted(t.shown for t in connection.tools.values()) if connection else []
         return known
 
     def status(self) -> list[ServerStatus]:
@@ -224,6 +224,6 @@ class McpHub:
                 connection = self._shared.get(config.name)
                 if connection is not None:
                     row.state, row.detail, row.since = connection.state, connection.detail, connection.since
-                    row.tools = sorted(t.name for t in connection.tools.values())
+                    row.tools = sorted(t.shown for t in connection.tools.values())
             rows.append(row)
         return rows

@@ -31,6 +31,12 @@ class McpTool:
     description: str
     input_schema: dict[str, Any]
 
+    @property
+    def shown(self) -> str:
+        """Its name where people read it (/help, /admin tools): as the model calls it, without the
+        server's prefix, so only letters, digits, '_' and '-' (never a line, a link or a mention)."""
+        return self.exposed.partition(SEPARATOR)[2]
+
     def schema(self) -> dict[str, Any]:
         """The tool as an Ollama (OpenAI-style) function."""
         return {"type": "function", "function": {"name": self.exposed, "description": self.description,

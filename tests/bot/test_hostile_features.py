@@ -76,3 +76,19 @@ async def test_admin_tools_never_shows_another_servers_sandbox_tools_or_the_host
     assert "(the bot's admins see the details)" in gone
     # The bot's admins still read why.
     assert "secret-tools" in await call(bot, ("admin", "tools"), Interaction(BOT_ADMIN, guild=2))
+
+
+async def test_tool_names_are_shown_as_the_model_calls_them_never_as_lines_or_links(
+        hostile_bot: tuple[commands.Bot, Runtime]) -> None:
+    """A shared server's tool names went into /help and /admin tools as they were: a newline and a
+    fake `-# ✅` line, a heading, a masked link, a mention."""
+    bot, _ = hostile_bot
+    for said in (await call(bot, ("help",), Interaction(3)),
+                 await call(bot, ("admin", "tools"), Interaction(1, manage_guild=True), server="odd")):
+        lines = said.split("\n")
+        odd = [line for line in lines if line.startswith(("• Tools from services", "-# tools:"))]
+        assert len(odd) == 1, said
+        for fake in ("-# ✅", "# HEADING"):
+            assert not any(line.startswith(fake) for line in lines), said
+        assert "](https://" not in said and "@everyone" not in said and "`" not in odd[0]
+        assert "execute_terminal" in odd[0] and "pictures" in odd[0]  # the names the model calls
