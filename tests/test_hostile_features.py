@@ -14,10 +14,11 @@ from typing import AsyncIterator
 import docker
 import pytest
 
-from core import ChatSession, Reach, Runtime
+from core import ChatSession, FileReady, Reach, Runtime
+from core.tools import MAX_FILES_PER_REPLY
 from tests.conftest import make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
-from tests.mcp_fixtures import sandboxed_entry, with_servers
+from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, with_servers
 from tests.test_concurrency import wait_until
 
 pytestmark = pytest.mark.asyncio
@@ -73,3 +74,24 @@ async def test_a_sandboxed_servers_session_goes_with_its_sandbox_reaped_or_forgo
         tool = [m for m in fake_ollama.requests[-1]["messages"] if m["role"] == "tool"][-1]
         assert not tool["content"].startswith("error"), tool["content"]
         assert next(s for s in runtime.mcp.status() if s.name == "files").detail == "1 running"
+
+
+# -- an MCP result with more pictures than anyone can use ------------------------------------------
+async def test_a_result_of_many_pictures_keeps_as_many_as_a_reply_can_carry(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    """A tool answering with hundreds of (tiny) pictures had each decoded, written into the person's
+    /data one Docker call at a time, and stored as a picture of the result: minutes of a turn and
+    of Docker's time, all for pictures neither the model nor the person is ever shown."""
+    with HttpServer("pics", script=HOSTILE) as pics:
+        settings = with_servers(make_settings(tmp_path, fake_ollama.url), tmp_path, {"pics": http_entry(pics)})
+        async with open_runtime(settings, docker_client) as runtime:
+            fake_ollama.capabilities["qwen3:8b"] = ["completion", "tools", "vision"]
+            fake_ollama.script(tool_calls(("pics__pictures", {"n": 60})), text("Many dots."))
+            events = await turn(runtime, "draw")
+            listing = await runtime.list_files("mallory", "s", "")
+    files = [e for e in events if isinstance(e, FileReady)]
+    assert len(files) == MAX_FILES_PER_REPLY
+    saved = [entry for entry in listing if entry.path.startswith("pics__pictures-")]
+    assert len(saved) == MAX_FILES_PER_REPLY
+    tool = [m for m in fake_ollama.requests[1]["messages"] if m["role"] == "tool"][-1]
+    assert f"[50 more pictures not kept: at most {MAX_FILES_PER_REPLY} from one call]" in tool["content"]
