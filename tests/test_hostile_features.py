@@ -8,6 +8,7 @@ tests/mcp_server.py), the fake Ollama and fake OpenAI HTTP servers, the real eng
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -95,3 +96,30 @@ async def test_a_result_of_many_pictures_keeps_as_many_as_a_reply_can_carry(
     assert len(saved) == MAX_FILES_PER_REPLY
     tool = [m for m in fake_ollama.requests[1]["messages"] if m["role"] == "tool"][-1]
     assert f"[50 more pictures not kept: at most {MAX_FILES_PER_REPLY} from one call]" in tool["content"]
+
+
+# -- a sandbox that writes its server's output a few bytes at a time --------------------------------
+DRIP = """import sys, time
+out = sys.stdout.buffer
+for _ in range(25_000):
+    out.write(b"x" * 100); out.flush(); time.sleep(0.0005)
+out.write(b"\\n"); out.flush()
+"""
+
+
+async def test_a_line_dripped_a_few_bytes_at_a_time_costs_the_bot_no_more_than_its_bytes(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    """The server in a person's sandbox is whatever they put there. One that writes a long line 100
+    bytes at a time (2.5 MB in 25,000 pieces) had the bot copy and search the whole line so far
+    at every piece: about ten seconds of the event loop's CPU here (hours for a slower drip of 8 MB,
+    and one such server per conversation), against half a second for reading each byte once."""
+    python_image(docker_client)
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE), tmp_path,
+                            {"drip": {"command": "python3", "args": ["-c", DRIP], "sandbox": True, "timeout": 120}})
+    async with open_runtime(settings, docker_client) as runtime:
+        await runtime.sandboxes.start("mallory", "s")
+        began = time.process_time()
+        tools = await runtime.mcp.offered("mallory", "s")  # starts the server in the sandbox; it drips
+        spent = time.process_time() - began
+    assert tools == {}  # what it wrote was no message: no tools, and no failure of the turn
+    assert spent < 4.0, f"{spent:.1f} s of CPU to read 2.5 MB"

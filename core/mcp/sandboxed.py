@@ -40,17 +40,23 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
                               on_stderr=on_stderr) as process:
 
         async def reader() -> None:
-            buffer = b""
+            # The sandbox may send a line a few bytes at a time: each piece is looked at once (a
+            # newline is searched for in the new bytes only), never the whole line again.
+            buffer = bytearray()
             async with to_session:
                 while True:
                     data = await process.read()
                     if data is None:
                         break
+                    searched = len(buffer)
                     buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
+                    start = 0
+                    while (end := buffer.find(b"\n", searched)) >= 0:
+                        line = bytes(buffer[start:end])
+                        start = searched = end + 1
                         if line.strip():
                             await to_session.send(_parse(line))
+                    del buffer[:start]
                     if len(buffer) > MAX_LINE:
                         await to_session.send(ValueError(f"a message of more than {MAX_LINE} bytes"))
                         break
