@@ -10,10 +10,11 @@ with `python3 -c` inside a conversation's sandbox, whose image has Python and th
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import sys
 
-from mcp.server.mcpserver import MCPServer
+from mcp.server.mcpserver import Context, MCPServer
 
 # A 1x1 red PNG.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC")
@@ -21,8 +22,39 @@ PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4
 ODD_NAMES = ("ok\n-# ✅ `/admin forget` done", "@everyone", "[click](https://evil.example)", "# HEADING")
 
 
+class Counting(MCPServer):
+    """Counts how often its tools were listed (a client that lists again at every change notification)."""
+
+    listings = 0
+
+    async def list_tools(self):  # type: ignore[no-untyped-def]
+        Counting.listings += 1
+        return await super().list_tools()
+
+
 def build(name: str) -> MCPServer:
-    server = MCPServer(name, log_level="ERROR")
+    server = Counting(name, log_level="ERROR")
+
+    @server.tool(description="Say n times, pause seconds apart, that the list of tools changed.")
+    async def flood(n: int, pause: float, ctx: Context) -> str:
+        for _ in range(n):
+            await ctx.notify_tools_changed()  # to 2026-era clients listening for it
+            try:  # and to a 2025-era session (the initialize handshake), the notification itself
+                await ctx.request_context.session.send_tool_list_changed()
+            except Exception:  # noqa: BLE001 - a 2026-era session has no such notification
+                pass
+            await asyncio.sleep(pause)
+        server.add_tool(lambda: "late here", name="late", description="Added after the flood.")
+        await ctx.notify_tools_changed()
+        try:
+            await ctx.request_context.session.send_tool_list_changed()
+        except Exception:  # noqa: BLE001
+            pass
+        return f"said it {n + 1} times"
+
+    @server.tool(description="How many times the tools were listed.")
+    def listings() -> int:
+        return Counting.listings
 
     @server.tool(description="Pictures: n of them, each a 1x1 PNG.")
     def pictures(n: int) -> list:

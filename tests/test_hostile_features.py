@@ -8,6 +8,7 @@ tests/mcp_server.py), the fake Ollama and fake OpenAI HTTP servers, the real eng
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from pathlib import Path
 from typing import AsyncIterator
@@ -16,6 +17,8 @@ import docker
 import pytest
 
 from core import ChatSession, FileReady, Reach, Runtime
+from core.mcp.client import Connection
+from core.mcp.config import parse
 from core.tools import MAX_FILES_PER_REPLY
 from tests.conftest import make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
@@ -123,3 +126,26 @@ async def test_a_line_dripped_a_few_bytes_at_a_time_costs_the_bot_no_more_than_i
         spent = time.process_time() - began
     assert tools == {}  # what it wrote was no message: no tools, and no failure of the turn
     assert spent < 4.0, f"{spent:.1f} s of CPU to read 2.5 MB"
+
+
+# -- a server that says its tools changed, again and again ---------------------------------------
+@pytest.mark.parametrize("transport", ["http", "stdio", "2025"])
+async def test_a_flood_of_list_changes_is_listed_a_few_times_not_once_each(transport: str) -> None:
+    """Each "the tools changed" had the bot list the server's tools again at once: 200 notifications
+    in 4 s, 200 listings, each parsed on the event loop (up to 8 MB from a person's own sandboxed
+    server). The change itself must still arrive: the tool added last is listed."""
+    server = HttpServer("flood", script=HOSTILE).start() if transport == "http" else None
+    entry = {"url": server.url} if server else {"command": sys.executable, "args": [str(HOSTILE), "stdio", "flood"]}
+    config = parse({"mcpServers": {"flood": entry}}, "test", {})[0]
+    connection = Connection(config, mode="legacy" if transport == "2025" else "auto")
+    try:
+        connection.start()
+        await asyncio.wait_for(connection.settled(), 60)
+        await connection.call(connection.tools["flood__flood"], {"n": 200, "pause": 0.02})
+        await wait_until(lambda: "flood__late" in connection.tools, 20)
+        listings = await connection.call(connection.tools["flood__listings"], {})
+        assert int(listings.content[0].text) <= 6
+    finally:
+        await connection.close()
+        if server is not None:
+            server.stop()
