@@ -26,6 +26,9 @@ OLLAMA_API, OPENAI_API = "ollama", "openai"
 APIS = (OLLAMA_API, OPENAI_API)
 ARGUMENTS_EXAMPLE = '{"command": "ls -la"}'
 UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
+# Tool calls of one model message kept (and answered) in the history, at the least: the rest are
+# counted in the turn's notice, never stored, so a model in a loop cannot fill every later request.
+MAX_CALLS_KEPT = 128
 
 
 # -- the pieces a streamed answer comes as ------------------------------------------------------
@@ -38,9 +41,11 @@ class Piece(NamedTuple):
 
 
 class ToolCalls(NamedTuple):
-    """The tool calls of one model message, whole (arguments decoded, or the problem with them said)."""
+    """The tool calls of one model message, whole (arguments decoded, or the problem with them said),
+    and how many more it made that the backend counted without keeping (past MAX_CALLS_KEPT)."""
 
     calls: list[ModelCall]
+    more: int = 0
 
 
 class Usage(NamedTuple):

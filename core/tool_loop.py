@@ -23,7 +23,7 @@ from .incidents import DOCKER
 from .events import (Done, FileReady, ModelQueued, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                      ToolQueued, ToolStarted)
 from .prompt import system_prompt
-from .model_backend import UNREADABLE, Piece, ToolCalls  # noqa: F401 - UNREADABLE: the line a broken stream gives
+from .model_backend import MAX_CALLS_KEPT, UNREADABLE, Piece, ToolCalls  # noqa: F401 - UNREADABLE: the line a broken stream gives
 from .parts import Parts
 from .registry import Generation, Phase
 from .mcp.tools import McpTool
@@ -214,7 +214,7 @@ class TurnRunner:
             messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
             async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
-                content, calls = await self._stream(turn, messages, tools)
+                content, calls, more = await self._stream(turn, messages, tools)
             if not calls:
                 if tools is None and turn.rounds >= settings.max_tool_rounds and not content:
                     content = ROUNDS_NOTE.format(n=turn.rounds)
@@ -226,7 +226,7 @@ class TurnRunner:
                 return
             await self._store(turn.session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
-            await self._run_tools(turn, calls)
+            await self._run_tools(turn, calls, more)
             turn.rounds += 1
 
     async def _offered(self, turn: Turn) -> list[dict[str, Any]] | None:
@@ -331,13 +331,15 @@ class TurnRunner:
         return self.parts.model_gate.slot(turn.user, lambda n: turn.gen.outbox.put(ModelQueued(n)))
 
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
+                      tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall], int]:
         """The model's whole answer for one request, streamed to the outbox as it comes, from whichever
-        backend serves the turn's model (core/model_backend.py: the same pieces from both)."""
+        backend serves the turn's model (core/model_backend.py: the same pieces from both): its text,
+        the tool calls kept (MAX_CALLS_KEPT, or the cap if more) and how many more it made."""
         gen, session_id = turn.gen, turn.session_id
         sent_chars = context.request_chars(messages, tools)
         parts: list[str] = []
         calls: list[ModelCall] = []
+        more = 0
         piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
         try:
             backend, model = self.parts.model_server.pick(turn.model)
@@ -351,6 +353,7 @@ class TurnRunner:
                         piece(TextDelta, item.content)
                 elif kind is ToolCalls:
                     calls.extend(item.calls)
+                    more += item.more
                 else:  # Usage: the request's end, as the server counted it
                     turn.prompt_tokens += item.prompt_tokens
                     turn.answer_tokens += item.answer_tokens
@@ -363,7 +366,10 @@ class TurnRunner:
             await asyncio.shield(self._keep_partial(session_id, parts))
             raise
         self.parts.incidents.succeeded(backend.part)
-        return "".join(parts), calls
+        kept = max(MAX_CALLS_KEPT, self.parts.settings.max_tool_calls_per_round)
+        if len(calls) > kept:
+            calls, more = calls[:kept], more + len(calls) - kept
+        return "".join(parts), calls, more
 
     async def _with_images(self, turn: Turn, window: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Image references become `images` for a vision model: the turn's own, and earlier ones up to
@@ -422,9 +428,10 @@ class TurnRunner:
             kinds[name] = ToolKind(functools.partial(parse_mcp, tool), self._mcp)
         return kinds
 
-    async def _run_tools(self, turn: Turn, calls: list[ModelCall]) -> None:
+    async def _run_tools(self, turn: Turn, calls: list[ModelCall], more: int = 0) -> None:
         """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order, each by its kind. Every call gets
-        exactly one result row, whatever happens, so the history stays a valid request."""
+        exactly one result row, whatever happens, so the history stays a valid request; `more` calls
+        the model made were not even kept (the notice counts them too)."""
         gen, session_id, user, session = turn.gen, turn.session_id, turn.user, turn.session
         cap = self.parts.settings.max_tool_calls_per_round
         kinds = self._kinds(turn)
@@ -468,11 +475,12 @@ class TurnRunner:
             for event in outcome.events:
                 gen.outbox.put(event)
             gen.outbox.put(outcome.finished)
-        if len(calls) > cap:
-            turn.commands.append(f"{len(calls) - cap} over the cap, not run")
-            gen.outbox.put(Notice(OVER_CAP_NOTICE.format(n=len(calls) - cap, cap=cap)))
+        if len(calls) > cap or more:
+            over = len(calls) + more - cap
+            turn.commands.append(f"{over} over the cap, not run")
+            gen.outbox.put(Notice(OVER_CAP_NOTICE.format(n=over, cap=cap)))
             log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
-                     len(calls), len(calls) - cap)
+                     len(calls) + more, over)
             await self.parts.history.run(self.parts.history.add_messages, session_id,
                                          self._unrun(calls, cap - 1, None, ""))
 

@@ -8,20 +8,23 @@ tests/mcp_server.py), the fake Ollama and fake OpenAI HTTP servers, the real eng
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, Iterator
 
 import docker
 import pytest
 
-from core import ChatSession, FileReady, Reach, Runtime
+from core import ChatSession, FileReady, Notice, Reach, Runtime, Settings
 from core.mcp.client import Connection
 from core.mcp.config import parse
+from core.model_backend import MAX_CALLS_KEPT
 from core.tools import MAX_FILES_PER_REPLY
-from tests.conftest import make_settings, open_runtime, require
+from tests.conftest import closed_port, make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI
 from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, with_servers
 from tests.test_concurrency import wait_until
 
@@ -149,3 +152,40 @@ async def test_a_flood_of_list_changes_is_listed_a_few_times_not_once_each(trans
         await connection.close()
         if server is not None:
             server.stop()
+
+
+# -- a model message with thousands of tool calls, or arguments without end ------------------------
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+def on(api: str, tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI, **overrides: Any) -> Settings:
+    """Settings whose model is served by `api`'s fake server (chat only: no Docker is needed)."""
+    if api == "openai":
+        return make_settings(tmp_path, f"http://127.0.0.1:{closed_port()}", model_api="openai",
+                             openai_base_url=fake_openai.url, openai_model=DEFAULT_MODEL, tools=False, **overrides)
+    return make_settings(tmp_path, fake_ollama.url, tools=False, **overrides)
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+async def test_thousands_of_tool_calls_in_one_message_are_counted_not_stored(
+        api: str, tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI,
+        docker_client: docker.DockerClient) -> None:
+    """A model in a loop (or one a prompt talked into it) calling a tool 3,000 times in one message
+    had every call stored with its "not run" result: 6,000 rows, all sent back with every later
+    request of the conversation. The cap runs 8; the notice still counts the rest."""
+    fake = fake_openai if api == "openai" else fake_ollama
+    fake.script(tool_calls(*[("search", {"q": str(n)}) for n in range(3000)]), text("Sorry."))
+    async with open_runtime(on(api, tmp_path, fake_ollama, fake_openai), docker_client) as runtime:
+        async with ChatSession(user="mallory", session="s", runtime=runtime) as chat:
+            events = [event async for event in chat.events("search everything")]
+            stored = await chat.history()
+    assert any(isinstance(e, Notice) and e.text.startswith("2992 more commands the model asked for in one go "
+                                                            "were not run") for e in events)
+    calls = [c for m in stored if m["role"] == "assistant" for c in json.loads(m["tool_calls"] or "[]")]
+    results = [m for m in stored if m["role"] == "tool"]
+    assert len(calls) == len(results) == MAX_CALLS_KEPT
+    assert results[0]["content"].startswith("error: unknown tool 'search'")  # chat only: the model's to correct
+    assert results[-1]["content"].startswith("not run: at most 8 commands run per message")
