@@ -29,6 +29,9 @@ UNREADABLE = "The AI model sent a reply that could not be read. Please try again
 # Tool calls of one model message kept (and answered) in the history, at the least: the rest are
 # counted in the turn's notice, never stored, so a model in a loop cannot fill every later request.
 MAX_CALLS_KEPT = 128
+MAX_CALL_CHARS = 4 * 1024 ** 2  # characters of one message's tool-call arguments a backend reads, at most
+TOO_LONG_CALLS = ("The AI model sent tool calls longer than 4 MB in one message, so they were not run. Please "
+                  "try again, or ask for less at once.")
 
 
 # -- the pieces a streamed answer comes as ------------------------------------------------------

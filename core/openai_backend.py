@@ -31,8 +31,8 @@ import openai
 from .errors import EngineError, ModelError, OllamaUnavailable
 from .images import sniff
 from .incidents import OPENAI
-from .model_backend import (MAX_CALLS_KEPT, OPENAI_API, UNREADABLE, ModelBackend, Piece, StreamPiece, ToolCalls,
-                            Usage, repair_call)
+from .model_backend import (MAX_CALL_CHARS, MAX_CALLS_KEPT, OPENAI_API, TOO_LONG_CALLS, UNREADABLE, ModelBackend,
+                            Piece, StreamPiece, ToolCalls, Usage, repair_call)
 from .tools import ModelCall
 
 if TYPE_CHECKING:
@@ -332,15 +332,16 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
 
 class _Building:
     """The tool calls of the message being streamed, folded from their deltas by index: at most
-    `most` calls kept (the others counted)."""
+    `most` calls kept (the others counted) and MAX_CALL_CHARS of arguments in all."""
 
     def __init__(self, most: int) -> None:
         self.most = most
         self.calls: dict[int, list[Any]] = {}  # index -> [id, name, pieces of the arguments' JSON text]
         self.more: set[int] = set()  # indexes of calls past `most`: counted, not kept
+        self.chars = 0
 
     def add(self, deltas: list[Any]) -> None:
-        """Fold one chunk's tool-call deltas in."""
+        """Fold one chunk's tool-call deltas in; EngineError once the arguments pass MAX_CALL_CHARS."""
         for delta in deltas:
             index = delta.index if isinstance(delta.index, int) else len(self.calls)
             entry = self.calls.get(index)
@@ -359,8 +360,12 @@ class _Building:
             if isinstance(name, str) and name and not entry[1].endswith(name):  # some servers repeat the whole name
                 entry[1] = (entry[1] + name)[:1024]
             if function.arguments:
-                entry[2].append(function.arguments if isinstance(function.arguments, str)
-                                else json.dumps(function.arguments))
+                piece = function.arguments if isinstance(function.arguments, str) else json.dumps(function.arguments)
+                self.chars += len(piece)
+                if self.chars > MAX_CALL_CHARS:
+                    raise EngineError(f"the model sent over {MAX_CALL_CHARS} characters of tool-call arguments in "
+                                      "one message", user=TOO_LONG_CALLS)
+                entry[2].append(piece)
 
     def done(self) -> ToolCalls:
         """The calls built, in index order, their arguments read as Ollama's are (repair_call); the
@@ -371,5 +376,5 @@ class _Building:
             name, arguments, problem = repair_call({"function": {"name": name, "arguments": "".join(pieces)}})
             calls.append(ModelCall(name, arguments, problem, call_id or f"call_{uuid.uuid4().hex[:24]}"))
         built = ToolCalls(calls, len(self.more))
-        self.calls, self.more = {}, set()
+        self.calls, self.more, self.chars = {}, set(), 0
         return built

@@ -17,14 +17,14 @@ from typing import Any, Iterator
 import docker
 import pytest
 
-from core import ChatSession, FileReady, Notice, Reach, Runtime, Settings
+from core import ChatSession, EngineError, FileReady, Notice, Reach, Runtime, Settings
 from core.mcp.client import Connection
 from core.mcp.config import parse
-from core.model_backend import MAX_CALLS_KEPT
+from core.model_backend import MAX_CALLS_KEPT, TOO_LONG_CALLS
 from core.tools import MAX_FILES_PER_REPLY
 from tests.conftest import closed_port, make_settings, open_runtime, require
 from tests.fake_ollama import FakeOllama, text, tool_calls
-from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI
+from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI, raw_events
 from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, with_servers
 from tests.test_concurrency import wait_until
 
@@ -189,3 +189,25 @@ async def test_thousands_of_tool_calls_in_one_message_are_counted_not_stored(
     assert len(calls) == len(results) == MAX_CALLS_KEPT
     assert results[0]["content"].startswith("error: unknown tool 'search'")  # chat only: the model's to correct
     assert results[-1]["content"].startswith("not run: at most 8 commands run per message")
+
+
+async def test_tool_call_arguments_without_end_are_cut_off_with_one_line(
+        tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI,
+        docker_client: docker.DockerClient) -> None:
+    """An OpenAI-compatible server streams a call's arguments as pieces of JSON text, and the bot
+    kept every piece until the stream ended: a server (or a model talked into it) sending 64 MB
+    of them had all of it in memory, then parsed, then sent back as the model's own call."""
+    head = {"index": 0, "id": "call_big", "type": "function", "function": {"name": "search", "arguments": '{"q": "'}}
+    piece = {"index": 0, "function": {"arguments": "x" * 1024 ** 2}}
+    fake_openai.strict = False
+    fake_openai.script(raw_events(*(json.dumps(chunk(delta)) for delta in [head] + [piece] * 64)), text("again"))
+    async with open_runtime(on("openai", tmp_path, fake_ollama, fake_openai), docker_client) as runtime:
+        with pytest.raises(EngineError) as failed:
+            await turn(runtime, "search")
+    assert failed.value.user_message == TOO_LONG_CALLS
+    assert fake_openai.pending == 1  # the model was not asked again with a 64 MB call of its own
+
+
+def chunk(call_delta: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1700000000, "model": DEFAULT_MODEL,
+            "choices": [{"index": 0, "delta": {"tool_calls": [call_delta]}, "finish_reason": None}]}
