@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import AsyncIterator
+from typing import AsyncIterator, Iterator
 
 import discord.ext.test as dpytest
 import docker
@@ -16,11 +16,13 @@ import pytest
 import pytest_asyncio
 from discord.ext import commands
 
-from core import ChatSession, Place, Runtime
+from core import ChatSession, Place, Runtime, Settings
 from tests.bot.conftest import start_bot
 from tests.bot.test_admin_cog import Interaction, call
+from tests.bot.test_places import manager
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI
 from tests.mcp_fixtures import HttpServer, http_entry, with_servers
 from tests.test_concurrency import wait_until
 from tests.test_hostile_features import HOSTILE, PYTHON_IMAGE, python_image
@@ -92,3 +94,27 @@ async def test_tool_names_are_shown_as_the_model_calls_them_never_as_lines_or_li
             assert not any(line.startswith(fake) for line in lines), said
         assert "](https://" not in said and "@everyone" not in said and "`" not in odd[0]
         assert "execute_terminal" in odd[0] and "pictures" in odd[0]  # the names the model calls
+
+
+# -- /admin model by a server's manager ------------------------------------------------------------
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI() as fake:
+        yield fake
+
+
+@pytest.fixture
+def settings(tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI) -> Settings:
+    """MODEL_API=ollama, with an OpenAI-compatible server beside it at an address of the operator's."""
+    return make_settings(tmp_path, fake_ollama.url, openai_base_url=fake_openai.url)
+
+
+async def test_admin_model_never_tells_a_servers_manager_where_the_model_server_is(
+        bot: commands.Bot, fake_openai: FakeOpenAI) -> None:
+    """/admin status keeps the model servers' addresses for the bot's admins; a manager of any server
+    typing a model the OpenAI-compatible server does not have read its address (OPENAI_BASE_URL,
+    which may be an internal host, or carry a user and password) in the refusal."""
+    said = await call(bot, ("admin", "model"), manager(), name="openai:nope")
+    assert said == ("⚠️ The model 'nope' is not served by the OpenAI API server (served: "
+                    f"{DEFAULT_MODEL}); the model was not changed.")
+    assert fake_openai.url.split("//")[1] not in said
