@@ -35,6 +35,9 @@ class Threads(SlashCog):
         if not may_start_threads(channel):
             raise Refused(NO_RIGHT)
         who = interaction.user
+        too_fast = self.runtime.admit_message(who.id)  # a thread (and Discord's notice of it) is a message
+        if too_fast is not None:
+            raise Refused(too_fast.line)
         try:
             thread = await channel.create_thread(name=thread_name(topic or "", f"Chat with {who.display_name}"),
                                                  type=discord.ChannelType.public_thread)

@@ -19,6 +19,7 @@ from discord.ext import commands
 from core import ChatSession, Place, Runtime, Settings
 from tests.bot.conftest import start_bot
 from tests.bot.test_admin_cog import Interaction, call
+from tests.bot.test_modes import allow_threads, threads
 from tests.bot.test_places import manager
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, text, tool_calls
@@ -118,3 +119,21 @@ async def test_admin_model_never_tells_a_servers_manager_where_the_model_server_
     assert said == ("⚠️ The model 'nope' is not served by the OpenAI API server (served: "
                     f"{DEFAULT_MODEL}); the model was not changed.")
     assert fake_openai.url.split("//")[1] not in said
+
+
+# -- /chat, again and again ------------------------------------------------------------------------
+async def test_chat_starts_threads_no_faster_than_its_member_may_send_messages(bot: commands.Bot,
+                                                                               runtime: Runtime) -> None:
+    """Each /chat starts a thread (and Discord says so in the channel, with the name the member
+    chose), with no limit: a member could fill a channel with threads and notices as fast as they
+    typed. A /chat now counts as one of their messages (USER_MESSAGES_PER_MINUTE)."""
+    runtime.settings = runtime.settings.replace(user_messages_per_minute=3)
+    room, mallory = dpytest.get_config().channels[1], dpytest.get_config().members[0]
+    allow_threads(room)
+    said = []
+    for n in range(5):
+        asking = Interaction(mallory.id, guild=room.guild.id)
+        asking.user, asking.channel = mallory, room
+        said.append(await call(bot, ("chat",), asking, topic=f"spam {n}"))
+    assert len(threads(room)) == 3
+    assert said[3].startswith("-# ✋ You're sending messages faster than I can answer (at most 3 a minute here)")
