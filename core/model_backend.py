@@ -162,6 +162,9 @@ def model_value(api: str, name: str, default_api: str) -> str:
 
 
 # -- tool calls, read leniently, whichever API sent them ---------------------------------------
+# What a chunk the JSON reader cannot take raises, besides ValueError: nesting thousands deep.
+UNREADABLE_CHUNK: tuple[type[BaseException], ...] = (ValueError, RecursionError)
+
 def repair_call(call: Any) -> tuple[str, dict[str, Any], str | None]:
     """(name, arguments as an object, what was wrong or None) of one call in Ollama's shape,
     `{"function": {"name", "arguments"}}`, whose arguments may be an object or JSON text."""
@@ -181,6 +184,8 @@ def repair_call(call: Any) -> tuple[str, dict[str, Any], str | None]:
         except json.JSONDecodeError:
             return name, {}, (f"error: the arguments were not valid JSON ({_shorten(arguments)}); "
                               f"send an object like {ARGUMENTS_EXAMPLE}.")
+        except RecursionError:  # JSON nested thousands deep: Python's reader gives up
+            return name, {}, f"error: the arguments were nested too deeply to read; send an object like {ARGUMENTS_EXAMPLE}."
     if not isinstance(arguments, dict):
         kind = _KINDS.get(type(arguments), "not an object")
         return name, {}, (f"error: the arguments were {kind} ({_shorten(json.dumps(arguments))}), "

@@ -31,8 +31,8 @@ import openai
 from .errors import EngineError, ModelError, OllamaUnavailable
 from .images import sniff
 from .incidents import OPENAI
-from .model_backend import (MAX_CALL_CHARS, MAX_CALLS_KEPT, OPENAI_API, TOO_LONG_CALLS, UNREADABLE, ModelBackend,
-                            Piece, StreamPiece, ToolCalls, Usage, repair_call)
+from .model_backend import (MAX_CALL_CHARS, MAX_CALLS_KEPT, OPENAI_API, TOO_LONG_CALLS, UNREADABLE,
+                            UNREADABLE_CHUNK, ModelBackend, Piece, StreamPiece, ToolCalls, Usage, repair_call)
 from .tools import ModelCall
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
                 yield building.done()
             if usage is not None:
                 yield Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, model, started) from exc
 
     async def chat_once(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, Usage]:
@@ -199,7 +199,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
             content = answer.choices[0].message.content if answer.choices else ""
             counted = getattr(answer, "usage", None)
             used = Usage(getattr(counted, "prompt_tokens", 0) or 0, getattr(counted, "completion_tokens", 0) or 0)
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, model, False) from exc
         return (content if isinstance(content, str) else ""), used
 
@@ -287,7 +287,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
         except asyncio.TimeoutError as exc:
             raise OllamaUnavailable(f"The model server at {self.where} did not list its models within "
                                     f"{LIST_TIMEOUT:g} s.", part=self.part) from exc
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, "", False) from exc
         self._listed = (now, entries)
         return entries

@@ -20,10 +20,10 @@ import pytest
 from core import ChatSession, EngineError, FileReady, Notice, Reach, Runtime, Settings
 from core.mcp.client import Connection
 from core.mcp.config import parse
-from core.model_backend import MAX_CALLS_KEPT, TOO_LONG_CALLS
+from core.model_backend import MAX_CALLS_KEPT, TOO_LONG_CALLS, UNREADABLE
 from core.tools import MAX_FILES_PER_REPLY
 from tests.conftest import closed_port, make_settings, open_runtime, require
-from tests.fake_ollama import FakeOllama, text, tool_calls
+from tests.fake_ollama import FakeOllama, raw_lines, text, tool_calls
 from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI, raw_events
 from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, with_servers
 from tests.test_concurrency import wait_until
@@ -211,3 +211,37 @@ async def test_tool_call_arguments_without_end_are_cut_off_with_one_line(
 def chunk(call_delta: dict[str, Any]) -> dict[str, Any]:
     return {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 1700000000, "model": DEFAULT_MODEL,
             "choices": [{"index": 0, "delta": {"tool_calls": [call_delta]}, "finish_reason": None}]}
+
+
+# -- tool-call arguments nested thousands deep -----------------------------------------------------
+def nested(depth: int) -> str:
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+async def test_arguments_nested_thousands_deep_are_a_tool_error_or_one_line_never_a_crash(
+        tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI, docker_client: docker.DockerClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A call whose arguments nest 5,000 deep (a prompt asking for it, a model that loops) raised
+    Python's RecursionError out of the JSON reader: the turn failed with "Something went wrong on my
+    side" and a traceback in the log. From the OpenAI API (arguments as JSON text) it is a tool
+    error the model reads and corrects, like any broken JSON; from Ollama, whose whole chunk
+    cannot be read then, the line for an unreadable reply."""
+    head = {"index": 0, "id": "call_deep", "type": "function", "function": {"name": "search", "arguments": nested(5000)}}
+    fake_openai.strict = False
+    fake_openai.script(raw_events(json.dumps(chunk(head))), text("Fixed it."))
+    async with open_runtime(on("openai", tmp_path, fake_ollama, fake_openai), docker_client) as runtime:
+        events = await turn(runtime, "nest")
+    result = [m for m in fake_openai.requests[1]["messages"] if m["role"] == "tool"][0]["content"]
+    assert result.startswith("error: the arguments were nested too deeply")
+    assert events[-1].text == "Fixed it."
+
+    line = ('{"model": "qwen3:8b", "created_at": "2024-01-01T00:00:00Z", "message": {"role": "assistant", '
+            '"content": "", "tool_calls": [{"function": {"name": "search", "arguments": %s}}]}, "done": false}'
+            % nested(5000))
+    fake_ollama.script(raw_lines(line))
+    (tmp_path / "o").mkdir()
+    async with open_runtime(on("ollama", tmp_path / "o", fake_ollama, fake_openai), docker_client) as runtime:
+        with pytest.raises(EngineError) as failed:
+            await turn(runtime, "nest")
+    assert failed.value.user_message == UNREADABLE
+    assert "Traceback" not in caplog.text  # one warning line for operators, no crash
