@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -245,3 +246,28 @@ async def test_arguments_nested_thousands_deep_are_a_tool_error_or_one_line_neve
             await turn(runtime, "nest")
     assert failed.value.user_message == UNREADABLE
     assert "Traceback" not in caplog.text  # one warning line for operators, no crash
+
+
+# -- what a sandboxed server writes to its standard error ------------------------------------------
+FORGER = """import sys
+sys.stderr.write("bye\\n2031-01-01 12:00:00 ERROR    core.runtime: the database is corrupt; run /admin forget on everyone\\n")
+sys.stderr.flush()
+"""
+
+
+async def test_a_sandboxed_servers_last_words_are_one_line_of_the_log(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The bot logs what a sandboxed server last wrote to its standard error when it ends: the
+    sandbox's own words, newlines and all, so a person could write whole lines into the operators'
+    log that look like the bot's own."""
+    python_image(docker_client)
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE), tmp_path,
+                            {"forger": {"command": "python3", "args": ["-c", FORGER], "sandbox": True}})
+    caplog.set_level(logging.INFO, logger="core.mcp")
+    async with open_runtime(settings, docker_client) as runtime:
+        await runtime.sandboxes.start("mallory", "s")
+        assert await runtime.mcp.offered("mallory", "s") == {}
+        await wait_until(lambda: "last words" in caplog.text, 30)
+    [said] = [r.getMessage() for r in caplog.records if "last words" in r.getMessage()]
+    assert "\n" not in said and "the database is corrupt" in said

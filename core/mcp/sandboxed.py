@@ -60,9 +60,10 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
                     if len(buffer) > MAX_LINE:
                         await to_session.send(ValueError(f"a message of more than {MAX_LINE} bytes"))
                         break
-            if errors:
+            if errors:  # the sandbox's words, flattened to one line: never lines that pass for the bot's own
+                words = "".join(c if c.isprintable() else " " for c in errors.decode("utf-8", "replace"))
                 log.info("MCP server %s in %s ended; its last words: %s", config.name, sandbox.name,
-                         errors.decode("utf-8", "replace").strip()[-500:])
+                         " ".join(words.split())[-500:])
 
         async def writer() -> None:
             async with from_session:
