@@ -271,3 +271,21 @@ async def test_a_sandboxed_servers_last_words_are_one_line_of_the_log(
         await wait_until(lambda: "last words" in caplog.text, 30)
     [said] = [r.getMessage() for r in caplog.records if "last words" in r.getMessage()]
     assert "\n" not in said and "the database is corrupt" in said
+
+
+# -- held: a server's tools named like the sandbox's own ---------------------------------------------
+async def test_a_servers_execute_terminal_never_takes_the_place_of_the_sandboxs(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    """Held: a server naming its tools execute_terminal and send_file offers them as
+    hx__execute_terminal and hx__send_file; execute_terminal is still the sandbox's own."""
+    with HttpServer("hx", script=HOSTILE) as hx:
+        settings = with_servers(make_settings(tmp_path, fake_ollama.url), tmp_path, {"hx": http_entry(hx)})
+        async with open_runtime(settings, docker_client) as runtime:
+            fake_ollama.script(tool_calls(("execute_terminal", {"command": "echo from-the-sandbox"}),
+                                          ("hx__execute_terminal", {"command": "echo x"})), text("ok"))
+            await turn(runtime, "run")
+    offered = [t["function"]["name"] for t in fake_ollama.requests[0]["tools"]]
+    assert offered.count("execute_terminal") == 1 and offered.count("send_file") == 1
+    assert {"hx__execute_terminal", "hx__send_file"} <= set(offered)
+    ours, theirs = [m["content"] for m in fake_ollama.requests[1]["messages"] if m["role"] == "tool"]
+    assert "from-the-sandbox" in ours and theirs == "hostile server ran 'echo x'"

@@ -20,6 +20,7 @@ from core import ChatSession, Place, Runtime, Settings
 from tests.bot.conftest import start_bot
 from tests.bot.test_admin_cog import Interaction, call
 from tests.bot.test_modes import allow_threads, threads
+from tests.bot.test_places import channel as channel_option
 from tests.bot.test_places import manager
 from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, text, tool_calls
@@ -137,3 +138,20 @@ async def test_chat_starts_threads_no_faster_than_its_member_may_send_messages(b
         said.append(await call(bot, ("chat",), asking, topic=f"spam {n}"))
     assert len(threads(room)) == 3
     assert said[3].startswith("-# ✋ You're sending messages faster than I can answer (at most 3 a minute here)")
+
+
+async def test_admin_tools_of_another_servers_channel_or_everywhere_is_refused(
+        hostile_bot: tuple[commands.Bot, Runtime]) -> None:
+    """Held: a manager of server 2 can neither turn a tool server off in a channel of server 1, nor
+    read that channel's settings, nor set the default for every server."""
+    bot, runtime = hostile_bot
+    other = channel_option(10, guild=1)
+    for state in (None, "off"):
+        said = await call(bot, ("admin", "tools"), Interaction(5, manage_guild=True, guild=2), server="odd",
+                          state=state, channel=other)
+        assert said == "Pick a channel of this server."
+    said = await call(bot, ("admin", "tools"), Interaction(5, manage_guild=True, guild=2), server="odd", state="off",
+                      everywhere=True)
+    assert said.startswith("Only the bot's admins (ADMIN_USER_IDS) can change the default")
+    assert await runtime.places.tools_off(Place(channel="10", server="1")) == frozenset()
+    assert await runtime.places.tools_off(Place(channel="20", server="2")) == frozenset()
