@@ -287,8 +287,9 @@ class ModelServer:
                 from .openai_backend import OpenAIBackend  # the SDK is loaded only where a server is set
                 found = OpenAIBackend(self._settings)
             else:
-                raise ModelError(f"No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named "
-                                 f"'{api}:…' cannot answer; set it, or pick another model with /admin model.")
+                line = (f"No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named '{api}:…' cannot "
+                        "answer; set it, or pick another model with /admin model.")
+                raise ModelError(line, user=line)  # nothing to retry: the line says what to do
             self._backends[api] = found
         return found
 

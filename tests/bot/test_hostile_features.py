@@ -155,3 +155,12 @@ async def test_admin_tools_of_another_servers_channel_or_everywhere_is_refused(
     assert said.startswith("Only the bot's admins (ADMIN_USER_IDS) can change the default")
     assert await runtime.places.tools_off(Place(channel="10", server="1")) == frozenset()
     assert await runtime.places.tools_off(Place(channel="20", server="2")) == frozenset()
+
+
+async def test_admin_model_of_the_other_api_without_its_server_says_so(bot: commands.Bot, runtime: Runtime) -> None:
+    """`openai:<name>` where no OpenAI-compatible server is set up was refused with "The AI model
+    could not answer right now; try again in a minute": a retry that can never work."""
+    runtime.settings = runtime.settings.replace(openai_base_url="")
+    said = await call(bot, ("admin", "model"), manager(), name="openai:gpt-5")
+    assert said == ("⚠️ No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named 'openai:…' cannot "
+                    "answer; set it, or pick another model with /admin model; the model was not changed.")
