@@ -22,9 +22,10 @@ from core import ChatSession, EngineError, FileReady, Notice, Reach, Runtime, Se
 from core.mcp.client import Connection
 from core.mcp.config import parse
 from core.model_backend import MAX_CALLS_KEPT, TOO_LONG_CALLS, UNREADABLE
+from core.render import Reply, thinking_line
 from core.tools import MAX_FILES_PER_REPLY
 from tests.conftest import closed_port, make_settings, open_runtime, require
-from tests.fake_ollama import FakeOllama, raw_lines, text, tool_calls
+from tests.fake_ollama import FakeOllama, Response, raw_lines, text, tool_calls
 from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI, raw_events
 from tests.mcp_fixtures import HttpServer, http_entry, sandboxed_entry, with_servers
 from tests.test_concurrency import wait_until
@@ -289,3 +290,24 @@ async def test_a_servers_execute_terminal_never_takes_the_place_of_the_sandboxs(
     assert {"hx__execute_terminal", "hx__send_file"} <= set(offered)
     ours, theirs = [m["content"] for m in fake_ollama.requests[1]["messages"] if m["role"] == "tool"]
     assert "from-the-sandbox" in ours and theirs == "hostile server ran 'echo x'"
+
+
+# -- a reasoning flood -----------------------------------------------------------------------------
+async def test_a_reasoning_flood_costs_the_reply_no_more_than_its_last_words(
+        tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI, docker_client: docker.DockerClient) -> None:
+    """Held: 10 MB of `reasoning_content` in 1 KB pieces (a runaway model, or a server). The reply
+    keeps all of it in one string (a copy at each piece it is handed: 20 s for 10,000 of them), but
+    the turn's outbox hands it over in batches as fast as the server sends, so few copies are made;
+    a model slow enough to send them one by one never reaches such sizes."""
+    reasoning = "".join(f"step {n:06d}. " for n in range(800_000))[:10 * 1024 ** 2]
+    fake_openai.script(Response(content="Done.", thinking=reasoning, chunk_size=1024))
+    async with open_runtime(on("openai", tmp_path, fake_ollama, fake_openai), docker_client) as runtime:
+        reply = Reply(show_thinking=True)
+        spent = 0.0
+        async with ChatSession(user="mallory", session="s", runtime=runtime) as chat:
+            async for event in chat.events("think hard"):
+                began = time.process_time()
+                reply.apply(event)
+                spent += time.process_time() - began
+    assert reply.render() == thinking_line(reasoning) + "\nDone."
+    assert spent < 3.0, f"{spent:.1f} s of CPU to fold the reasoning in"
