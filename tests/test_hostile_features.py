@@ -311,3 +311,38 @@ async def test_a_reasoning_flood_costs_the_reply_no_more_than_its_last_words(
                 spent += time.process_time() - began
     assert reply.render() == thinking_line(reasoning) + "\nDone."
     assert spent < 3.0, f"{spent:.1f} s of CPU to fold the reasoning in"
+
+
+# -- a sandboxed server that asks and never listens -------------------------------------------------
+ASKER = """import sys, time
+out = sys.stdout.buffer
+for n in range(100_000):
+    out.write(b'{"jsonrpc": "2.0", "id": %d, "method": "ping"}\\n' % n)
+out.flush()
+time.sleep(600)
+"""
+
+
+async def test_a_sandboxed_server_asking_without_listening_cannot_pile_up_the_bots_answers(
+        tmp_path: Path, fake_ollama: FakeOllama, docker_client: docker.DockerClient) -> None:
+    """The server in a person's sandbox may send requests (a ping) as fast as it can print them and
+    never read the answers: the SDK starts a task per request, each waiting to write its answer
+    into a pipe nobody reads. 300,000 pings (12 MB) held 300,000 tasks and 3 GB of the bot's
+    memory here, for as long as the session lived: one person could run the bot out of memory.
+    The sandbox's output is now read only while it is owed few answers."""
+    python_image(docker_client)
+    settings = with_servers(make_settings(tmp_path, fake_ollama.url, vm_image=PYTHON_IMAGE), tmp_path,
+                            {"asker": {"command": "python3", "args": ["-c", ASKER], "sandbox": True, "timeout": 120}})
+    async with open_runtime(settings, docker_client) as runtime:
+        await runtime.sandboxes.start("mallory", "s")
+        before = len(asyncio.all_tasks())
+        listing = asyncio.create_task(runtime.mcp.offered("mallory", "s"))
+        try:
+            grown = 0
+            for _ in range(16):  # 8 s: tens of thousands of tasks, had they piled up
+                await asyncio.sleep(0.5)
+                grown = max(grown, len(asyncio.all_tasks()) - before)
+        finally:
+            listing.cancel()
+            await asyncio.gather(listing, return_exceptions=True)
+    assert grown < 200, f"{grown} more tasks"

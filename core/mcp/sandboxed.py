@@ -21,6 +21,7 @@ from .config import ServerConfig
 
 log = logging.getLogger(__name__)
 MAX_LINE = 8 * 1024 ** 2  # bytes of one message from the sandbox; more ends the session
+MAX_OWED = 16  # requests of the sandbox's server the session may owe answers to; its output waits meanwhile
 STDERR_KEPT = 2000  # characters of the server's standard error kept for the log
 
 
@@ -35,6 +36,11 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
 
     to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    # The SDK answers each request of the server in a task of its own, which waits until its answer is
+    # written: a server that asks without reading the answers would pile tasks up without end. So the
+    # sandbox's output is read only while few answers are owed (its pipe fills, and it waits).
+    owed = 0
+    answered = anyio.Event()
     argv = [config.command, *config.args]
     async with sandbox.attach(argv, env=dict(config.env), workdir=config.cwd or "/data",
                               on_stderr=on_stderr) as process:
@@ -55,7 +61,7 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
                         line = bytes(buffer[start:end])
                         start = searched = end + 1
                         if line.strip():
-                            await to_session.send(_parse(line))
+                            await to_session.send(await asked(_parse(line)))
                     del buffer[:start]
                     if len(buffer) > MAX_LINE:
                         await to_session.send(ValueError(f"a message of more than {MAX_LINE} bytes"))
@@ -65,11 +71,25 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
                 log.info("MCP server %s in %s ended; its last words: %s", config.name, sandbox.name,
                          " ".join(words.split())[-500:])
 
+        async def asked(message: SessionMessage | Exception) -> SessionMessage | Exception:
+            """A request of the server's, once fewer than MAX_OWED answers are owed."""
+            nonlocal owed
+            if isinstance(message, SessionMessage) and isinstance(message.message, mcp_types.JSONRPCRequest):
+                while owed >= MAX_OWED:
+                    await answered.wait()
+                owed += 1
+            return message
+
         async def writer() -> None:
+            nonlocal owed, answered
             async with from_session:
                 async for message in from_session:
                     text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                     await process.write(text.encode() + b"\n")
+                    if isinstance(message.message, (mcp_types.JSONRPCResponse, mcp_types.JSONRPCError)):
+                        owed = max(0, owed - 1)  # an answer to one of the server's requests: delivered
+                        answered.set()
+                        answered = anyio.Event()
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(reader)
