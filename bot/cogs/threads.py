@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 IN_A_DM = "Threads live in servers' text channels; here in our DM, just write: I answer every message."
 NOT_HERE = "I can start a thread only in a text channel (not in a thread, a voice or a forum channel)."
 NO_RIGHT = "I may not start threads in this channel (I need Create Public Threads and Send Messages in Threads)."
+NOT_YOURS = "You may not start threads in this channel, so I do not start one for you here."
 
 
 class Threads(SlashCog):
@@ -35,6 +36,8 @@ class Threads(SlashCog):
         if not may_start_threads(channel):
             raise Refused(NO_RIGHT)
         who = interaction.user
+        if not may_start_threads(channel, who):  # slash commands work where a member may not write
+            raise Refused(NOT_YOURS)
         too_fast = self.runtime.admit_message(who.id)  # a thread (and Discord's notice of it) is a message
         if too_fast is not None:
             raise Refused(too_fast.line)

@@ -10,7 +10,10 @@ import asyncio
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
+import discord
 import discord.ext.test as dpytest
+import discord.ext.test.backend as back
+import discord.ext.test.factories as facts
 import docker
 import pytest
 import pytest_asyncio
@@ -164,3 +167,24 @@ async def test_admin_model_of_the_other_api_without_its_server_says_so(bot: comm
     said = await call(bot, ("admin", "model"), manager(), name="openai:gpt-5")
     assert said == ("⚠️ No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named 'openai:…' cannot "
                     "answer; set it, or pick another model with /admin model; the model was not changed.")
+
+
+async def test_chat_starts_no_thread_where_its_member_may_not_start_one(bot: commands.Bot) -> None:
+    """Slash commands work in channels where a member may not write or start threads (an
+    announcements channel): /chat had the bot start a public thread there for them, named as they
+    chose, with Discord's notice of it and the bot's "started this thread about …" line."""
+    room, mallory = dpytest.get_config().channels[1], dpytest.get_config().members[0]
+    me = room.guild.me
+    threads_right = discord.Permissions(create_public_threads=True, send_messages_in_threads=True, send_messages=True)
+    data = facts.dict_from_channel(room)
+    data["permission_overwrites"] = [
+        {"id": str(me.id), "type": 1, "allow": str(threads_right.value), "deny": "0"},
+        {"id": str(room.guild.id), "type": 0, "allow": "0",  # @everyone: read only
+         "deny": str(discord.Permissions(send_messages=True, create_public_threads=True).value)}]
+    back.get_state().parse_channel_update(data)
+    assert room.permissions_for(me).create_public_threads and not room.permissions_for(mallory).create_public_threads
+    asking = Interaction(mallory.id, guild=room.guild.id)
+    asking.user, asking.channel = mallory, room
+    said = await call(bot, ("chat",), asking, topic="FREE NITRO at evil.example")
+    assert said == "You may not start threads in this channel, so I do not start one for you here."
+    assert threads(room) == []
