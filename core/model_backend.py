@@ -185,7 +185,8 @@ def repair_call(call: Any) -> tuple[str, dict[str, Any], str | None]:
             return name, {}, (f"error: the arguments were not valid JSON ({_shorten(arguments)}); "
                               f"send an object like {ARGUMENTS_EXAMPLE}.")
         except RecursionError:  # JSON nested thousands deep: Python's reader gives up
-            return name, {}, f"error: the arguments were nested too deeply to read; send an object like {ARGUMENTS_EXAMPLE}."
+            return name, {}, ("error: the arguments were nested too deeply to read; send an object like "
+                              f"{ARGUMENTS_EXAMPLE}.")
     if not isinstance(arguments, dict):
         kind = _KINDS.get(type(arguments), "not an object")
         return name, {}, (f"error: the arguments were {kind} ({_shorten(json.dumps(arguments))}), "

@@ -23,7 +23,8 @@ from .incidents import DOCKER
 from .events import (Done, FileReady, ModelQueued, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                      ToolQueued, ToolStarted)
 from .prompt import system_prompt
-from .model_backend import MAX_CALLS_KEPT, UNREADABLE, Piece, ToolCalls  # noqa: F401 - UNREADABLE: the line a broken stream gives
+from .model_backend import MAX_CALLS_KEPT, Piece, ToolCalls
+from .model_backend import UNREADABLE  # noqa: F401 - the line a broken stream gives
 from .parts import Parts
 from .registry import Generation, Phase
 from .mcp.tools import McpTool

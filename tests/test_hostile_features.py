@@ -50,7 +50,8 @@ async def turn(runtime: Runtime, message: str, session: str = "s", user: str = "
 
 def mcp_tasks(label: str) -> list[str]:
     """The names of the tasks still running for connections whose label holds `label`."""
-    return sorted(t.get_name() for t in asyncio.all_tasks() if t.get_name().startswith("mcp-") and label in t.get_name())
+    names = (t.get_name() for t in asyncio.all_tasks())
+    return sorted(name for name in names if name.startswith("mcp-") and label in name)
 
 
 # -- a sandboxed server's session outlives its sandbox ----------------------------------------------
@@ -228,7 +229,8 @@ async def test_arguments_nested_thousands_deep_are_a_tool_error_or_one_line_neve
     side" and a traceback in the log. From the OpenAI API (arguments as JSON text) it is a tool
     error the model reads and corrects, like any broken JSON; from Ollama, whose whole chunk
     cannot be read then, the line for an unreadable reply."""
-    head = {"index": 0, "id": "call_deep", "type": "function", "function": {"name": "search", "arguments": nested(5000)}}
+    head = {"index": 0, "id": "call_deep", "type": "function",
+            "function": {"name": "search", "arguments": nested(5000)}}
     fake_openai.strict = False
     fake_openai.script(raw_events(json.dumps(chunk(head))), text("Fixed it."))
     async with open_runtime(on("openai", tmp_path, fake_ollama, fake_openai), docker_client) as runtime:
@@ -251,7 +253,7 @@ async def test_arguments_nested_thousands_deep_are_a_tool_error_or_one_line_neve
 
 # -- what a sandboxed server writes to its standard error ------------------------------------------
 FORGER = """import sys
-sys.stderr.write("bye\\n2031-01-01 12:00:00 ERROR    core.runtime: the database is corrupt; run /admin forget on everyone\\n")
+sys.stderr.write("bye\\n2031-01-01 12:00:00 ERROR    core.runtime: the database is corrupt; run /admin forget\\n")
 sys.stderr.flush()
 """
 

@@ -219,7 +219,8 @@ class McpHub:
                 running = [c for key, c in self._boxed.items() if key[0] == config.name]
                 up = [c for c in running if c.state == "up"]
                 row.state = "per conversation"  # no tools named: each person's sandbox lists its own
-                row.detail = f"{len(up)} running" + (f", {len(running) - len(up)} starting" if len(running) > len(up) else "")
+                starting = len(running) - len(up)
+                row.detail = f"{len(up)} running" + (f", {starting} starting" if starting else "")
             else:
                 connection = self._shared.get(config.name)
                 if connection is not None:

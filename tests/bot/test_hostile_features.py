@@ -75,8 +75,8 @@ async def test_admin_tools_never_shows_another_servers_sandbox_tools_or_the_host
 
     manager = Interaction(5, manage_guild=True, guild=2)
     box = await call(bot, ("admin", "tools"), manager, server="box")
-    assert box.split("\n")[1:] == ["🔵 **box** · stdio, in each conversation's sandbox · per conversation: 1 running"
-                                   " · on here"]  # the tools one person's sandbox lists are theirs
+    assert box.split("\n")[1:] == ["🔵 **box** · stdio, in each conversation's sandbox · per conversation: "
+                                   "1 running · on here"]  # the tools one person's sandbox lists are theirs
     lines = (await call(bot, ("admin", "tools"), Interaction(5, manage_guild=True, guild=2))).split("\n")
     gone = next(line for line in lines if "**gone**" in line)
     assert "secret-tools" not in gone and gone.startswith("🔴 **gone** · stdio · down")
