@@ -72,7 +72,9 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
                          " ".join(words.split())[-500:])
 
         async def asked(message: SessionMessage | Exception) -> SessionMessage | Exception:
-            """A request of the server's, once fewer than MAX_OWED answers are owed."""
+            """A request of the server's, once fewer than MAX_OWED answers are owed. (Its cancelling
+            one does not count as an answer: that would let it ask without end; a server that cancels
+            sixteen of its own requests only stops its own session.)"""
             nonlocal owed
             if isinstance(message, SessionMessage) and isinstance(message.message, mcp_types.JSONRPCRequest):
                 while owed >= MAX_OWED:
