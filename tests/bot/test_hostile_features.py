@@ -7,6 +7,7 @@ the fake Ollama, the real engine and Docker, discord.py's command tree (dpytest)
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
@@ -19,9 +20,13 @@ import pytest
 import pytest_asyncio
 from discord.ext import commands
 
+from bot.logs import setup_logging
 from core import ChatSession, Place, Runtime, Settings
+from core.mcp.client import Connection
+from core.mcp.config import parse
 from tests.bot.conftest import start_bot
 from tests.bot.test_admin_cog import Interaction, call
+from tests.bot.test_logs import Collect, logs  # noqa: F401 - logs: the fixture that undoes setup_logging
 from tests.bot.test_modes import allow_threads, threads
 from tests.bot.test_places import channel as channel_option
 from tests.bot.test_places import manager
@@ -188,3 +193,27 @@ async def test_chat_starts_no_thread_where_its_member_may_not_start_one(bot: com
     said = await call(bot, ("chat",), asking, topic="FREE NITRO at evil.example")
     assert said == "You may not start threads in this channel, so I do not start one for you here."
     assert threads(room) == []
+
+
+# -- the operators' log ----------------------------------------------------------------------------
+async def test_an_mcp_url_with_a_key_in_it_never_reaches_the_log(logs: Collect) -> None:
+    """MCP_CONFIG takes `${NAME}` in a URL, so a key may ride in its query string (many hosted servers
+    take `?api_key=`). The MCP SDK and the openai SDK send through httpx2, whose logger writes
+    `HTTP Request: POST <the whole URL>` at INFO for every request; the bot's logging quietened
+    httpx and httpcore only, so the key went into the log at every call."""
+    setup_logging("INFO")
+    logging.getLogger().addHandler(logs)
+    secret = "k-SECRET-93f1"
+    with HttpServer("keyed", script=HOSTILE) as server:
+        config = parse({"mcpServers": {"keyed": {"url": server.url + "?api_key=${KEYED_KEY}"}}}, "test",
+                       {"KEYED_KEY": secret})[0]
+        connection = Connection(config)
+        try:
+            connection.start()
+            await asyncio.wait_for(connection.settled(), 30)
+            result = await connection.call(connection.tools["keyed__listings"], {})
+        finally:
+            await connection.close()
+    assert int(result.content[0].text) >= 1  # the server was reached, key and all
+    assert secret not in logs.text()
+    assert "HTTP Request" not in logs.text()
