@@ -11,7 +11,9 @@ import logging
 import discord
 
 CONTENT_LOGGERS = ("discord.http", "discord.gateway", "discord.webhook", "discord.state", "peewee", "llmbot.content")
-CHATTY_LOGGERS = ("httpx", "httpcore")  # a line per request to Ollama at INFO, connection events at DEBUG
+# A line per request at INFO (the whole URL, query string and all: an MCP server's key may ride in it),
+# connection events at DEBUG: httpx and httpcore (Ollama), httpx2 and httpcore2 (the MCP and openai SDKs).
+CHATTY_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
 
 
 def setup_logging(level: str, *, log_content: bool = False) -> None:

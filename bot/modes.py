@@ -38,12 +38,12 @@ async def mode_at(runtime: Runtime, place: Place) -> Choice:
     return await runtime.places.mode(place, runtime.settings.free_response_channel_ids)
 
 
-def may_start_threads(channel: Any) -> bool:
-    """Whether the bot may start a public thread in `channel`: a server's text channel where it
-    has the right to (not a DM, not a thread, not a voice or forum channel)."""
+def may_start_threads(channel: Any, member: Any = None) -> bool:
+    """Whether the bot (or `member`) may start a public thread in `channel`: a server's text channel
+    where it has the right to (not a DM, not a thread, not a voice or forum channel)."""
     if not isinstance(channel, discord.TextChannel):
         return False
-    perms = channel.permissions_for(channel.guild.me)
+    perms = channel.permissions_for(member if isinstance(member, discord.Member) else channel.guild.me)
     return perms.create_public_threads and perms.send_messages_in_threads
 
 

@@ -26,6 +26,12 @@ OLLAMA_API, OPENAI_API = "ollama", "openai"
 APIS = (OLLAMA_API, OPENAI_API)
 ARGUMENTS_EXAMPLE = '{"command": "ls -la"}'
 UNREADABLE = "The AI model sent a reply that could not be read. Please try again."
+# Tool calls of one model message kept (and answered) in the history, at the least: the rest are
+# counted in the turn's notice, never stored, so a model in a loop cannot fill every later request.
+MAX_CALLS_KEPT = 128
+MAX_CALL_CHARS = 4 * 1024 ** 2  # characters of one message's tool-call arguments a backend reads, at most
+TOO_LONG_CALLS = ("The AI model sent tool calls longer than 4 MB in one message, so they were not run. Please "
+                  "try again, or ask for less at once.")
 
 
 # -- the pieces a streamed answer comes as ------------------------------------------------------
@@ -38,9 +44,11 @@ class Piece(NamedTuple):
 
 
 class ToolCalls(NamedTuple):
-    """The tool calls of one model message, whole (arguments decoded, or the problem with them said)."""
+    """The tool calls of one model message, whole (arguments decoded, or the problem with them said),
+    and how many more it made that the backend counted without keeping (past MAX_CALLS_KEPT)."""
 
     calls: list[ModelCall]
+    more: int = 0
 
 
 class Usage(NamedTuple):
@@ -154,6 +162,9 @@ def model_value(api: str, name: str, default_api: str) -> str:
 
 
 # -- tool calls, read leniently, whichever API sent them ---------------------------------------
+# What a chunk the JSON reader cannot take raises, besides ValueError: nesting thousands deep.
+UNREADABLE_CHUNK: tuple[type[BaseException], ...] = (ValueError, RecursionError)
+
 def repair_call(call: Any) -> tuple[str, dict[str, Any], str | None]:
     """(name, arguments as an object, what was wrong or None) of one call in Ollama's shape,
     `{"function": {"name", "arguments"}}`, whose arguments may be an object or JSON text."""
@@ -173,6 +184,9 @@ def repair_call(call: Any) -> tuple[str, dict[str, Any], str | None]:
         except json.JSONDecodeError:
             return name, {}, (f"error: the arguments were not valid JSON ({_shorten(arguments)}); "
                               f"send an object like {ARGUMENTS_EXAMPLE}.")
+        except RecursionError:  # JSON nested thousands deep: Python's reader gives up
+            return name, {}, ("error: the arguments were nested too deeply to read; send an object like "
+                              f"{ARGUMENTS_EXAMPLE}.")
     if not isinstance(arguments, dict):
         kind = _KINDS.get(type(arguments), "not an object")
         return name, {}, (f"error: the arguments were {kind} ({_shorten(json.dumps(arguments))}), "

@@ -25,8 +25,8 @@ from pydantic import Field, model_validator
 
 from .errors import OLLAMA_UNREACHABLE, EngineError, ModelError, OllamaUnavailable
 from .incidents import OLLAMA
-from .model_backend import (OLLAMA_API, OPENAI_API, UNREADABLE, ModelBackend, Piece, StreamPiece, ToolCalls,
-                            Usage, model_value, repair_call, split_model)
+from .model_backend import (OLLAMA_API, OPENAI_API, UNREADABLE, UNREADABLE_CHUNK, ModelBackend, Piece, StreamPiece,
+                            ToolCalls, Usage, model_value, repair_call, split_model)
 from .tools import ModelCall
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class OllamaBackend(ModelBackend[ollama.AsyncClient]):
                                      for i, c in enumerate(message.tool_calls)])
                 if chunk.done:
                     yield Usage(chunk.prompt_eval_count or 0, chunk.eval_count or 0)
-        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, ValueError) as exc:
+        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, *UNREADABLE_CHUNK) as exc:
             raise self._error(exc, model, started) from exc
 
     async def chat_once(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, Usage]:
@@ -162,7 +162,7 @@ class OllamaBackend(ModelBackend[ollama.AsyncClient]):
         try:
             answer = await self.client().chat(model=model, messages=messages, stream=False, think=False,
                                               options=options)
-        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, ValueError) as exc:
+        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, *UNREADABLE_CHUNK) as exc:
             raise self._error(exc, model, False) from exc
         return answer.message.content or "", Usage(answer.prompt_eval_count or 0, answer.eval_count or 0)
 
@@ -224,7 +224,7 @@ class OllamaBackend(ModelBackend[ollama.AsyncClient]):
         except asyncio.TimeoutError as exc:
             raise OllamaUnavailable(f"Ollama at {self.where} did not list its models within {LIST_TIMEOUT:g} s.") \
                 from exc
-        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, ValueError) as exc:
+        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, *UNREADABLE_CHUNK) as exc:
             raise self._error(exc, "", False) from exc
         return [m.model for m in listed.models if m.model]
 
@@ -235,7 +235,7 @@ class OllamaBackend(ModelBackend[ollama.AsyncClient]):
                     + (", ".join(names) or "none") + ")"), False
         try:
             shown = await self.client().show(model)
-        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, ValueError) as exc:
+        except (ollama.ResponseError, *OLLAMA_UNREACHABLE, *UNREADABLE_CHUNK) as exc:
             raise self._error(exc, model, False) from exc
         capabilities = getattr(shown, "capabilities", None)
         if tools and capabilities is not None and "tools" not in capabilities:
@@ -287,8 +287,9 @@ class ModelServer:
                 from .openai_backend import OpenAIBackend  # the SDK is loaded only where a server is set
                 found = OpenAIBackend(self._settings)
             else:
-                raise ModelError(f"No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named "
-                                 f"'{api}:…' cannot answer; set it, or pick another model with /admin model.")
+                line = (f"No OpenAI-compatible server is set (OPENAI_BASE_URL), so models named '{api}:…' cannot "
+                        "answer; set it, or pick another model with /admin model.")
+                raise ModelError(line, user=line)  # nothing to retry: the line says what to do
             self._backends[api] = found
         return found
 

@@ -31,8 +31,8 @@ import openai
 from .errors import EngineError, ModelError, OllamaUnavailable
 from .images import sniff
 from .incidents import OPENAI
-from .model_backend import (OPENAI_API, UNREADABLE, ModelBackend, Piece, StreamPiece, ToolCalls, Usage,
-                            repair_call)
+from .model_backend import (MAX_CALL_CHARS, MAX_CALLS_KEPT, OPENAI_API, TOO_LONG_CALLS, UNREADABLE,
+                            UNREADABLE_CHUNK, ModelBackend, Piece, StreamPiece, ToolCalls, Usage, repair_call)
 from .tools import ModelCall
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
         if tools:
             request["tools"] = tools
         started = False
-        building: dict[int, list[Any]] = {}  # index -> [id, name, pieces of the arguments' JSON text]
+        building = _Building(max(MAX_CALLS_KEPT, self.settings.max_tool_calls_per_round))
         usage = None  # the last counts the server sent (once, at the end, with include_usage)
         try:
             stream = await self._create(request)
@@ -180,18 +180,17 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
                                     raise ValueError(f"a delta that is not text: {content!r}, {thinking!r}")
                                 yield Piece(content or "", thinking)
                             if delta.tool_calls:
-                                _add_call_deltas(building, delta.tool_calls)
-                        if choice.finish_reason and building:
-                            yield ToolCalls(_calls(building))
-                            building = {}
+                                building.add(delta.tool_calls)
+                        if choice.finish_reason and building.calls:
+                            yield building.done()
                     usage = chunk.usage or usage
             finally:
                 await stream.close()
-            if building:  # a server that ended the stream without a finish_reason
-                yield ToolCalls(_calls(building))
+            if building.calls:  # a server that ended the stream without a finish_reason
+                yield building.done()
             if usage is not None:
                 yield Usage(usage.prompt_tokens or 0, usage.completion_tokens or 0)
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, model, started) from exc
 
     async def chat_once(self, model: str, messages: list[dict[str, Any]]) -> tuple[str, Usage]:
@@ -200,7 +199,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
             content = answer.choices[0].message.content if answer.choices else ""
             counted = getattr(answer, "usage", None)
             used = Usage(getattr(counted, "prompt_tokens", 0) or 0, getattr(counted, "completion_tokens", 0) or 0)
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, model, False) from exc
         return (content if isinstance(content, str) else ""), used
 
@@ -288,7 +287,7 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
         except asyncio.TimeoutError as exc:
             raise OllamaUnavailable(f"The model server at {self.where} did not list its models within "
                                     f"{LIST_TIMEOUT:g} s.", part=self.part) from exc
-        except (openai.APIError, httpx.HTTPError, OSError, ValueError, TypeError, AttributeError) as exc:
+        except (openai.APIError, httpx.HTTPError, OSError, *UNREADABLE_CHUNK, TypeError, AttributeError) as exc:
             raise self._error(exc, "", False) from exc
         self._listed = (now, entries)
         return entries
@@ -331,29 +330,51 @@ class OpenAIBackend(ModelBackend[openai.AsyncOpenAI]):
         return None, known
 
 
-def _add_call_deltas(building: dict[int, list[Any]], deltas: list[Any]) -> None:
-    """Fold one chunk's tool-call deltas into the calls being built, keyed by their index."""
-    for delta in deltas:
-        index = delta.index if isinstance(delta.index, int) else len(building)
-        entry = building.setdefault(index, ["", "", []])
-        if isinstance(delta.id, str) and delta.id and not entry[0]:
-            entry[0] = delta.id
-        function = delta.function
-        if function is None:
-            continue
-        name = function.name
-        if isinstance(name, str) and name and not entry[1].endswith(name):  # some servers repeat the whole name
-            entry[1] += name
-        if function.arguments:
-            entry[2].append(function.arguments if isinstance(function.arguments, str)
-                            else json.dumps(function.arguments))
+class _Building:
+    """The tool calls of the message being streamed, folded from their deltas by index: at most
+    `most` calls kept (the others counted) and MAX_CALL_CHARS of arguments in all."""
 
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self.calls: dict[int, list[Any]] = {}  # index -> [id, name, pieces of the arguments' JSON text]
+        self.more: set[int] = set()  # indexes of calls past `most`: counted, not kept
+        self.chars = 0
 
-def _calls(building: dict[int, list[Any]]) -> list[ModelCall]:
-    """The calls built, in index order, their arguments read as Ollama's are (repair_call)."""
-    calls = []
-    for index in sorted(building):
-        call_id, name, pieces = building[index]
-        name, arguments, problem = repair_call({"function": {"name": name, "arguments": "".join(pieces)}})
-        calls.append(ModelCall(name, arguments, problem, call_id or f"call_{uuid.uuid4().hex[:24]}"))
-    return calls
+    def add(self, deltas: list[Any]) -> None:
+        """Fold one chunk's tool-call deltas in; EngineError once the arguments pass MAX_CALL_CHARS."""
+        for delta in deltas:
+            index = delta.index if isinstance(delta.index, int) else len(self.calls)
+            entry = self.calls.get(index)
+            if entry is None:
+                if len(self.calls) >= self.most:
+                    if len(self.more) < 1_000_000:
+                        self.more.add(index)
+                    continue
+                entry = self.calls[index] = ["", "", []]
+            if isinstance(delta.id, str) and delta.id and not entry[0]:
+                entry[0] = delta.id
+            function = delta.function
+            if function is None:
+                continue
+            name = function.name
+            if isinstance(name, str) and name and not entry[1].endswith(name):  # some servers repeat the whole name
+                entry[1] = (entry[1] + name)[:1024]
+            if function.arguments:
+                piece = function.arguments if isinstance(function.arguments, str) else json.dumps(function.arguments)
+                self.chars += len(piece)
+                if self.chars > MAX_CALL_CHARS:
+                    raise EngineError(f"the model sent over {MAX_CALL_CHARS} characters of tool-call arguments in "
+                                      "one message", user=TOO_LONG_CALLS)
+                entry[2].append(piece)
+
+    def done(self) -> ToolCalls:
+        """The calls built, in index order, their arguments read as Ollama's are (repair_call); the
+        next message starts afresh."""
+        calls = []
+        for index in sorted(self.calls):
+            call_id, name, pieces = self.calls[index]
+            name, arguments, problem = repair_call({"function": {"name": name, "arguments": "".join(pieces)}})
+            calls.append(ModelCall(name, arguments, problem, call_id or f"call_{uuid.uuid4().hex[:24]}"))
+        built = ToolCalls(calls, len(self.more))
+        self.calls, self.more, self.chars = {}, set(), 0
+        return built

@@ -147,7 +147,8 @@ class Runtime:
                 raise ModelError(line, user=line, part=exc.part) from exc
             if problem:  # an admin reads this: the model's name and what it lacks, nothing of the host
                 line = problem[0].upper() + problem[1:] + "; the model was not changed."
-                raise ModelError(line, user=line)
+                backend, _name = self.model_server.pick(model)
+                raise ModelError(line, user=line.replace(f" at {backend.where}", f" by the {backend.label} server"))
         await self.places.set(scope, by=by, model=model)
         log.info("model for %s set to %s by %s", scope, model or "(inherited)", by)
 

@@ -23,7 +23,8 @@ from .incidents import DOCKER
 from .events import (Done, FileReady, ModelQueued, Notice, Replaced, Stopped, TextDelta, ThinkingDelta, ToolFinished,
                      ToolQueued, ToolStarted)
 from .prompt import system_prompt
-from .model_backend import UNREADABLE, Piece, ToolCalls  # noqa: F401 - UNREADABLE: the line a broken stream gives
+from .model_backend import MAX_CALLS_KEPT, Piece, ToolCalls
+from .model_backend import UNREADABLE  # noqa: F401 - the line a broken stream gives
 from .parts import Parts
 from .registry import Generation, Phase
 from .mcp.tools import McpTool
@@ -221,7 +222,7 @@ class TurnRunner:
             messages = [system, *summary] + await self._with_images(turn, window)
             gen.phase = Phase.STREAMING
             async with self._model_slot(turn):  # held for the whole streamed request, released as it ends
-                content, calls = await self._stream(turn, messages, tools)
+                content, calls, more = await self._stream(turn, messages, tools)
             await self._count(turn)  # spent as it goes: a turn of long commands never hides it from the budget
             if not calls:
                 if tools is None and turn.rounds >= settings.max_tool_rounds and not content:
@@ -233,7 +234,7 @@ class TurnRunner:
                 return
             await self._store(turn.session_id, "assistant", content, tool_calls=[c.stored() for c in calls])
             gen.phase = Phase.TOOL
-            await self._run_tools(turn, calls)
+            await self._run_tools(turn, calls, more)
             await self._count(turn)
             turn.rounds += 1
 
@@ -343,13 +344,15 @@ class TurnRunner:
         return self.parts.model_gate.slot(turn.user, lambda n: turn.gen.outbox.put(ModelQueued(n)))
 
     async def _stream(self, turn: Turn, messages: list[dict[str, Any]],
-                      tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall]]:
+                      tools: list[dict[str, Any]] | None) -> tuple[str, list[ModelCall], int]:
         """The model's whole answer for one request, streamed to the outbox as it comes, from whichever
-        backend serves the turn's model (core/model_backend.py: the same pieces from both)."""
+        backend serves the turn's model (core/model_backend.py: the same pieces from both): its text,
+        the tool calls kept (MAX_CALLS_KEPT, or the cap if more) and how many more it made."""
         gen, session_id = turn.gen, turn.session_id
         sent_chars = context.request_chars(messages, tools)
         parts: list[str] = []
         calls: list[ModelCall] = []
+        more = 0
         piece = gen.outbox.piece  # hundreds of times a reply: each piece joins the batch the caller takes next
         began = counted = False  # the server started answering; its counts (the last line) arrived
         thought = 0  # characters of thinking streamed
@@ -367,6 +370,7 @@ class TurnRunner:
                         piece(TextDelta, item.content)
                 elif kind is ToolCalls:
                     calls.extend(item.calls)
+                    more += item.more
                 else:  # Usage: the request's end, as the server counted it
                     counted = True
                     turn.prompt_tokens += item.prompt_tokens
@@ -383,7 +387,10 @@ class TurnRunner:
             if began and not counted:  # stopped, replaced or cut before its counts: estimated, never free
                 self._estimate(turn, sent_chars, sum(map(len, parts)) + thought)
         self.parts.incidents.succeeded(backend.part)
-        return "".join(parts), calls
+        kept = max(MAX_CALLS_KEPT, self.parts.settings.max_tool_calls_per_round)
+        if len(calls) > kept:
+            calls, more = calls[:kept], more + len(calls) - kept
+        return "".join(parts), calls, more
 
     def _estimate(self, turn: Turn, sent_chars: int, answer_chars: int) -> None:
         """What a request the server began answering cost, when its counts (sent in its last line)
@@ -451,9 +458,10 @@ class TurnRunner:
             kinds[name] = ToolKind(functools.partial(parse_mcp, tool), self._mcp)
         return kinds
 
-    async def _run_tools(self, turn: Turn, calls: list[ModelCall]) -> None:
+    async def _run_tools(self, turn: Turn, calls: list[ModelCall], more: int = 0) -> None:
         """Run the first MAX_TOOL_CALLS_PER_ROUND calls in order, each by its kind. Every call gets
-        exactly one result row, whatever happens, so the history stays a valid request."""
+        exactly one result row, whatever happens, so the history stays a valid request; `more` calls
+        the model made were not even kept (the notice counts them too)."""
         gen, session_id, user, session = turn.gen, turn.session_id, turn.user, turn.session
         cap = self.parts.settings.max_tool_calls_per_round
         kinds = self._kinds(turn)
@@ -497,11 +505,12 @@ class TurnRunner:
             for event in outcome.events:
                 gen.outbox.put(event)
             gen.outbox.put(outcome.finished)
-        if len(calls) > cap:
-            turn.commands.append(f"{len(calls) - cap} over the cap, not run")
-            gen.outbox.put(Notice(OVER_CAP_NOTICE.format(n=len(calls) - cap, cap=cap)))
+        if len(calls) > cap or more:
+            over = len(calls) + more - cap
+            turn.commands.append(f"{over} over the cap, not run")
+            gen.outbox.put(Notice(OVER_CAP_NOTICE.format(n=over, cap=cap)))
             log.info("session %s/%s: %d tool calls in one message, %d not run", user, session,
-                     len(calls), len(calls) - cap)
+                     len(calls) + more, over)
             await self.parts.history.run(self.parts.history.add_messages, session_id,
                                          self._unrun(calls, cap - 1, None, ""))
 

@@ -26,9 +26,10 @@ def free_port() -> int:
 class HttpServer:
     """tests/mcp_server.py over Streamable HTTP, as a child process that can be killed and started again."""
 
-    def __init__(self, name: str = "web", port: int | None = None) -> None:
+    def __init__(self, name: str = "web", port: int | None = None, script: Path = SERVER) -> None:
         self.name = name
         self.port = port or free_port()
+        self.script = script
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -36,7 +37,7 @@ class HttpServer:
         return f"http://127.0.0.1:{self.port}/mcp"
 
     def start(self) -> "HttpServer":
-        self.process = subprocess.Popen([sys.executable, str(SERVER), "http", self.name, str(self.port)],
+        self.process = subprocess.Popen([sys.executable, str(self.script), "http", self.name, str(self.port)],
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -300,8 +300,10 @@ async def test_switching_checks_the_model_on_its_own_server(tmp_path: Path, fake
                             docker_client) as rt:
         with pytest.raises(ModelError) as info:
             await rt.switch_model(Scope.server("g"), "openai:nope", by="t")
-        assert info.value.user_message.startswith(f"The model 'nope' is not served at {fake_openai.url} (served: "
-                                                  f"{DEFAULT_MODEL}, tiny-chat); the model was not changed.")
+        assert str(info.value) == (f"The model 'nope' is not served at {fake_openai.url} (served: "
+                                   f"{DEFAULT_MODEL}, tiny-chat); the model was not changed.")
+        assert info.value.user_message == ("The model 'nope' is not served by the OpenAI API server (served: "
+                                           f"{DEFAULT_MODEL}, tiny-chat); the model was not changed.")  # no address
         with pytest.raises(ModelError) as info:
             await rt.switch_model(Scope.server("g"), "openai:tiny-chat", by="t")
         assert info.value.user_message == ("The model 'tiny-chat' cannot call tools (the server says so): choose a "

@@ -481,6 +481,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         elif server is None and state is not None:
             raise Refused("Name the server to turn on or off.")
         choices = await rt.places.tool_choices(place)
+        everywhere = self._reach(interaction).everywhere
         lines = [f"**MCP servers** for {label}:"]
         for row in rt.mcp.status():
             if server is not None and row.name != server:
@@ -491,7 +492,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
                 "stdio, in each conversation's sandbox" if row.sandbox else "stdio"
             health = row.state + (f" since {stamp(datetime.fromtimestamp(row.since, timezone.utc).replace(tzinfo=None))}"
                                   if row.since and row.state in ("up", "down") else "")
-            detail = f": {row.detail[:150]}" if row.detail else ""
+            detail = "" if not row.detail else f": {row.detail[:150]}" if everywhere or row.sandbox \
+                else " (the bot's admins see the details)"  # a failure's words may name the host's paths
             where = ("on" if on else "**off**") + " here" + (f" ({_source(source)})" if source else "")
             lines.append(f"{dot} **{row.name}** · {how} · {health}{detail} · {where}")
             if row.tools:

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 IN_A_DM = "Threads live in servers' text channels; here in our DM, just write: I answer every message."
 NOT_HERE = "I can start a thread only in a text channel (not in a thread, a voice or a forum channel)."
 NO_RIGHT = "I may not start threads in this channel (I need Create Public Threads and Send Messages in Threads)."
+NOT_YOURS = "You may not start threads in this channel, so I do not start one for you here."
 
 
 class Threads(SlashCog):
@@ -37,6 +38,8 @@ class Threads(SlashCog):
         if not may_start_threads(channel):
             raise Refused(NO_RIGHT)
         who = interaction.user
+        if not may_start_threads(channel, who):  # slash commands work where a member may not write
+            raise Refused(NOT_YOURS)
         try:
             thread = await channel.create_thread(name=thread_name(topic or "", f"Chat with {who.display_name}"),
                                                  type=discord.ChannelType.public_thread)

@@ -39,6 +39,7 @@ CONNECT_TIMEOUT = 30.0  # opening a session and listing its tools
 HEALTH_INTERVAL = 30.0  # an idle shared session is probed (and its tools listed again) this often
 BACKOFF_FIRST, BACKOFF_MOST = 1.0, 60.0  # seconds between attempts to reopen a session that failed
 MAX_TOOLS = 128  # tools taken from one server: their schemas ride on every request
+RELIST_GAP = 2.0  # seconds at least between two listings: a flood of list-changed events is listed a few times
 CLIENT_INFO = mcp_types.Implementation(name="llmbot", version="1")
 
 # How a session says it is gone: the transport dropped or could not be reached.
@@ -111,6 +112,7 @@ class Connection:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._relist = False
+        self._listed_at = 0.0  # when the tools were last listed (time.monotonic)
         self._broken: str | None = None
         self._closing = False
 
@@ -253,6 +255,7 @@ class Connection:
         if self.listed.is_set() and set(tools) != set(self.tools):
             log.info("MCP server %s: tools now %s", self.label, ", ".join(sorted(tools)) or "none")
         self.tools = tools
+        self._listed_at = time.monotonic()
         self.listed.set()
 
     async def _watch(self, client: Client, stack: AsyncExitStack) -> str:
@@ -276,6 +279,9 @@ class Connection:
                 if self._broken is not None:
                     return self._broken
                 if self._relist:
+                    await self._gap()  # changes said meanwhile are listed together, after it
+                    if self._broken is not None:
+                        return self._broken
                     self._relist = False
                     async with asyncio.timeout(max(CONNECT_TIMEOUT, self.config.timeout)):
                         await self._list(client)
@@ -283,6 +289,17 @@ class Connection:
             if events is not None:
                 events.cancel()
                 await asyncio.gather(events, return_exceptions=True)
+
+    async def _gap(self) -> None:
+        """Wait until RELIST_GAP has passed since the last listing (a drop still ends the wait)."""
+        deadline = self._listed_at + RELIST_GAP
+        while self._broken is None and (left := deadline - time.monotonic()) > 0:
+            try:
+                async with asyncio.timeout(left):
+                    await self._wake.wait()
+            except TimeoutError:
+                return
+            self._wake.clear()
 
     async def _events(self, subscription: Any) -> None:
         """A 2026-era session's change events: the tools are listed again; a lost stream is a drop."""

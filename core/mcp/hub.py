@@ -2,7 +2,8 @@
 
 Shared servers (a URL, or a command run as the bot's child process) have one connection each,
 opened at start. A sandboxed server (`"sandbox": true`) has one per conversation, run in that
-conversation's own sandbox and opened on first use; its tools come from that instance only, since
+conversation's own sandbox, opened on first use and let go (task and all) once it goes down, as it
+does when its sandbox is reaped, removed or forgotten; its tools come from that instance only, since
 what runs in a person's sandbox is theirs to change. In chat-only mode (TOOLS=off) there are no
 sandboxes: sandboxed servers are not offered, and /admin tools says why; shared servers work as
 anywhere else (they are the operator's own tools, not sandboxes).
@@ -69,6 +70,7 @@ class McpHub:
         self._shared: dict[str, Connection] = {}
         self._boxed: dict[tuple[str, str, str], Connection] = {}
         self._told: set[str] = set()
+        self._closing: set[asyncio.Task[None]] = set()  # sandboxed connections being let go
 
     @property
     def names(self) -> list[str]:
@@ -92,7 +94,7 @@ class McpHub:
         connections = [*self._shared.values(), *self._boxed.values()]
         self._shared.clear()
         self._boxed.clear()
-        await asyncio.gather(*(c.close() for c in connections), return_exceptions=True)
+        await asyncio.gather(*(c.close() for c in connections), *self._closing, return_exceptions=True)
 
     async def forget(self, user: str, session: str) -> None:
         """The conversation's sandbox is going: end its sandboxed servers' sessions."""
@@ -108,10 +110,7 @@ class McpHub:
             return {}
         self.start()
         wanted = [c for c in self.configs.values() if c.name not in off and self.usable(c)]
-        connections = [self._connection(c, user, session) for c in wanted]
-        for connection in connections:
-            if not connection.listed.is_set() and connection.state == "down" and not connection.eager:
-                connection.reopen()  # a sandboxed server that failed to start: try again for this turn
+        connections = [self._connection(c, user, session) for c in wanted]  # a sandboxed one down was let go: anew
         pending = [c for c in connections if not c.listed.is_set() and c.state != "down"]
         if pending:
             wait = SANDBOX_LISTING_WAIT if any(not c.eager for c in pending) else FIRST_LISTING_WAIT
@@ -147,15 +146,29 @@ class McpHub:
 
     def _state(self, connection: "Connection") -> None:
         """A shared server's outages as incidents, one per server (the first failure logged in full, the
-        recovery too); a sandboxed one failing in somebody's sandbox is theirs, not the operators'."""
+        recovery too); a sandboxed one failing in somebody's sandbox is theirs, not the operators'. A
+        sandboxed session that went down (its sandbox reaped, removed or forgotten, or its process
+        ended) is let go with its task: the conversation's next turn starts a new one."""
         from .client import McpUnavailable
         if not connection.eager:
+            if connection.state == "down":
+                self._let_go(connection)
             return
         part = f"MCP server {connection.config.name}"
         if connection.state == "up":
             self.incidents.succeeded(part)
         elif connection.state == "down":
             self.incidents.failed(McpUnavailable(connection.config.name, connection.detail))
+
+    def _let_go(self, connection: "Connection") -> None:
+        """Forget a sandboxed connection and close it in a task of its own (this runs in its owner task)."""
+        key = next((k for k, c in self._boxed.items() if c is connection), None)
+        if key is None:
+            return
+        del self._boxed[key]
+        closing = asyncio.get_running_loop().create_task(connection.close(), name=f"mcp-close-{connection.label}")
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     # -- a call -------------------------------------------------------------------------------
     async def call(self, tool: McpTool, arguments: dict[str, Any], user: str, session: str) -> Called:
@@ -193,7 +206,7 @@ class McpHub:
                 continue
             connection = self._boxed.get((config.name, user, session)) if config.sandbox \
                 else self._shared.get(config.name)
-            known[config.name] = sorted(t.name for t in connection.tools.values()) if connection else []
+            known[config.name] = sorted(t.shown for t in connection.tools.values()) if connection else []
         return known
 
     def status(self) -> list[ServerStatus]:
@@ -205,14 +218,13 @@ class McpHub:
             elif config.sandbox:
                 running = [c for key, c in self._boxed.items() if key[0] == config.name]
                 up = [c for c in running if c.state == "up"]
-                row.state = "per conversation"
-                row.detail = f"{len(up)} running" + (f", {len(running) - len(up)} down" if len(running) > len(up) else "")
-                known = next((c.tools for c in up if c.tools), {})
-                row.tools = sorted(t.name for t in known.values())
+                row.state = "per conversation"  # no tools named: each person's sandbox lists its own
+                starting = len(running) - len(up)
+                row.detail = f"{len(up)} running" + (f", {starting} starting" if starting else "")
             else:
                 connection = self._shared.get(config.name)
                 if connection is not None:
                     row.state, row.detail, row.since = connection.state, connection.detail, connection.since
-                    row.tools = sorted(t.name for t in connection.tools.values())
+                    row.tools = sorted(t.shown for t in connection.tools.values())
             rows.append(row)
         return rows

@@ -21,6 +21,7 @@ from .config import ServerConfig
 
 log = logging.getLogger(__name__)
 MAX_LINE = 8 * 1024 ** 2  # bytes of one message from the sandbox; more ends the session
+MAX_OWED = 16  # requests of the sandbox's server the session may owe answers to; its output waits meanwhile
 STDERR_KEPT = 2000  # characters of the server's standard error kept for the log
 
 
@@ -35,34 +36,62 @@ async def sandbox_stdio(sandbox: Sandbox, config: ServerConfig) -> AsyncIterator
 
     to_session, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, from_session = anyio.create_memory_object_stream[SessionMessage](0)
+    # The SDK answers each request of the server in a task of its own, which waits until its answer is
+    # written: a server that asks without reading the answers would pile tasks up without end. So the
+    # sandbox's output is read only while few answers are owed (its pipe fills, and it waits).
+    owed = 0
+    answered = anyio.Event()
     argv = [config.command, *config.args]
     async with sandbox.attach(argv, env=dict(config.env), workdir=config.cwd or "/data",
                               on_stderr=on_stderr) as process:
 
         async def reader() -> None:
-            buffer = b""
+            # The sandbox may send a line a few bytes at a time: each piece is looked at once (a
+            # newline is searched for in the new bytes only), never the whole line again.
+            buffer = bytearray()
             async with to_session:
                 while True:
                     data = await process.read()
                     if data is None:
                         break
+                    searched = len(buffer)
                     buffer += data
-                    *lines, buffer = buffer.split(b"\n")
-                    for line in lines:
+                    start = 0
+                    while (end := buffer.find(b"\n", searched)) >= 0:
+                        line = bytes(buffer[start:end])
+                        start = searched = end + 1
                         if line.strip():
-                            await to_session.send(_parse(line))
+                            await to_session.send(await asked(_parse(line)))
+                    del buffer[:start]
                     if len(buffer) > MAX_LINE:
                         await to_session.send(ValueError(f"a message of more than {MAX_LINE} bytes"))
                         break
-            if errors:
+            if errors:  # the sandbox's words, flattened to one line: never lines that pass for the bot's own
+                words = "".join(c if c.isprintable() else " " for c in errors.decode("utf-8", "replace"))
                 log.info("MCP server %s in %s ended; its last words: %s", config.name, sandbox.name,
-                         errors.decode("utf-8", "replace").strip()[-500:])
+                         " ".join(words.split())[-500:])
+
+        async def asked(message: SessionMessage | Exception) -> SessionMessage | Exception:
+            """A request of the server's, once fewer than MAX_OWED answers are owed. (Its cancelling
+            one does not count as an answer: that would let it ask without end; a server that cancels
+            sixteen of its own requests only stops its own session.)"""
+            nonlocal owed
+            if isinstance(message, SessionMessage) and isinstance(message.message, mcp_types.JSONRPCRequest):
+                while owed >= MAX_OWED:
+                    await answered.wait()
+                owed += 1
+            return message
 
         async def writer() -> None:
+            nonlocal owed, answered
             async with from_session:
                 async for message in from_session:
                     text = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                     await process.write(text.encode() + b"\n")
+                    if isinstance(message.message, (mcp_types.JSONRPCResponse, mcp_types.JSONRPCError)):
+                        owed = max(0, owed - 1)  # an answer to one of the server's requests: delivered
+                        answered.set()
+                        answered = anyio.Event()
 
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(reader)

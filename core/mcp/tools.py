@@ -19,6 +19,7 @@ SEPARATOR = "__"
 MAX_NAME = 64  # what OpenAI-style function names allow; Ollama's templates follow it
 MAX_DESCRIPTION = 1024
 MAX_ARGUMENTS_SHOWN = 500  # characters of a call's arguments in the audit log
+MAX_PICTURES = 10  # pictures kept from one result: what one reply can attach (Discord's files per message)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class McpTool:
     exposed: str  # server__tool
     description: str
     input_schema: dict[str, Any]
+
+    @property
+    def shown(self) -> str:
+        """Its name where people read it (/help, /admin tools): as the model calls it, without the
+        server's prefix, so only letters, digits, '_' and '-' (never a line, a link or a mention)."""
+        return self.exposed.partition(SEPARATOR)[2]
 
     def schema(self) -> dict[str, Any]:
         """The tool as an Ollama (OpenAI-style) function."""
@@ -152,10 +159,13 @@ def read_result(result: Any) -> Result:
     """The text the model reads from a CallToolResult, and the pictures in it."""
     texts: list[str] = []
     pictures: list[Picture] = []
+    unkept = 0
     for part in result.content or []:
         kind = getattr(part, "type", "")
         if kind == "text":
             texts.append(part.text)
+        elif kind == "image" and len(pictures) >= MAX_PICTURES:
+            unkept += 1  # never decoded, saved or shown: nobody could be shown it
         elif kind == "image":
             try:
                 pictures.append(Picture(base64.b64decode(part.data, validate=True), part.mime_type))
@@ -173,6 +183,8 @@ def read_result(result: Any) -> Result:
     structured = getattr(result, "structured_content", None)
     if structured is not None and not any(t.strip() for t in texts):
         texts.append(json.dumps(structured, ensure_ascii=False))
+    if unkept:
+        texts.append(f"[{unkept} more pictures not kept: at most {MAX_PICTURES} from one call]")
     return Result("\n".join(texts), bool(getattr(result, "is_error", False)), pictures)
 
 

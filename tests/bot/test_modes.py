@@ -40,11 +40,13 @@ def manager(channel: Any = None, guild: int | None = None) -> Interaction:
 def allow_threads(channel: discord.TextChannel) -> None:
     """The rights a server gives the bot to start threads (the invite asks for them): a member
     overwrite on the channel, as Discord sends it (dpytest's own helper writes a type discord.py 2
-    does not read)."""
+    does not read); and its members theirs, which Discord's @everyone has by default (dpytest's
+    predates threads)."""
     allow = discord.Permissions(create_public_threads=True, send_messages_in_threads=True)
     data = facts.dict_from_channel(channel)
     data["permission_overwrites"] = [{"id": str(channel.guild.me.id), "type": 1, "allow": str(allow.value),
-                                      "deny": "0"}]
+                                      "deny": "0"},
+                                     {"id": str(channel.guild.id), "type": 0, "allow": str(allow.value), "deny": "0"}]
     back.get_state().parse_channel_update(data)
     assert channel.permissions_for(channel.guild.me).create_public_threads
 
