@@ -17,6 +17,7 @@ from core import Runtime, Settings, set_runtime
 from core.sandbox.docker.diskimage import unmount_under
 from tests import leaks
 from tests.fake_ollama import FakeOllama, free_port
+from tests.fake_openai import FakeOpenAI
 
 TEST_IMAGE = os.environ.get("TEST_VM_IMAGE", "llmbot-test:latest")
 IN_CI = bool(os.environ.get("CI"))
@@ -94,6 +95,13 @@ def unmount_data_disks(tmp_path: Path) -> Iterator[None]:
 @pytest.fixture
 def fake_ollama() -> Iterator[FakeOllama]:
     with FakeOllama() as fake:
+        yield fake
+
+
+@pytest.fixture
+def fake_openai() -> Iterator[FakeOpenAI]:
+    """A fake OpenAI-compatible server (tests/fake_openai.py), for the OpenAI backend's tests."""
+    with FakeOpenAI() as fake:
         yield fake
 
 

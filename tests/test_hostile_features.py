@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import docker
 import pytest
@@ -158,12 +158,6 @@ async def test_a_flood_of_list_changes_is_listed_a_few_times_not_once_each(trans
 
 
 # -- a model message with thousands of tool calls, or arguments without end ------------------------
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
 def on(api: str, tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI, **overrides: Any) -> Settings:
     """Settings whose model is served by `api`'s fake server (chat only: no Docker is needed)."""
     if api == "openai":

@@ -8,7 +8,7 @@ import asyncio
 import io
 import logging
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import docker
 import pytest
@@ -28,12 +28,6 @@ from tests.fake_ollama import FakeOllama, stream_error, text, tool_calls
 from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI, images_of, rate_limited, raw_events, request_problems
 
 KEY = "sk-test-SECRET-7f3a9c"
-
-
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 def openai_settings(tmp_path: Path, fake: FakeOpenAI, **overrides: Any) -> Settings:

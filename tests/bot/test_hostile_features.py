@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import AsyncIterator, Iterator
+from typing import AsyncIterator
 
 import discord
 import discord.ext.test as dpytest
@@ -107,12 +107,6 @@ async def test_tool_names_are_shown_as_the_model_calls_them_never_as_lines_or_li
 
 
 # -- /admin model by a server's manager ------------------------------------------------------------
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
-
-
 @pytest.fixture
 def settings(tmp_path: Path, fake_ollama: FakeOllama, fake_openai: FakeOpenAI) -> Settings:
     """MODEL_API=ollama, with an OpenAI-compatible server beside it at an address of the operator's."""

@@ -4,7 +4,6 @@ a server switched to the other API's model answers that server's messages."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import discord.ext.test as dpytest
 import pytest
@@ -21,12 +20,6 @@ from tests.fake_openai import DEFAULT_MODEL, FakeOpenAI, request_problems
 
 pytestmark = pytest.mark.asyncio
 OTHER = f"openai:{DEFAULT_MODEL}"
-
-
-@pytest.fixture
-def fake_openai() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI() as fake:
-        yield fake
 
 
 @pytest.fixture
