@@ -116,6 +116,9 @@ class Settings:
     openai_api_key: str = field(default="", repr=False)  # a secret: never logged, never shown
     openai_model: str = ""  # the default model with MODEL_API=openai (as its server's /v1/models names it)
     model_capabilities: frozenset[str] = frozenset({"tools"})  # an OpenAI-API model's, where its server does not say
+    # The models a server's managers may choose with /admin model (empty: any the model servers
+    # offer); the bot's admins choose any. Each switch makes the model server load another model.
+    allowed_models: tuple[str, ...] = ()
     # History
     database_url: str = "sqlite:///data/chat.db"
     history_window: int = 40
@@ -248,6 +251,7 @@ class Settings:
         take("OPENAI_API_KEY", "openai_api_key", text)
         take("OPENAI_MODEL", "openai_model", text)
         take("MODEL_CAPABILITIES", "model_capabilities", _parse_capabilities)
+        take("ALLOWED_MODELS", "allowed_models", _parse_names)
         take("DATABASE_URL", "database_url", lambda n, r: _check_url(n, r, ("sqlite", "postgresql", "postgres", "mysql")))
         take("HISTORY_WINDOW", "history_window", lambda n, r: _parse_int(n, r, 2))
         take("MAX_TOOL_ROUNDS", "max_tool_rounds", lambda n, r: _parse_int(n, r, 1))
@@ -326,6 +330,11 @@ def _parse_model_api(name: str, raw: str) -> str:
 
 
 CAPABILITIES = ("tools", "vision")
+
+
+def _parse_names(name: str, raw: str) -> tuple[str, ...]:
+    """A comma-separated list of names (model names hold ':' and '/', never ',')."""
+    return tuple(dict.fromkeys(part.strip() for part in raw.split(",") if part.strip()))
 
 
 def _parse_capabilities(name: str, raw: str) -> frozenset[str]:

@@ -127,12 +127,22 @@ class Runtime:
         server's own figure)."""
         return await self.model_server.context_tokens(model)
 
-    async def switch_model(self, scope: Scope, model: str | None, *, by: str) -> None:
+    def may_choose(self, model: str) -> bool:
+        """Whether a server's managers may choose `model` (ALLOWED_MODELS; empty: any)."""
+        allowed = self.settings.allowed_models
+        return not allowed or self.model_server.canonical(model) in {self.model_server.canonical(m) for m in allowed}
+
+    async def switch_model(self, scope: Scope, model: str | None, *, by: str, any_model: bool = False) -> None:
         """Use `model` for turns in `scope` from the next one on (None: as the wider place says),
         after checking that its server has it and that it can call tools (unless TOOLS=off). A model
         of the backend MODEL_API does not name is written `openai:<name>` or `ollama:<name>`."""
         if model is not None:
             model = self.model_server.canonical(model)
+            if not any_model and not self.may_choose(model):
+                line = (f"`{model}` is not among the models offered here: "
+                        + ", ".join(f"`{m}`" for m in self.settings.allowed_models[:10])
+                        + " (ALLOWED_MODELS); the model was not changed.")
+                raise ModelError(line, user=line)
             try:
                 problem, _known = await asyncio.wait_for(
                     self.model_server.problem(model, tools=self.settings.offers_tools),

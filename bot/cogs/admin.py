@@ -349,7 +349,8 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
             return await say(interaction, f"`{model}` is already the model for {label} ({_source(before.source)}); "
                                           "nothing changed.")
         # a model the server lacks, or one that cannot call tools: EngineError, said by cog_app_command_error
-        await self.runtime.switch_model(scope, model, by=str(interaction.user.id))
+        await self.runtime.switch_model(scope, model, by=str(interaction.user.id),
+                                        any_model=interaction.user.id in self.runtime.settings.admin_user_ids)
         after = await self.runtime.places.model(place)  # switch_model logs the change
         await say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
                                f"({_source(after.source)}); it applies from the next message."
@@ -374,8 +375,10 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     @checked_choices
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> Choices:
         offers = await self.runtime.model_offers()  # what each model server offers, MODEL_API's first
+        mine = interaction.user.id in self.runtime.settings.admin_user_ids  # the bot's admins: any model
         return [app_commands.Choice(name=f"{m} · {offer.label}", value=m) for offer in offers
-                for m in offer.models or [] if current.lower() in m.lower()][:25]
+                for m in offer.models or [] if current.lower() in m.lower()
+                and (mine or self.runtime.may_choose(m))][:25]
 
     @app_commands.command(name="channel", description="Which messages I answer in a channel: mentions, all, "
                                                       "or each mention in a thread")

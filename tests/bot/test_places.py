@@ -231,3 +231,24 @@ async def test_help_says_how_to_talk_here(bot: commands.Bot, runtime: Runtime) -
     assert any(line.startswith("• `/admin status`") for line in lines)
     assert lines[-1] == "Here I use the model `qwen3:8b` with a persona set by the operators."
     assert len(said) < 2000
+
+
+async def test_allowed_models_bound_what_a_servers_manager_may_pick(bot: commands.Bot, runtime: Runtime,
+                                                                    fake_ollama: FakeOllama) -> None:
+    """ALLOWED_MODELS: on a public bot any stranger manages a server of their own, and each switch makes
+    the model server load another model for everyone; the bot's admins still pick any model."""
+    fake_ollama.models = ["qwen3:8b", "llama3.1:8b", "mistral-nemo:12b"]
+    runtime.settings = runtime.settings.replace(allowed_models=("qwen3:8b", "llama3.1:8b"),
+                                                admin_user_ids=frozenset({99}))
+    choices = await bot.get_cog("Admin")._model_choices(manager(), "")
+    assert [c.value for c in choices] == ["qwen3:8b", "llama3.1:8b"]
+    said = await call(bot, ("admin", "model"), manager(), name="mistral-nemo:12b")
+    assert said == ("⚠️ `mistral-nemo:12b` is not among the models offered here: `qwen3:8b`, `llama3.1:8b` "
+                    "(ALLOWED_MODELS); the model was not changed.")
+    assert await runtime.places.overrides() == {}
+    said = await call(bot, ("admin", "model"), manager(), name="llama3.1:8b")
+    assert said.startswith("Model for this server switched from `qwen3:8b` to `llama3.1:8b`")
+    admin = Interaction(99, manage_guild=True)
+    assert [c.value for c in await bot.get_cog("Admin")._model_choices(admin, "")] == fake_ollama.models
+    said = await call(bot, ("admin", "model"), admin, name="mistral-nemo:12b")
+    assert said.startswith("Model for this server switched from `llama3.1:8b` to `mistral-nemo:12b`")
