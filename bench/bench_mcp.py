@@ -34,7 +34,7 @@ from mcp import Client, StdioServerParameters  # noqa: E402
 
 from bench.bench_engine import summary  # noqa: E402
 from bench.common import run_main  # noqa: E402
-from core import ChatSession, Runtime, Settings, set_runtime  # noqa: E402
+from core import ChatSession, Reach, Runtime, Settings, set_runtime  # noqa: E402
 from core.tool_loop import Turn  # noqa: E402
 from core.tools import ModelCall  # noqa: E402
 from tests.fake_ollama import FakeOllama, Response, text, tool_calls  # noqa: E402
@@ -160,7 +160,7 @@ async def bench_load(tmp: Path, reps: int) -> None:
                    f"plain turn {loaded * 1e3:.1f} ms with {total} calls running vs {idle * 1e3:.1f} ms idle "
                    f"(median of {reps}); the {total} calls took {took:.2f} s in all "
                    f"({CALLS_EACH} x {CALL_SECONDS} s = {CALLS_EACH * CALL_SECONDS:.1f} s when nothing waits)")
-            audited = await rt.audit(limit=1000)
+            audited = await rt.audit(Reach.everything(), limit=1000)
             assert sum(1 for row in audited if row.command.startswith("web__hang")) == total
         finally:
             await rt.close()
