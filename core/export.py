@@ -63,16 +63,21 @@ def export_files(user: str, conversations: list[dict[str, Any]], limit: int,
 def _pieces(conversations: list[dict[str, Any]], budget: int) -> list[list[dict[str, Any]]]:
     """The conversations in groups of about `budget` raw bytes each; a longer one split by its
     messages into pieces marked {"piece": k, "pieces": n} (its other fields repeated)."""
-    groups: list[list[dict[str, Any]]] = [[]]
+    return _packed([piece for conversation in conversations for piece in _split(conversation, budget)], budget)
+
+
+def _packed(items: list[Any], room: int) -> list[list[Any]]:
+    """The items in their order, in groups of about `room` bytes of JSON each (one heavier than
+    that alone in its group); one empty group when there are none."""
+    groups: list[list[Any]] = [[]]
     size = 0
-    for conversation in conversations:
-        for piece in _split(conversation, budget):
-            weight = len(_dump(piece))
-            if groups[-1] and size + weight > budget:
-                groups.append([])
-                size = 0
-            groups[-1].append(piece)
-            size += weight
+    for item in items:
+        weight = len(_dump(item))
+        if groups[-1] and size + weight > room:
+            groups.append([])
+            size = 0
+        groups[-1].append(item)
+        size += weight
     return groups
 
 
@@ -80,14 +85,5 @@ def _split(conversation: dict[str, Any], budget: int) -> list[dict[str, Any]]:
     if len(_dump(conversation)) <= budget:
         return [conversation]
     head = {k: v for k, v in conversation.items() if k != "messages"}
-    room = max(1, budget - len(_dump(head)))
-    chunks: list[list[Any]] = [[]]
-    size = 0
-    for message in conversation["messages"]:
-        weight = len(_dump(message))
-        if chunks[-1] and size + weight > room:
-            chunks.append([])
-            size = 0
-        chunks[-1].append(message)
-        size += weight
+    chunks = _packed(conversation["messages"], max(1, budget - len(_dump(head))))
     return [{**head, "piece": n, "pieces": len(chunks), "messages": chunk} for n, chunk in enumerate(chunks, 1)]
