@@ -12,15 +12,10 @@ from typing import Any
 
 from core import Settings
 from core.mcp.config import load
+from tests.scripted_server import free_port
 
 SERVER = Path(__file__).with_name("mcp_server.py")
 SOURCE = SERVER.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HttpServer:

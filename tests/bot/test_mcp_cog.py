@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator
 
 import discord.ext.test as dpytest
 import docker
@@ -21,14 +21,9 @@ from tests.conftest import make_settings, open_runtime
 from tests.fake_ollama import FakeOllama, text, tool_calls
 from tests.mcp_fixtures import HttpServer, http_entry, stdio_entry, with_servers
 from tests.test_concurrency import wait_until
+from tests.test_mcp import web  # noqa: F401 - the module's Streamable HTTP server, a fixture
 
 pytestmark = pytest.mark.asyncio
-
-
-@pytest.fixture(scope="module")
-def web() -> Iterator[HttpServer]:
-    with HttpServer("web") as server:
-        yield server
 
 
 @pytest_asyncio.fixture
