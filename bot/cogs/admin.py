@@ -157,10 +157,14 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
             return REFUSAL
         return line
 
+    def _bot_admin(self, interaction: discord.Interaction) -> bool:
+        """One of the bot's admins (ADMIN_USER_IDS): every server, DMs, any model."""
+        return interaction.user.id in self.runtime.settings.admin_user_ids
+
     def _reach(self, interaction: discord.Interaction) -> Reach:
         """What this admin sees and acts on: everything for the bot's admins, else their server (a
         manager's: refusal_of let nobody else in, and no one without a server)."""
-        if interaction.user.id in self.runtime.settings.admin_user_ids:
+        if self._bot_admin(interaction):
             return Reach.everything()
         if interaction.guild is None:
             raise Refused(REFUSAL)
@@ -234,7 +238,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
                     days: app_commands.Range[int, 1, USAGE_DAYS_MOST] = 7) -> None:
         # Scoped here, whatever the other commands do: a server's own rows; every server's only for
         # the bot's admins, in a DM.
-        if interaction.guild is None and interaction.user.id not in self.runtime.settings.admin_user_ids:
+        if interaction.guild is None and not self._bot_admin(interaction):
             raise Refused(USAGE_IN_DMS)
         if not 1 <= days <= USAGE_DAYS_MOST:
             raise Refused(f"`days` must be from 1 to {USAGE_DAYS_MOST}.")
@@ -312,7 +316,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
         A server's managers change their server and its channels; the bot-wide default
         (DMs, and servers without their own) is for ADMIN_USER_IDS only."""
         if everywhere or interaction.guild is None:
-            if interaction.user.id not in self.runtime.settings.admin_user_ids:
+            if not self._bot_admin(interaction):
                 raise Refused(ONLY_BOT_ADMINS)
             return Scope.everywhere(), "every server and DM (the default)"
         if channel is not None:
@@ -350,7 +354,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
                                           "nothing changed.")
         # a model the server lacks, or one that cannot call tools: EngineError, said by cog_app_command_error
         await self.runtime.switch_model(scope, model, by=str(interaction.user.id),
-                                        any_model=interaction.user.id in self.runtime.settings.admin_user_ids)
+                                        any_model=self._bot_admin(interaction))
         after = await self.runtime.places.model(place)  # switch_model logs the change
         await say(interaction, f"Model for {label} switched from `{before.value}` to `{after.value}` "
                                f"({_source(after.source)}); it applies from the next message."
@@ -375,7 +379,7 @@ class Admin(SlashCog, commands.GroupCog, group_name="admin",
     @checked_choices
     async def _model_choices(self, interaction: discord.Interaction, current: str) -> Choices:
         offers = await self.runtime.model_offers()  # what each model server offers, MODEL_API's first
-        mine = interaction.user.id in self.runtime.settings.admin_user_ids  # the bot's admins: any model
+        mine = self._bot_admin(interaction)  # any model for them
         return [app_commands.Choice(name=f"{m} · {offer.label}", value=m) for offer in offers
                 for m in offer.models or [] if current.lower() in m.lower()
                 and (mine or self.runtime.may_choose(m))][:25]
